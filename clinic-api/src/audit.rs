@@ -1,0 +1,731 @@
+//! The audit log: append-only, one hash chain per tenant, signed checkpoints kept apart.
+//!
+//! Each event is written in the same transaction as the data it records ([`record`]); its hash is
+//! `h_seq = SHA-256(h_{seq-1} ‖ canonical(event))`, with a single sequencer per tenant (an advisory
+//! lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite). A chain alone cannot reveal that its newest
+//! rows were deleted, so [`checkpoint`] appends Ed25519-signed `(tenant, seq, head)` lines to a
+//! file kept outside the database; [`verify`] checks both.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use axum::http::{Method, header};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::authz::{Caller, Permission, Policy, Routes};
+use crate::clock::rfc3339;
+use crate::db::{Backend, Db, Tx};
+use crate::error::{ApiError, ApiResult};
+use crate::http::ApiQuery;
+use crate::ids::ClinicId;
+use crate::keys::KeyRing;
+
+const GENESIS: [u8; 32] = [0u8; 32];
+
+/// What was done. Stored as its snake_case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    View,
+    Create,
+    Modify,
+    Delete,
+    Export,
+    Share,
+    Print,
+    Sign,
+    /// Reaching a route (recorded when refused).
+    Access,
+    Login,
+    LoginFailed,
+    Lockout,
+    Logout,
+    MfaEnroll,
+    MfaVerify,
+    MfaFailed,
+    RecoveryCodeUsed,
+    StepUp,
+    PasswordChange,
+    UserCreate,
+    UserDisable,
+    UserUnlock,
+    MfaReset,
+    LocationAssign,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::View => "view",
+            Action::Create => "create",
+            Action::Modify => "modify",
+            Action::Delete => "delete",
+            Action::Export => "export",
+            Action::Share => "share",
+            Action::Print => "print",
+            Action::Sign => "sign",
+            Action::Access => "access",
+            Action::Login => "login",
+            Action::LoginFailed => "login_failed",
+            Action::Lockout => "lockout",
+            Action::Logout => "logout",
+            Action::MfaEnroll => "mfa_enroll",
+            Action::MfaVerify => "mfa_verify",
+            Action::MfaFailed => "mfa_failed",
+            Action::RecoveryCodeUsed => "recovery_code_used",
+            Action::StepUp => "step_up",
+            Action::PasswordChange => "password_change",
+            Action::UserCreate => "user_create",
+            Action::UserDisable => "user_disable",
+            Action::UserUnlock => "user_unlock",
+            Action::MfaReset => "mfa_reset",
+            Action::LocationAssign => "location_assign",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// One event to record. `detail` must not contain PHI (it is a route or a count, never a name).
+#[derive(Clone, Debug)]
+pub struct AuditEvent {
+    pub clinic_id: ClinicId,
+    pub actor_id: Option<String>,
+    pub actor_role: Option<String>,
+    pub patient_id: Option<String>,
+    pub resource_type: &'static str,
+    pub resource_id: Option<String>,
+    pub action: Action,
+    pub outcome: Outcome,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub session_id: Option<String>,
+    pub purpose: Option<String>,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn new(clinic_id: ClinicId, action: Action, resource_type: &'static str) -> Self {
+        Self {
+            clinic_id,
+            actor_id: None,
+            actor_role: None,
+            patient_id: None,
+            resource_type,
+            resource_id: None,
+            action,
+            outcome: Outcome::Success,
+            ip: None,
+            user_agent: None,
+            session_id: None,
+            purpose: None,
+            reason: None,
+            detail: None,
+        }
+    }
+    pub fn patient(mut self, patient_id: impl ToString) -> Self {
+        self.patient_id = Some(patient_id.to_string());
+        self
+    }
+    pub fn resource(mut self, id: impl ToString) -> Self {
+        self.resource_id = Some(id.to_string());
+        self
+    }
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// A stored event, as read back.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+pub struct AuditRow {
+    pub clinic_id: String,
+    pub seq: i64,
+    pub at: i64,
+    pub actor_id: Option<String>,
+    pub actor_role: Option<String>,
+    pub patient_id: Option<String>,
+    pub resource_type: String,
+    pub resource_id: Option<String>,
+    pub action: String,
+    pub outcome: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub session_id: Option<String>,
+    pub purpose: Option<String>,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+const COLUMNS: &str = "clinic_id, seq, at, actor_id, actor_role, patient_id, resource_type, resource_id, action, \
+     outcome, ip, user_agent, session_id, purpose, reason, detail, prev_hash, hash";
+
+impl AuditRow {
+    /// The canonical encoding hashed into the chain: a version tag, then every field in a fixed
+    /// order, each as presence byte + big-endian u32 length + UTF-8 bytes.
+    pub fn canonical(&self) -> Vec<u8> {
+        let seq = self.seq.to_string();
+        let at = self.at.to_string();
+        let fields: [Option<&str>; 16] = [
+            Some(&self.clinic_id),
+            Some(&seq),
+            Some(&at),
+            self.actor_id.as_deref(),
+            self.actor_role.as_deref(),
+            self.patient_id.as_deref(),
+            Some(&self.resource_type),
+            self.resource_id.as_deref(),
+            Some(&self.action),
+            Some(&self.outcome),
+            self.ip.as_deref(),
+            self.user_agent.as_deref(),
+            self.session_id.as_deref(),
+            self.purpose.as_deref(),
+            self.reason.as_deref(),
+            self.detail.as_deref(),
+        ];
+        let mut out = b"clinic-audit-v1".to_vec();
+        for f in fields {
+            match f {
+                None => out.push(0),
+                Some(s) => {
+                    out.push(1);
+                    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// The hash this row must carry, given its stored `prev_hash`.
+    pub fn expected_hash(&self) -> String {
+        chain_hash(&self.prev_hash, &self.canonical())
+    }
+}
+
+fn chain_hash(prev_hex: &str, canonical: &[u8]) -> String {
+    let prev = hex::decode(prev_hex).unwrap_or_else(|_| prev_hex.as_bytes().to_vec());
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&prev);
+    ctx.update(canonical);
+    hex::encode(ctx.finish())
+}
+
+/// Appends `event` to its tenant's chain inside `tx` (the transaction of the data it records).
+pub async fn record(
+    tx: &mut Tx,
+    backend: Backend,
+    now_ms: i64,
+    event: AuditEvent,
+) -> sqlx::Result<i64> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind(format!("audit:{}", event.clinic_id))
+            .execute(&mut **tx)
+            .await?;
+    }
+    let last: Option<(i64, String)> = sqlx::query_as(
+        "SELECT seq, hash FROM audit_events WHERE clinic_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(event.clinic_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (seq, prev_hash) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, hex::encode(GENESIS)),
+    };
+    let mut row = AuditRow {
+        clinic_id: event.clinic_id.to_string(),
+        seq,
+        at: now_ms,
+        actor_id: event.actor_id,
+        actor_role: event.actor_role,
+        patient_id: event.patient_id,
+        resource_type: event.resource_type.to_string(),
+        resource_id: event.resource_id,
+        action: event.action.as_str().to_string(),
+        outcome: event.outcome.as_str().to_string(),
+        ip: event.ip,
+        user_agent: event.user_agent,
+        session_id: event.session_id,
+        purpose: event.purpose,
+        reason: event.reason,
+        detail: event.detail,
+        prev_hash,
+        hash: String::new(),
+    };
+    row.hash = row.expected_hash();
+    sqlx::query(&format!(
+        "INSERT INTO audit_events ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
+    ))
+    .bind(&row.clinic_id)
+    .bind(row.seq)
+    .bind(row.at)
+    .bind(&row.actor_id)
+    .bind(&row.actor_role)
+    .bind(&row.patient_id)
+    .bind(&row.resource_type)
+    .bind(&row.resource_id)
+    .bind(&row.action)
+    .bind(&row.outcome)
+    .bind(&row.ip)
+    .bind(&row.user_agent)
+    .bind(&row.session_id)
+    .bind(&row.purpose)
+    .bind(&row.reason)
+    .bind(&row.detail)
+    .bind(&row.prev_hash)
+    .bind(&row.hash)
+    .execute(&mut **tx)
+    .await?;
+    Ok(seq)
+}
+
+/// Records `event` in a transaction of its own (events that must survive the request failing:
+/// refused logins, lockouts, denials).
+pub async fn record_now(state: &AppState, event: AuditEvent) -> sqlx::Result<i64> {
+    let mut tx = state.db.tenant_tx(&event.clinic_id).await?;
+    let seq = record(&mut tx, state.db.backend, state.clock.now_ms(), event).await?;
+    tx.commit().await?;
+    Ok(seq)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints and verification
+
+/// One signed checkpoint line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub clinic_id: String,
+    pub seq: i64,
+    pub head: String,
+    pub at: i64,
+    pub key_id: String,
+    /// Hex Ed25519 public key, for outside verifiers; [`verify`] checks against the key ring.
+    pub public_key: String,
+    pub signature: String,
+}
+
+impl Checkpoint {
+    fn message(clinic_id: &str, seq: i64, head: &str, at: i64) -> Vec<u8> {
+        format!("clinic-audit-checkpoint/v1|{clinic_id}|{seq}|{head}|{at}").into_bytes()
+    }
+}
+
+const HEADS_SQL: &str = "SELECT a.clinic_id, a.seq, a.hash FROM audit_events a \
+     JOIN (SELECT clinic_id, MAX(seq) AS m FROM audit_events GROUP BY clinic_id) b \
+     ON a.clinic_id = b.clinic_id AND a.seq = b.m ORDER BY a.clinic_id";
+
+/// Writes one signed checkpoint per tenant (its chain's current head) and fsyncs the file.
+pub async fn checkpoint(
+    db: &Db,
+    keys: &KeyRing,
+    now_ms: i64,
+    path: &Path,
+) -> anyhow::Result<Vec<Checkpoint>> {
+    let sql = match db.backend {
+        Backend::Sqlite => HEADS_SQL,
+        // The server's role sees one tenant at a time; this definer function returns only heads.
+        Backend::Postgres => "SELECT clinic_id, seq, hash FROM audit_heads()",
+    };
+    let heads: Vec<(String, i64, String)> = sqlx::query_as(sql).fetch_all(&db.pool).await?;
+    let mut written = Vec::new();
+    for (clinic_id, seq, head) in heads {
+        let (key_id, public_key, sig) =
+            keys.sign_checkpoint(&Checkpoint::message(&clinic_id, seq, &head, now_ms));
+        written.push(Checkpoint {
+            clinic_id,
+            seq,
+            head,
+            at: now_ms,
+            key_id,
+            public_key: hex::encode(public_key),
+            signature: hex::encode(sig),
+        });
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for cp in &written {
+        writeln!(file, "{}", serde_json::to_string(cp)?)?;
+    }
+    file.sync_all()?;
+    Ok(written)
+}
+
+/// What verification found wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Problem {
+    /// The row's content does not match its hash: edited, or moved from another position.
+    Edited { clinic_id: String, seq: i64 },
+    /// The row does not link to the row before it: rows deleted or reordered.
+    BrokenLink { clinic_id: String, seq: i64 },
+    /// Sequence numbers skip: rows deleted.
+    Missing {
+        clinic_id: String,
+        from_seq: i64,
+        to_seq: i64,
+    },
+    /// The chain ends before a signed checkpoint: its tail was deleted.
+    Truncated {
+        clinic_id: String,
+        checkpoint_seq: i64,
+        last_seq: i64,
+    },
+    /// The row a checkpoint names has another hash than the one signed.
+    CheckpointMismatch { clinic_id: String, seq: i64 },
+    /// A checkpoint line whose signature does not verify (or cannot be parsed).
+    BadCheckpoint { line: usize },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Edited { clinic_id, seq } => write!(
+                f,
+                "clinic {clinic_id}: event {seq} was edited (content does not match its hash)"
+            ),
+            Problem::BrokenLink { clinic_id, seq } => write!(
+                f,
+                "clinic {clinic_id}: event {seq} does not link to the event before it (rows deleted or reordered)"
+            ),
+            Problem::Missing {
+                clinic_id,
+                from_seq,
+                to_seq,
+            } => write!(
+                f,
+                "clinic {clinic_id}: events {from_seq}..={to_seq} are missing (deleted)"
+            ),
+            Problem::Truncated {
+                clinic_id,
+                checkpoint_seq,
+                last_seq,
+            } => write!(
+                f,
+                "clinic {clinic_id}: chain ends at {last_seq} but a signed checkpoint names {checkpoint_seq} (tail deleted)"
+            ),
+            Problem::CheckpointMismatch { clinic_id, seq } => write!(
+                f,
+                "clinic {clinic_id}: event {seq} differs from the signed checkpoint"
+            ),
+            Problem::BadCheckpoint { line } => {
+                write!(f, "checkpoint line {line} has an invalid signature")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub clinics: usize,
+    pub events: u64,
+    pub checkpoints: usize,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Verifies every tenant's chain and the checkpoint file. Needs a connection that sees all
+/// tenants (the admin/owner connection on PostgreSQL).
+pub async fn verify(
+    db: &Db,
+    keys: &KeyRing,
+    checkpoint_file: &Path,
+) -> anyhow::Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let checkpoints = read_checkpoints(keys, checkpoint_file, &mut report)?;
+    report.checkpoints = checkpoints.len();
+    let clinics: Vec<(String,)> = sqlx::query_as("SELECT id FROM clinics ORDER BY id")
+        .fetch_all(&db.pool)
+        .await?;
+    report.clinics = clinics.len();
+    for (clinic_id,) in clinics {
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE clinic_id = $1 ORDER BY seq"
+        ))
+        .bind(&clinic_id)
+        .fetch_all(&db.pool)
+        .await?;
+        report.events += rows.len() as u64;
+        let mut expected_seq = 1;
+        let mut prev = hex::encode(GENESIS);
+        for row in &rows {
+            if row.seq != expected_seq {
+                report.problems.push(Problem::Missing {
+                    clinic_id: clinic_id.clone(),
+                    from_seq: expected_seq,
+                    to_seq: row.seq - 1,
+                });
+            }
+            if row.expected_hash() != row.hash {
+                report.problems.push(Problem::Edited {
+                    clinic_id: clinic_id.clone(),
+                    seq: row.seq,
+                });
+            }
+            if row.prev_hash != prev {
+                report.problems.push(Problem::BrokenLink {
+                    clinic_id: clinic_id.clone(),
+                    seq: row.seq,
+                });
+            }
+            prev = row.hash.clone();
+            expected_seq = row.seq + 1;
+        }
+        let last_seq = rows.last().map_or(0, |r| r.seq);
+        let mut latest: Option<&Checkpoint> = None;
+        for cp in checkpoints.iter().filter(|c| c.clinic_id == clinic_id) {
+            match rows.iter().find(|r| r.seq == cp.seq) {
+                Some(r) if r.hash != cp.head => report.problems.push(Problem::CheckpointMismatch {
+                    clinic_id: clinic_id.clone(),
+                    seq: cp.seq,
+                }),
+                _ => {}
+            }
+            if latest.is_none_or(|l| cp.seq > l.seq) {
+                latest = Some(cp);
+            }
+        }
+        if let Some(cp) = latest {
+            if last_seq < cp.seq {
+                report.problems.push(Problem::Truncated {
+                    clinic_id: clinic_id.clone(),
+                    checkpoint_seq: cp.seq,
+                    last_seq,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn read_checkpoints(
+    keys: &KeyRing,
+    path: &Path,
+    report: &mut VerifyReport,
+) -> anyhow::Result<Vec<Checkpoint>> {
+    let mut out = Vec::new();
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let valid = serde_json::from_str::<Checkpoint>(&line).ok().filter(|cp| {
+            let msg = Checkpoint::message(&cp.clinic_id, cp.seq, &cp.head, cp.at);
+            hex::decode(&cp.signature)
+                .is_ok_and(|sig| keys.verify_checkpoint(&cp.key_id, &msg, &sig).is_ok())
+        });
+        match valid {
+            Some(cp) => out.push(cp),
+            None => report.problems.push(Problem::BadCheckpoint { line: i + 1 }),
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes: owners and admins read and filter the log; exporting it is sensitive and itself audited.
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub patient_id: Option<String>,
+    pub actor_id: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    /// RFC 3339 lower bound (inclusive).
+    pub from: Option<String>,
+    /// RFC 3339 upper bound (exclusive).
+    pub to: Option<String>,
+    /// Only events with a lower sequence number (paging backwards).
+    pub before_seq: Option<i64>,
+    /// At most this many events (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct AuditEventOut {
+    #[serde(flatten)]
+    pub row: AuditRow,
+    pub time: String,
+}
+
+pub fn routes() -> Routes {
+    Routes::new("audit")
+        .add(
+            Method::GET,
+            "/api/v1/audit",
+            Policy::perm(Permission::AuditRead),
+            "List audit events, newest first, with filters",
+            list,
+        )
+        .query::<AuditQuery>()
+        .add(
+            Method::GET,
+            "/api/v1/audit/export",
+            Policy::sensitive(Permission::AuditExport),
+            "Export audit events as NDJSON (step-up; audited as an export)",
+            export,
+        )
+        .query::<AuditQuery>()
+}
+
+fn parse_time(s: &Option<String>, field: &str) -> ApiResult<Option<i64>> {
+    s.as_ref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|d| d.timestamp_millis())
+                .map_err(|_| {
+                    ApiError::unprocessable(
+                        "invalid_query",
+                        format!("{field} must be an RFC 3339 time"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+async fn query_events(
+    state: &AppState,
+    caller: &Caller,
+    q: &AuditQuery,
+    max: i64,
+) -> ApiResult<Vec<AuditRow>> {
+    let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE clinic_id = $1");
+    let mut binds: Vec<Bind> = vec![Bind::Text(caller.clinic_id.to_string())];
+    let mut push = |clause: &str, b: Bind| {
+        binds.push(b);
+        sql.push_str(&format!(" AND {clause} ${}", binds.len()));
+    };
+    if let Some(v) = &q.patient_id {
+        push("patient_id =", Bind::Text(v.clone()));
+    }
+    if let Some(v) = &q.actor_id {
+        push("actor_id =", Bind::Text(v.clone()));
+    }
+    if let Some(v) = &q.action {
+        push("action =", Bind::Text(v.clone()));
+    }
+    if let Some(v) = &q.outcome {
+        push("outcome =", Bind::Text(v.clone()));
+    }
+    if let Some(v) = parse_time(&q.from, "from")? {
+        push("at >=", Bind::Int(v));
+    }
+    if let Some(v) = parse_time(&q.to, "to")? {
+        push("at <", Bind::Int(v));
+    }
+    if let Some(v) = q.before_seq {
+        push("seq <", Bind::Int(v));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, max);
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));
+    let mut query = sqlx::query_as::<_, AuditRow>(&sql);
+    for b in binds {
+        query = match b {
+            Bind::Text(s) => query.bind(s),
+            Bind::Int(i) => query.bind(i),
+        };
+    }
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let rows = query.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+async fn list(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<axum::Json<Vec<AuditEventOut>>> {
+    let rows = query_events(&state, &caller, &q, 1000).await?;
+    record_now(
+        &state,
+        caller
+            .event(Action::View, "audit_log")
+            .detail(format!("{} events", rows.len())),
+    )
+    .await?;
+    Ok(axum::Json(
+        rows.into_iter()
+            .map(|row| AuditEventOut {
+                time: rfc3339(row.at),
+                row,
+            })
+            .collect(),
+    ))
+}
+
+async fn export(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let rows = query_events(&state, &caller, &q, 100_000).await?;
+    record_now(
+        &state,
+        caller
+            .event(Action::Export, "audit_log")
+            .detail(format!("{} events", rows.len())),
+    )
+    .await?;
+    let mut body = String::new();
+    for row in rows {
+        body.push_str(
+            &serde_json::to_string(&AuditEventOut {
+                time: rfc3339(row.at),
+                row,
+            })
+            .map_err(anyhow::Error::from)?,
+        );
+        body.push('\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))
+}

@@ -1,0 +1,686 @@
+//! Signing in: password (argon2id) with backoff and lockout, then TOTP (or a recovery code), or
+//! TOTP enrollment for accounts that must have MFA; step-up for sensitive routes; sign-out;
+//! password change. Every failure that matters (bad password, lockout, bad code) is audited.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::audit::{self, Action, AuditEvent, Outcome};
+use crate::authz::{Caller, Policy, Routes};
+use crate::clock::rfc3339;
+use crate::db::Tx;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{ApiJson, ClientInfo};
+use crate::ids::{ClinicId, UserId};
+use crate::keys::Purpose;
+use crate::sessions::{self, Stage};
+use crate::users::{self, UserRow};
+use crate::{mfa, passwords};
+
+pub fn routes() -> Routes {
+    Routes::new("auth")
+        .add(
+            Method::POST,
+            "/api/v1/auth/login",
+            Policy::PUBLIC,
+            "Sign in with clinic, username and password",
+            login,
+        )
+        .body::<LoginRequest>()
+        .add(
+            Method::POST,
+            "/api/v1/auth/mfa/verify",
+            Policy::PENDING_MFA,
+            "Complete sign-in with a TOTP or recovery code",
+            verify_mfa,
+        )
+        .body::<MfaVerifyRequest>()
+        .add(
+            Method::POST,
+            "/api/v1/auth/mfa/enroll",
+            Policy::PENDING_MFA,
+            "Start TOTP enrollment: returns the secret and otpauth URI",
+            enroll_start,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/auth/mfa/enroll/confirm",
+            Policy::PENDING_MFA,
+            "Confirm enrollment with a first code: returns recovery codes",
+            enroll_confirm,
+        )
+        .body::<CodeRequest>()
+        .add(
+            Method::POST,
+            "/api/v1/auth/step-up",
+            Policy::AUTHENTICATED,
+            "Re-check MFA for sensitive actions",
+            step_up,
+        )
+        .body::<CodeRequest>()
+        .add(
+            Method::POST,
+            "/api/v1/auth/logout",
+            Policy::PENDING_MFA,
+            "Sign out (revoke this session)",
+            logout,
+        )
+        .add(
+            Method::GET,
+            "/api/v1/auth/session",
+            Policy::PENDING_MFA,
+            "The current session: user, role, stage, MFA state",
+            session_info,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/auth/password",
+            Policy::AUTHENTICATED,
+            "Change password (revokes every session of the user)",
+            change_password,
+        )
+        .body::<PasswordChange>()
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The practice's short name (slug).
+    pub clinic: String,
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct LoginResponse {
+    /// `mfa_pending`: send a code to /auth/mfa/verify; `enroll_only`: enroll first; `full`: done.
+    pub stage: Stage,
+    pub user_id: String,
+    pub role: String,
+    pub display_name: String,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaVerifyRequest {
+    pub code: Option<String>,
+    pub recovery_code: Option<String>,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    pub code: String,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::unauthorized(
+        "invalid_credentials",
+        "the clinic, username or password is wrong",
+    )
+}
+
+fn with_cookie(
+    state: &AppState,
+    body: impl IntoResponse,
+    cookie_value: &str,
+    max_age: i64,
+) -> Response {
+    let mut resp = body.into_response();
+    if let Ok(v) = HeaderValue::from_str(&sessions::set_cookie(state, cookie_value, max_age)) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn event_for(user: &UserRow, client: &ClientInfo, action: Action) -> AuditEvent {
+    let mut e = AuditEvent::new(
+        ClinicId::from_trusted(user.clinic_id.clone()),
+        action,
+        "user",
+    );
+    e.actor_id = Some(user.id.clone());
+    e.actor_role = Some(user.role.clone());
+    e.resource_id = Some(user.id.clone());
+    e.ip = client.ip.clone();
+    e.user_agent = client.user_agent.clone();
+    e
+}
+
+/// The answer for a locked or backing-off account, without touching the password.
+fn locked_answer(state: &AppState, user: &UserRow, now: i64) -> Option<ApiError> {
+    let until = user.locked_until.filter(|t| *t > now)?;
+    let wait = ((until - now) / 1000).max(1) as u64;
+    Some(if user.failed_logins >= state.config.login.lock_after {
+        ApiError::new(
+            StatusCode::LOCKED,
+            "account_locked",
+            format!("the account is locked after repeated failed sign-ins until {}; an administrator can unlock it sooner", rfc3339(until)),
+        )
+        .with_retry_after(wait)
+    } else {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "login_backoff",
+            format!("too many failed attempts; wait {wait} s before trying again"),
+        )
+        .with_retry_after(wait)
+    })
+}
+
+/// Counts a failed password or code: backoff after `backoff_after`, lock after `lock_after`.
+/// Returns the error to answer with; the caller commits `tx`.
+async fn count_failure(
+    tx: &mut Tx,
+    state: &AppState,
+    user: &UserRow,
+    client: &ClientInfo,
+    action: Action,
+) -> ApiResult<ApiError> {
+    let now = state.clock.now_ms();
+    let cfg = &state.config.login;
+    let failures = user.failed_logins + 1;
+    let locked_until = if failures >= cfg.lock_after {
+        Some(now + cfg.lock_secs * 1000)
+    } else if failures >= cfg.backoff_after {
+        Some(now + (1i64 << (failures - cfg.backoff_after).min(10)) * 1000)
+    } else {
+        None
+    };
+    sqlx::query("UPDATE users SET failed_logins = $1, locked_until = $2 WHERE id = $3")
+        .bind(failures)
+        .bind(locked_until)
+        .bind(&user.id)
+        .execute(&mut **tx)
+        .await?;
+    let backend = state.db.backend;
+    audit::record(
+        tx,
+        backend,
+        now,
+        event_for(user, client, action)
+            .outcome(Outcome::Failure)
+            .detail(format!("failure {failures}")),
+    )
+    .await?;
+    if failures == cfg.lock_after {
+        audit::record(
+            tx,
+            backend,
+            now,
+            event_for(user, client, Action::Lockout).outcome(Outcome::Denied),
+        )
+        .await?;
+    }
+    let after = UserRow {
+        failed_logins: failures,
+        locked_until,
+        ..user.clone()
+    };
+    Ok(match locked_answer(state, &after, now) {
+        Some(lock) if failures >= cfg.lock_after => lock,
+        _ if action == Action::LoginFailed => invalid_credentials(),
+        _ => ApiError::unauthorized("invalid_code", "that code is not valid"),
+    })
+}
+
+async fn login(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Response> {
+    let now = state.clock.now_ms();
+    let Some(clinic) = state.db.clinic_id_by_slug(req.clinic.trim()).await? else {
+        passwords::verify_dummy(&req.password);
+        return Err(invalid_credentials());
+    };
+    let mut tx = state.db.tenant_tx(&clinic).await?;
+    let Some(user) = users::by_username(&mut tx, &clinic, req.username.trim()).await? else {
+        passwords::verify_dummy(&req.password);
+        let mut e = AuditEvent::new(clinic.clone(), Action::LoginFailed, "user")
+            .outcome(Outcome::Failure)
+            .detail("unknown username");
+        e.ip = client.ip.clone();
+        e.user_agent = client.user_agent.clone();
+        audit::record(&mut tx, state.db.backend, now, e).await?;
+        tx.commit().await?;
+        return Err(invalid_credentials());
+    };
+    if let Some(lock) = locked_answer(&state, &user, now) {
+        audit::record(
+            &mut tx,
+            state.db.backend,
+            now,
+            event_for(&user, &client, Action::LoginFailed)
+                .outcome(Outcome::Denied)
+                .detail("locked"),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(lock);
+    }
+    let hash = user.password_hash.clone();
+    let password = req.password.clone();
+    let ok = tokio::task::spawn_blocking(move || passwords::verify(&hash, &password))
+        .await
+        .map_err(anyhow::Error::from)?;
+    if !ok {
+        let err = count_failure(&mut tx, &state, &user, &client, Action::LoginFailed).await?;
+        tx.commit().await?;
+        return Err(err);
+    }
+    if user.disabled_at.is_some() {
+        audit::record(
+            &mut tx,
+            state.db.backend,
+            now,
+            event_for(&user, &client, Action::LoginFailed)
+                .outcome(Outcome::Denied)
+                .detail("disabled"),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(ApiError::forbidden(
+            "this account is disabled; contact your practice administrator",
+        ));
+    }
+    let role = user.role();
+    let stage = if user.mfa_enrolled_at.is_some() {
+        Stage::MfaPending
+    } else if role.requires_mfa() {
+        Stage::EnrollOnly
+    } else {
+        Stage::Full
+    };
+    sqlx::query(
+        "UPDATE users SET failed_logins = 0, locked_until = NULL, last_login_at = $1 WHERE id = $2",
+    )
+    .bind(now)
+    .bind(&user.id)
+    .execute(&mut *tx)
+    .await?;
+    let session =
+        sessions::create(&mut tx, &state, &clinic, &user.user_id(), stage, &client).await?;
+    let mut event = event_for(&user, &client, Action::Login).detail(stage.as_str());
+    event.session_id = Some(session.id.to_string());
+    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.commit().await?;
+    let body = Json(LoginResponse {
+        stage,
+        user_id: user.id.clone(),
+        role: user.role.clone(),
+        display_name: user.display_name.clone(),
+    });
+    Ok(with_cookie(
+        &state,
+        body,
+        &session.cookie_value,
+        state.config.sessions.absolute_lifetime_secs,
+    ))
+}
+
+fn mfa_secret(state: &AppState, user: &UserRow, sealed: &str) -> ApiResult<Vec<u8>> {
+    state
+        .keys
+        .open(Purpose::MfaSecret, user.id.as_bytes(), sealed)
+        .map_err(|_| {
+            tracing::error!("stored mfa secret does not open with the key ring");
+            ApiError::internal()
+        })
+}
+
+async fn load_self(tx: &mut Tx, caller: &Caller) -> ApiResult<UserRow> {
+    users::by_id(tx, &caller.clinic_id, &caller.user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("session_expired", "sign in again"))
+}
+
+/// Checks a TOTP code for `user`, recording the step (replay protection) or counting a failure.
+async fn check_code(
+    tx: &mut Tx,
+    state: &AppState,
+    user: &UserRow,
+    caller: &Caller,
+    code: &str,
+) -> ApiResult<Result<(), ApiError>> {
+    let now = state.clock.now_ms();
+    let Some(sealed) = &user.mfa_secret else {
+        return Ok(Err(ApiError::conflict(
+            "mfa_not_enrolled",
+            "enroll an authenticator app first",
+        )));
+    };
+    let secret = mfa_secret(state, user, sealed)?;
+    match mfa::check(&secret, code, now, user.totp_last_step) {
+        Ok(step) => {
+            sqlx::query("UPDATE users SET totp_last_step = $1, failed_logins = 0, locked_until = NULL WHERE id = $2")
+                .bind(step)
+                .bind(&user.id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Ok(()))
+        }
+        Err(kind) => {
+            let mut err = count_failure(tx, state, user, &caller.client, Action::MfaFailed).await?;
+            if kind == mfa::CodeError::Replayed && err.code == "invalid_code" {
+                err = ApiError::unauthorized(
+                    "code_replayed",
+                    "that code was already used; wait for the next one",
+                );
+            }
+            Ok(Err(err))
+        }
+    }
+}
+
+async fn verify_mfa(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<MfaVerifyRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let now = state.clock.now_ms();
+    if caller.stage == Stage::EnrollOnly {
+        return Err(ApiError::conflict(
+            "mfa_not_enrolled",
+            "enroll an authenticator app first",
+        ));
+    }
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let user = load_self(&mut tx, &caller).await?;
+    if let Some(lock) = locked_answer(&state, &user, now) {
+        return Err(lock);
+    }
+    let outcome = match (&req.code, &req.recovery_code) {
+        (Some(code), None) => check_code(&mut tx, &state, &user, &caller, code).await?,
+        (None, Some(rc)) => {
+            let used = sqlx::query("UPDATE mfa_recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL")
+                .bind(now)
+                .bind(&user.id)
+                .bind(mfa::recovery_hash(rc))
+                .execute(&mut *tx)
+                .await?;
+            if used.rows_affected() == 1 {
+                audit::record(
+                    &mut tx,
+                    state.db.backend,
+                    now,
+                    caller
+                        .event(Action::RecoveryCodeUsed, "user")
+                        .resource(&user.id),
+                )
+                .await?;
+                Ok(())
+            } else {
+                Err(
+                    count_failure(&mut tx, &state, &user, &caller.client, Action::MfaFailed)
+                        .await?,
+                )
+            }
+        }
+        _ => {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "send exactly one of code or recovery_code",
+            ));
+        }
+    };
+    if let Err(e) = outcome {
+        tx.commit().await?;
+        return Err(e);
+    }
+    sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
+    audit::record(
+        &mut tx,
+        state.db.backend,
+        now,
+        caller.event(Action::MfaVerify, "user").resource(&user.id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(serde_json::json!({ "stage": "full" })))
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Enrollment {
+    /// Base32 secret for manual entry.
+    pub secret: String,
+    pub otpauth_uri: String,
+}
+
+async fn enroll_start(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Enrollment>> {
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let user = load_self(&mut tx, &caller).await?;
+    if user.mfa_enrolled_at.is_some() {
+        return Err(ApiError::conflict(
+            "mfa_already_enrolled",
+            "MFA is already enrolled; an administrator can reset it",
+        ));
+    }
+    let mut secret = [0u8; mfa::SECRET_BYTES];
+    state.keys.random(&mut secret);
+    let sealed = state
+        .keys
+        .seal(Purpose::MfaSecret, user.id.as_bytes(), &secret);
+    sqlx::query("UPDATE users SET mfa_pending_secret = $1 WHERE id = $2")
+        .bind(sealed)
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(Enrollment {
+        secret: mfa::base32(&secret),
+        otpauth_uri: mfa::otpauth_uri("Clinic", &user.username, &secret),
+    }))
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct RecoveryCodes {
+    /// Shown once; each works once in place of a code.
+    pub recovery_codes: Vec<String>,
+}
+
+async fn enroll_confirm(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CodeRequest>,
+) -> ApiResult<Json<RecoveryCodes>> {
+    let now = state.clock.now_ms();
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let user = load_self(&mut tx, &caller).await?;
+    if user.mfa_enrolled_at.is_some() {
+        return Err(ApiError::conflict(
+            "mfa_already_enrolled",
+            "MFA is already enrolled",
+        ));
+    }
+    let Some(pending) = &user.mfa_pending_secret else {
+        return Err(ApiError::conflict(
+            "enrollment_not_started",
+            "start enrollment first: POST /api/v1/auth/mfa/enroll",
+        ));
+    };
+    let secret = mfa_secret(&state, &user, pending)?;
+    let step = match mfa::check(&secret, &req.code, now, None) {
+        Ok(step) => step,
+        Err(_) => {
+            let err =
+                count_failure(&mut tx, &state, &user, &caller.client, Action::MfaFailed).await?;
+            tx.commit().await?;
+            return Err(err);
+        }
+    };
+    sqlx::query(
+        "UPDATE users SET mfa_secret = mfa_pending_secret, mfa_pending_secret = NULL, mfa_enrolled_at = $1, totp_last_step = $2 WHERE id = $3",
+    )
+    .bind(now)
+    .bind(step)
+    .bind(&user.id)
+    .execute(&mut *tx)
+    .await?;
+    let codes = mfa::new_recovery_codes(|b| state.keys.random(b));
+    sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1")
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await?;
+    for code in &codes {
+        sqlx::query("INSERT INTO mfa_recovery_codes (id, clinic_id, user_id, code_hash) VALUES ($1, $2, $3, $4)")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(caller.clinic_id.as_str())
+            .bind(&user.id)
+            .bind(mfa::recovery_hash(code))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
+    audit::record(
+        &mut tx,
+        state.db.backend,
+        now,
+        caller.event(Action::MfaEnroll, "user").resource(&user.id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(RecoveryCodes {
+        recovery_codes: codes,
+    }))
+}
+
+async fn step_up(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CodeRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let now = state.clock.now_ms();
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let user = load_self(&mut tx, &caller).await?;
+    if let Some(lock) = locked_answer(&state, &user, now) {
+        return Err(lock);
+    }
+    if let Err(e) = check_code(&mut tx, &state, &user, &caller, &req.code).await? {
+        tx.commit().await?;
+        return Err(e);
+    }
+    sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
+    audit::record(
+        &mut tx,
+        state.db.backend,
+        now,
+        caller.event(Action::StepUp, "user").resource(&user.id),
+    )
+    .await?;
+    tx.commit().await?;
+    let until = now + state.config.sessions.step_up_window_secs * 1000;
+    Ok(Json(serde_json::json!({ "step_up_until": rfc3339(until) })))
+}
+
+async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    let now = state.clock.now_ms();
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    sessions::revoke(&mut tx, &caller.session_id, now).await?;
+    audit::record(
+        &mut tx,
+        state.db.backend,
+        now,
+        caller
+            .event(Action::Logout, "user")
+            .resource(&caller.user_id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(with_cookie(&state, StatusCode::NO_CONTENT, "", 0))
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct SessionInfo {
+    pub user_id: String,
+    pub clinic_id: String,
+    pub username: String,
+    pub display_name: String,
+    pub role: String,
+    pub stage: Stage,
+    pub mfa_enrolled: bool,
+    pub locations: Vec<String>,
+    pub step_up_fresh: bool,
+}
+
+async fn session_info(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<SessionInfo>> {
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let user = load_self(&mut tx, &caller).await?;
+    tx.commit().await?;
+    let now = state.clock.now_ms();
+    Ok(Json(SessionInfo {
+        user_id: user.id.clone(),
+        clinic_id: caller.clinic_id.to_string(),
+        username: user.username,
+        display_name: user.display_name,
+        role: user.role,
+        stage: caller.stage,
+        mfa_enrolled: user.mfa_enrolled_at.is_some(),
+        locations: caller.locations.iter().map(|l| l.to_string()).collect(),
+        step_up_fresh: caller
+            .mfa_at
+            .is_some_and(|t| now - t <= state.config.sessions.step_up_window_secs * 1000),
+    }))
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    _headers: HeaderMap,
+    ApiJson(req): ApiJson<PasswordChange>,
+) -> ApiResult<Response> {
+    let now = state.clock.now_ms();
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let user = load_self(&mut tx, &caller).await?;
+    let hash = user.password_hash.clone();
+    let current = req.current_password.clone();
+    let ok = tokio::task::spawn_blocking(move || passwords::verify(&hash, &current))
+        .await
+        .map_err(anyhow::Error::from)?;
+    if !ok {
+        let err =
+            count_failure(&mut tx, &state, &user, &caller.client, Action::LoginFailed).await?;
+        tx.commit().await?;
+        return Err(err);
+    }
+    users::set_password(
+        &mut tx,
+        &UserId::from_trusted(user.id.clone()),
+        &req.new_password,
+        now,
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        state.db.backend,
+        now,
+        caller
+            .event(Action::PasswordChange, "user")
+            .resource(&user.id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(with_cookie(
+        &state,
+        Json(serde_json::json!({ "changed": true, "signed_out": true })),
+        "",
+        0,
+    ))
+}

@@ -1,0 +1,714 @@
+//! Authorization as one mechanism: the permission matrix (data, in this file only), the policy
+//! every route must declare, and the middleware that enforces it before any handler runs.
+//!
+//! A route is added only through [`Routes::add`], which takes a [`Policy`]; so a route without a
+//! decision cannot exist, and the route × role test walks [`Routes::specs`] to check each answer
+//! against [`grants`]. Handlers never compare role names: they receive a [`Caller`] that has
+//! already passed the route's check, and ask it for resource-level scope ([`Caller::check_location`]).
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::handler::Handler;
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter};
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::audit::{self, Action, AuditEvent, Outcome};
+use crate::error::ApiError;
+use crate::http::ClientInfo;
+use crate::ids::{ClinicId, LocationId, SessionId, UserId};
+use crate::sessions::{self, Stage};
+
+/// Every role a user can hold. Staff roles are all but `Patient` and `ReferringPartner`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    ClinicAdmin,
+    Provider,
+    MedicalAssistant,
+    FrontDesk,
+    Consultant,
+    Patient,
+    ReferringPartner,
+}
+
+impl Role {
+    pub const ALL: [Role; 8] = [
+        Role::Owner,
+        Role::ClinicAdmin,
+        Role::Provider,
+        Role::MedicalAssistant,
+        Role::FrontDesk,
+        Role::Consultant,
+        Role::Patient,
+        Role::ReferringPartner,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::ClinicAdmin => "clinic_admin",
+            Role::Provider => "provider",
+            Role::MedicalAssistant => "medical_assistant",
+            Role::FrontDesk => "front_desk",
+            Role::Consultant => "consultant",
+            Role::Patient => "patient",
+            Role::ReferringPartner => "referring_partner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn is_staff(self) -> bool {
+        !matches!(self, Role::Patient | Role::ReferringPartner)
+    }
+
+    /// Staff must enroll TOTP before doing anything else; so must referring partners, who see
+    /// the records of the patients they refer. Patients may opt in.
+    pub fn requires_mfa(self) -> bool {
+        self != Role::Patient
+    }
+
+    /// Roles whose holders are listed as privileged in the access review.
+    pub fn is_privileged(self) -> bool {
+        matches!(self, Role::Owner | Role::ClinicAdmin)
+    }
+}
+
+/// What a caller may do. Routes name exactly one permission (or none, see [`Access`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Read patient demographics and the record index.
+    PatientsRead,
+    /// Register patients and change demographics.
+    PatientsWrite,
+    /// Read clinical documentation (notes, wounds, vitals).
+    ClinicalRead,
+    /// Write clinical documentation.
+    ClinicalWrite,
+    /// View wound images (previews and thumbnails).
+    ImagesView,
+    /// Download originals (an export: step-up and audited as export).
+    ImagesExport,
+    /// Prescribe (eRx); step-up at signing.
+    Prescribe,
+    /// Sign prescriptions for controlled substances (EPCS); step-up at signing.
+    EpcsSign,
+    /// Run video consults and admit patients.
+    ConsultsRun,
+    /// See schedules and appointments.
+    ScheduleRead,
+    /// Book, move and cancel appointments.
+    ScheduleWrite,
+    /// Read submitted intake forms.
+    IntakeRead,
+    /// Route and complete intake.
+    IntakeWrite,
+    /// Access a patient outside one's assigned locations, with a stated reason (break-glass).
+    BreakGlass,
+    /// See the practice's locations.
+    LocationsRead,
+    /// Create and change locations.
+    LocationsManage,
+    /// List users, their roles, locations and MFA enrollment state.
+    UsersRead,
+    /// Create, disable and unlock users, reset MFA, assign locations.
+    UsersManage,
+    /// Read and filter the audit log.
+    AuditRead,
+    /// Export the audit log (step-up; itself audited).
+    AuditExport,
+    /// Operational reports (counts, no PHI).
+    ReportsRead,
+    /// A patient's own record, appointments and photos.
+    OwnRecordsRead,
+    /// A patient's own intake forms and uploads.
+    OwnRecordsWrite,
+    /// A referring partner's referrals.
+    ReferralsWrite,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 24] = [
+        Permission::PatientsRead,
+        Permission::PatientsWrite,
+        Permission::ClinicalRead,
+        Permission::ClinicalWrite,
+        Permission::ImagesView,
+        Permission::ImagesExport,
+        Permission::Prescribe,
+        Permission::EpcsSign,
+        Permission::ConsultsRun,
+        Permission::ScheduleRead,
+        Permission::ScheduleWrite,
+        Permission::IntakeRead,
+        Permission::IntakeWrite,
+        Permission::BreakGlass,
+        Permission::LocationsRead,
+        Permission::LocationsManage,
+        Permission::UsersRead,
+        Permission::UsersManage,
+        Permission::AuditRead,
+        Permission::AuditExport,
+        Permission::ReportsRead,
+        Permission::OwnRecordsRead,
+        Permission::OwnRecordsWrite,
+        Permission::ReferralsWrite,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::PatientsRead => "patients_read",
+            Permission::PatientsWrite => "patients_write",
+            Permission::ClinicalRead => "clinical_read",
+            Permission::ClinicalWrite => "clinical_write",
+            Permission::ImagesView => "images_view",
+            Permission::ImagesExport => "images_export",
+            Permission::Prescribe => "prescribe",
+            Permission::EpcsSign => "epcs_sign",
+            Permission::ConsultsRun => "consults_run",
+            Permission::ScheduleRead => "schedule_read",
+            Permission::ScheduleWrite => "schedule_write",
+            Permission::IntakeRead => "intake_read",
+            Permission::IntakeWrite => "intake_write",
+            Permission::BreakGlass => "break_glass",
+            Permission::LocationsRead => "locations_read",
+            Permission::LocationsManage => "locations_manage",
+            Permission::UsersRead => "users_read",
+            Permission::UsersManage => "users_manage",
+            Permission::AuditRead => "audit_read",
+            Permission::AuditExport => "audit_export",
+            Permission::ReportsRead => "reports_read",
+            Permission::OwnRecordsRead => "own_records_read",
+            Permission::OwnRecordsWrite => "own_records_write",
+            Permission::ReferralsWrite => "referrals_write",
+        }
+    }
+}
+
+/// How far a granted permission reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Everything of the caller's tenant.
+    Tenant,
+    /// Only resources at the locations the staff member is assigned to.
+    AssignedLocations,
+    /// Only the caller's own records.
+    Own,
+}
+
+use Permission as P;
+use Scope::{AssignedLocations as Loc, Own, Tenant};
+
+/// THE permission matrix: role → (permission, scope). Nothing else decides who may do what.
+pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
+    match role {
+        Role::Owner => &[
+            (P::ReportsRead, Tenant),
+            (P::LocationsRead, Tenant),
+            (P::UsersRead, Tenant),
+            (P::AuditRead, Tenant),
+            (P::AuditExport, Tenant),
+        ],
+        Role::ClinicAdmin => &[
+            (P::LocationsRead, Tenant),
+            (P::LocationsManage, Tenant),
+            (P::UsersRead, Tenant),
+            (P::UsersManage, Tenant),
+            (P::AuditRead, Tenant),
+            (P::AuditExport, Tenant),
+            (P::ReportsRead, Tenant),
+            (P::ScheduleRead, Tenant),
+        ],
+        Role::Provider => &[
+            (P::PatientsRead, Loc),
+            (P::PatientsWrite, Loc),
+            (P::ClinicalRead, Loc),
+            (P::ClinicalWrite, Loc),
+            (P::ImagesView, Loc),
+            (P::ImagesExport, Loc),
+            (P::Prescribe, Loc),
+            (P::EpcsSign, Loc),
+            (P::ConsultsRun, Loc),
+            (P::ScheduleRead, Loc),
+            (P::IntakeRead, Loc),
+            (P::BreakGlass, Tenant),
+            (P::LocationsRead, Tenant),
+        ],
+        Role::MedicalAssistant => &[
+            (P::PatientsRead, Loc),
+            (P::PatientsWrite, Loc),
+            (P::ClinicalRead, Loc),
+            (P::ClinicalWrite, Loc),
+            (P::ImagesView, Loc),
+            (P::ScheduleRead, Loc),
+            (P::IntakeRead, Loc),
+            (P::IntakeWrite, Loc),
+            (P::LocationsRead, Tenant),
+        ],
+        Role::FrontDesk => &[
+            (P::PatientsRead, Loc),
+            (P::PatientsWrite, Loc),
+            (P::ScheduleRead, Loc),
+            (P::ScheduleWrite, Loc),
+            (P::IntakeRead, Loc),
+            (P::IntakeWrite, Loc),
+            (P::LocationsRead, Tenant),
+        ],
+        Role::Consultant => &[
+            (P::PatientsRead, Loc),
+            (P::ClinicalRead, Loc),
+            (P::ImagesView, Loc),
+            (P::LocationsRead, Tenant),
+        ],
+        Role::Patient => &[(P::OwnRecordsRead, Own), (P::OwnRecordsWrite, Own)],
+        Role::ReferringPartner => &[(P::ReferralsWrite, Own)],
+    }
+}
+
+/// The scope of `perm` for `role`, if granted at all.
+pub fn scope_of(role: Role, perm: Permission) -> Option<Scope> {
+    grants(role)
+        .iter()
+        .find(|(p, _)| *p == perm)
+        .map(|(_, s)| *s)
+}
+
+/// Who may reach a route at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No session needed (health, login, the OpenAPI document).
+    Public,
+    /// Any session, even one that still owes its MFA step or enrollment.
+    PendingMfa,
+    /// A fully authenticated session, any role.
+    Authenticated,
+    /// A fully authenticated session whose role is granted this permission.
+    Perm(Permission),
+}
+
+/// A route's decision: who may reach it, and whether it is sensitive (needs a recent MFA check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub access: Access,
+    pub step_up: bool,
+}
+
+impl Policy {
+    pub const PUBLIC: Policy = Policy {
+        access: Access::Public,
+        step_up: false,
+    };
+    pub const PENDING_MFA: Policy = Policy {
+        access: Access::PendingMfa,
+        step_up: false,
+    };
+    pub const AUTHENTICATED: Policy = Policy {
+        access: Access::Authenticated,
+        step_up: false,
+    };
+    pub const fn perm(p: Permission) -> Policy {
+        Policy {
+            access: Access::Perm(p),
+            step_up: false,
+        }
+    }
+    /// A sensitive route: the permission plus an MFA check within the step-up window.
+    pub const fn sensitive(p: Permission) -> Policy {
+        Policy {
+            access: Access::Perm(p),
+            step_up: true,
+        }
+    }
+
+    /// Whether `role` passes this policy (given a full session and a fresh MFA check).
+    pub fn allows(&self, role: Role) -> bool {
+        match self.access {
+            Access::Public | Access::PendingMfa | Access::Authenticated => true,
+            Access::Perm(p) => scope_of(role, p).is_some(),
+        }
+    }
+}
+
+type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+/// One route's description, from which the OpenAPI document and the route × role test are made.
+#[derive(Clone)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub policy: Policy,
+    pub summary: &'static str,
+    pub tag: &'static str,
+    pub request_body: Option<SchemaFn>,
+    pub query: Option<SchemaFn>,
+}
+
+/// A domain's routes, each with its policy.
+pub struct Routes {
+    tag: &'static str,
+    entries: Vec<(RouteSpec, MethodRouter<AppState>)>,
+}
+
+impl Routes {
+    pub fn new(tag: &'static str) -> Self {
+        Self {
+            tag,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds a route. The policy is required: there is no other way to add a route.
+    pub fn add<H, T>(
+        mut self,
+        method: Method,
+        path: &'static str,
+        policy: Policy,
+        summary: &'static str,
+        handler: H,
+    ) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("standard method");
+        let spec = RouteSpec {
+            method,
+            path,
+            policy,
+            summary,
+            tag: self.tag,
+            request_body: None,
+            query: None,
+        };
+        self.entries
+            .push((spec, axum::routing::on(filter, handler)));
+        self
+    }
+
+    /// Declares the JSON request body of the route added last (for the OpenAPI document).
+    pub fn body<B: schemars::JsonSchema>(mut self) -> Self {
+        if let Some((spec, _)) = self.entries.last_mut() {
+            spec.request_body = Some(|g| g.subschema_for::<B>());
+        }
+        self
+    }
+
+    /// Declares the query parameters of the route added last.
+    pub fn query<Q: schemars::JsonSchema>(mut self) -> Self {
+        if let Some((spec, _)) = self.entries.last_mut() {
+            spec.query = Some(|g| g.root_schema_for::<Q>());
+        }
+        self
+    }
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.entries.extend(other.entries);
+        self
+    }
+
+    pub fn specs(&self) -> Vec<RouteSpec> {
+        self.entries.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// The router, with each route wrapped in the authorization middleware for its policy.
+    pub fn into_router(self, state: AppState) -> Router<AppState> {
+        let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
+        for (spec, method_router) in self.entries {
+            let guarded = method_router.route_layer(axum::middleware::from_fn_with_state(
+                (state.clone(), spec.policy),
+                authorize,
+            ));
+            let merged = match by_path.remove(spec.path) {
+                Some(existing) => existing.merge(guarded),
+                None => guarded,
+            };
+            by_path.insert(spec.path, merged);
+        }
+        by_path
+            .into_iter()
+            .fold(Router::new(), |router, (path, mr)| router.route(path, mr))
+    }
+}
+
+/// The authenticated caller of a route, placed in the request by [`authorize`].
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: UserId,
+    pub clinic_id: ClinicId,
+    pub role: Role,
+    pub session_id: SessionId,
+    pub stage: Stage,
+    pub mfa_at: Option<i64>,
+    /// Locations the staff member is assigned to (covering grants included).
+    pub locations: Vec<LocationId>,
+    pub client: ClientInfo,
+}
+
+/// On what basis a resource-level check let the caller through; recorded in the audit event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Basis {
+    Tenant,
+    AssignedLocation,
+    Own,
+    /// Emergency access outside the caller's scope, with the stated reason.
+    BreakGlass(String),
+}
+
+impl Caller {
+    /// Checks that `perm` reaches a resource at `location`: tenant-wide grants always do; location
+    /// grants only for assigned locations, or with a break-glass reason for roles that may.
+    pub fn check_location(
+        &self,
+        perm: Permission,
+        location: &LocationId,
+    ) -> Result<Basis, ApiError> {
+        match scope_of(self.role, perm) {
+            Some(Scope::Tenant) => Ok(Basis::Tenant),
+            Some(Scope::AssignedLocations) if self.locations.contains(location) => {
+                Ok(Basis::AssignedLocation)
+            }
+            Some(Scope::AssignedLocations) => match (
+                &self.client.break_glass_reason,
+                scope_of(self.role, P::BreakGlass),
+            ) {
+                (Some(reason), Some(_)) => Ok(Basis::BreakGlass(reason.clone())),
+                _ => Err(ApiError::forbidden(
+                    "this record belongs to a location you are not assigned to",
+                )
+                .with_extra(serde_json::json!({ "code": "location_not_assigned" }))),
+            },
+            Some(Scope::Own) | None => Err(ApiError::forbidden("not permitted")),
+        }
+    }
+
+    /// An audit event by this caller, with its session, client and purpose filled in.
+    pub fn event(&self, action: Action, resource_type: &'static str) -> AuditEvent {
+        let mut e = AuditEvent::new(self.clinic_id.clone(), action, resource_type);
+        e.actor_id = Some(self.user_id.to_string());
+        e.actor_role = Some(self.role.as_str().to_string());
+        e.session_id = Some(self.session_id.to_string());
+        e.ip = self.client.ip.clone();
+        e.user_agent = self.client.user_agent.clone();
+        e.purpose = Some(self.client.purpose.clone());
+        e
+    }
+
+    /// As [`Caller::event`], for a resource reached on `basis` (break-glass sets purpose and reason).
+    pub fn event_on(
+        &self,
+        action: Action,
+        resource_type: &'static str,
+        basis: &Basis,
+    ) -> AuditEvent {
+        let mut e = self.event(action, resource_type);
+        if let Basis::BreakGlass(reason) = basis {
+            e.purpose = Some("break_glass".into());
+            e.reason = Some(reason.clone());
+        }
+        e
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            // Only reachable if a handler on a public route asks for a Caller: a programming error.
+            tracing::error!("caller requested on a route without authentication");
+            ApiError::internal()
+        })
+    }
+}
+
+/// The middleware: authenticates the session (when the policy needs one), enforces stage,
+/// permission and step-up, records denials in the audit log, then hands a [`Caller`] on.
+async fn authorize(
+    State((state, policy)): State<(AppState, Policy)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if policy.access == Access::Public {
+        return next.run(req).await;
+    }
+    let client = ClientInfo::from_parts(req.headers(), req.extensions());
+    let caller = match sessions::authenticate(&state, req.headers(), client).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = check(&state, &policy, &caller) {
+        if e.status == StatusCode::FORBIDDEN {
+            let mut event = caller.event(Action::Access, "route");
+            event.outcome = Outcome::Denied;
+            event.detail = Some(format!("{} {}", req.method(), matched_path(&req)));
+            if let Err(err) = audit::record_now(&state, event).await {
+                tracing::error!(error = %err, "could not audit a denied request");
+            }
+        }
+        return e.into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+fn matched_path(req: &Request) -> String {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default()
+}
+
+/// The policy decision for an authenticated caller.
+pub fn check(state: &AppState, policy: &Policy, caller: &Caller) -> Result<(), ApiError> {
+    match policy.access {
+        Access::Public | Access::PendingMfa => return Ok(()),
+        Access::Authenticated | Access::Perm(_) => match caller.stage {
+            Stage::Full => {}
+            Stage::MfaPending => {
+                return Err(ApiError::unauthorized(
+                    "mfa_required",
+                    "complete the MFA check first",
+                ));
+            }
+            Stage::EnrollOnly => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "mfa_enrollment_required",
+                    "enroll an authenticator app before doing anything else",
+                ));
+            }
+        },
+    }
+    if let Access::Perm(p) = policy.access {
+        if scope_of(caller.role, p).is_none() {
+            return Err(ApiError::forbidden(format!(
+                "your role may not {}",
+                p.as_str().replace('_', " ")
+            )));
+        }
+    }
+    if policy.step_up {
+        let now = state.clock.now_ms();
+        let window = state.config.sessions.step_up_window_secs * 1000;
+        let fresh = caller.mfa_at.is_some_and(|t| now - t <= window);
+        if !fresh {
+            return Err(ApiError::unauthorized(
+                "step_up_required",
+                "this action needs a fresh MFA check: POST /api/v1/auth/step-up",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The matrix as Markdown (docs/permissions.md is this output; a test keeps them equal).
+pub fn matrix_markdown(routes: &[RouteSpec]) -> String {
+    let mut out = String::from(
+        "# Permission matrix\n\nGenerated by `clinic permissions` from `clinic-api/src/authz.rs`; \
+         a test fails when this file differs. `tenant`: the whole practice; `locations`: only the \
+         locations the user is assigned to; `own`: only the user's own records.\n\n| permission |",
+    );
+    for role in Role::ALL {
+        out.push_str(&format!(" {} |", role.as_str()));
+    }
+    out.push_str("\n|---|");
+    for _ in Role::ALL {
+        out.push_str("---|");
+    }
+    out.push('\n');
+    for perm in Permission::ALL {
+        out.push_str(&format!("| {} |", perm.as_str()));
+        for role in Role::ALL {
+            let cell = match scope_of(role, perm) {
+                Some(Scope::Tenant) => "tenant",
+                Some(Scope::AssignedLocations) => "locations",
+                Some(Scope::Own) => "own",
+                None => "",
+            };
+            out.push_str(&format!(" {cell} |"));
+        }
+        out.push('\n');
+    }
+    out.push_str("\n## Routes\n\n| method | path | needs | step-up |\n|---|---|---|---|\n");
+    let mut routes: Vec<&RouteSpec> = routes.iter().collect();
+    routes.sort_by(|a, b| (a.path, a.method.as_str()).cmp(&(b.path, b.method.as_str())));
+    for r in routes {
+        let needs = match r.policy.access {
+            Access::Public => "public".to_string(),
+            Access::PendingMfa => "any session (MFA may be pending)".to_string(),
+            Access::Authenticated => "signed in".to_string(),
+            Access::Perm(p) => format!("`{}`", p.as_str()),
+        };
+        let step = if r.policy.step_up { "yes" } else { "" };
+        out.push_str(&format!(
+            "| {} | `{}` | {} | {} |\n",
+            r.method, r.path, needs, step
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip() {
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn matrix_follows_the_practice() {
+        // Front desk: scheduling and intake, never clinical notes or prescribing.
+        assert!(scope_of(Role::FrontDesk, P::ScheduleWrite).is_some());
+        assert!(scope_of(Role::FrontDesk, P::ClinicalRead).is_none());
+        assert!(scope_of(Role::FrontDesk, P::Prescribe).is_none());
+        // Medical assistant: clinical workflows but no prescribing.
+        assert!(scope_of(Role::MedicalAssistant, P::ClinicalWrite).is_some());
+        assert!(scope_of(Role::MedicalAssistant, P::Prescribe).is_none());
+        // Provider: full records at assigned locations.
+        assert_eq!(
+            scope_of(Role::Provider, P::ClinicalRead),
+            Some(Scope::AssignedLocations)
+        );
+        // Owner: operational reporting, not charts.
+        assert!(scope_of(Role::Owner, P::ReportsRead).is_some());
+        assert!(scope_of(Role::Owner, P::PatientsRead).is_none());
+        // Patients: only their own records.
+        for (_, scope) in grants(Role::Patient) {
+            assert_eq!(*scope, Scope::Own);
+        }
+        // Every permission is named once in the list.
+        let mut all = Permission::ALL.to_vec();
+        all.dedup();
+        assert_eq!(all.len(), Permission::ALL.len());
+        assert!(Permission::ALL.iter().all(|p| p.as_str() != "unknown"));
+    }
+}

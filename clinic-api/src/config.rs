@@ -1,0 +1,329 @@
+//! The one typed configuration, loaded once: built-in defaults, then an optional TOML file, then
+//! `CLINIC_*` environment variables (nested keys with `__`, e.g. `CLINIC_SESSIONS__IDLE_TIMEOUT_SECS`),
+//! then `DATABASE_URL`. Passed down by value; nothing else reads the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Root of embedded state: SQLite database, blobs, key file, audit checkpoints.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    pub database: DatabaseConfig,
+    pub blobs: BlobConfig,
+    pub keys: KeyConfig,
+    pub audit: AuditConfig,
+    pub sessions: SessionConfig,
+    pub login: LoginConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`; default: SQLite at `<data_dir>/clinic.db`.
+    pub url: Option<String>,
+    /// PostgreSQL only: a connection that owns the schema, used by migrations and by the
+    /// operator commands (`audit verify`, `access-review`). Default: `url`.
+    pub admin_url: Option<String>,
+    /// PostgreSQL only: the role the server's queries run as (`SET ROLE` after connecting when
+    /// the login role is not already it). It must not own tables, be superuser or bypass RLS.
+    pub app_role: String,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobConfig {
+    /// Default: `<data_dir>/blobs`.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Local key file (created with mode 0600 on first run). Default: `<data_dir>/keys.json`.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where signed checkpoints are appended; keep it on other storage than the database.
+    /// Default: `<data_dir>/audit-checkpoints.jsonl`.
+    pub checkpoint_file: Option<PathBuf>,
+    /// How often `clinic serve` writes a checkpoint.
+    pub checkpoint_interval_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    pub idle_timeout_secs: i64,
+    pub absolute_lifetime_secs: i64,
+    /// How recent an MFA check must be for routes marked sensitive.
+    pub step_up_window_secs: i64,
+    /// `auto` (Secure unless listening on loopback over plain HTTP), `always`.
+    pub secure_cookie: SecureCookie,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SecureCookie {
+    Auto,
+    Always,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginConfig {
+    /// Failures after which each further failure imposes an exponential wait.
+    pub backoff_after: i64,
+    /// Failures after which the account locks for `lock_secs`.
+    pub lock_after: i64,
+    pub lock_secs: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest accepted JSON body.
+    pub body_limit_bytes: usize,
+    /// Largest number of concurrent connections.
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info,clinic_api=debug`.
+    pub filter: String,
+    pub json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: DatabaseConfig::default(),
+            blobs: BlobConfig::default(),
+            keys: KeyConfig::default(),
+            audit: AuditConfig::default(),
+            sessions: SessionConfig::default(),
+            login: LoginConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            admin_url: None,
+            app_role: "clinic_app".into(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_file: None,
+            checkpoint_interval_secs: 24 * 3600,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: 15 * 60,
+            absolute_lifetime_secs: 12 * 3600,
+            step_up_window_secs: 5 * 60,
+            secure_cookie: SecureCookie::Auto,
+        }
+    }
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            backoff_after: 3,
+            lock_after: 6,
+            lock_secs: 15 * 60,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 64 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if given), then `CLINIC_*` variables, then `DATABASE_URL`.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment passed in (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(
+                path.exists(),
+                "configuration file {} does not exist",
+                path.display()
+            );
+            fig = fig.merge(Toml::file(path));
+        }
+        // Like figment's `Env` provider (values parsed the same way), but over the given pairs.
+        let overrides: Vec<(String, String)> = env
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("CLINIC_")
+                    .map(|rest| (rest.to_ascii_lowercase(), v.clone()))
+            })
+            .collect();
+        for (key, value) in overrides {
+            let path = key.replace("__", ".");
+            let parsed: figment::value::Value = value
+                .parse::<figment::value::Value>()
+                .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            fig = fig.merge(Serialized::default(&path, parsed));
+        }
+        if let Some((_, url)) = env.iter().find(|(k, _)| k == "DATABASE_URL") {
+            fig = fig.merge(Serialized::default("database.url", url));
+        }
+        let config: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        Ok(config)
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("clinic.db").display()
+            )
+        })
+    }
+    pub fn admin_database_url(&self) -> String {
+        self.database
+            .admin_url
+            .clone()
+            .unwrap_or_else(|| self.database_url())
+    }
+    pub fn blob_dir(&self) -> PathBuf {
+        self.blobs
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+    pub fn key_file(&self) -> PathBuf {
+        self.keys
+            .file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys.json"))
+    }
+    pub fn checkpoint_file(&self) -> PathBuf {
+        self.audit
+            .checkpoint_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-checkpoints.jsonl"))
+    }
+    /// Whether session cookies carry `Secure`: always, except plain HTTP on loopback.
+    pub fn secure_cookies(&self) -> bool {
+        match self.sessions.secure_cookie {
+            SecureCookie::Always => true,
+            SecureCookie::Auto => !self.listen.ip().is_loopback(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.database_url().starts_with("sqlite://./data/clinic.db"));
+        assert_eq!(c.blob_dir(), PathBuf::from("./data/blobs"));
+        assert_eq!(c.sessions.idle_timeout_secs, 900);
+        assert!(!c.secure_cookies());
+    }
+
+    #[test]
+    fn file_then_env_then_database_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("clinic.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\n[sessions]\nidle_timeout_secs = 60\n",
+        )
+        .unwrap();
+        let c = Config::load_from(
+            Some(&file),
+            env(&[
+                ("CLINIC_SESSIONS__IDLE_TIMEOUT_SECS", "120"),
+                ("CLINIC_LOG__JSON", "true"),
+                ("DATABASE_URL", "postgres://u@localhost/db"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.sessions.idle_timeout_secs, 120);
+        assert!(c.log.json);
+        assert_eq!(c.database_url(), "postgres://u@localhost/db");
+        assert!(
+            c.secure_cookies(),
+            "non-loopback listener always sets Secure"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::load_from(None, env(&[("CLINIC_NO_SUCH_KEY", "1")])).unwrap_err();
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+}

@@ -1,0 +1,202 @@
+//! Storage: one sqlx `Any` pool whose SQL runs unchanged on SQLite and PostgreSQL (TEXT ids,
+//! BIGINT millisecond times, `$n` placeholders), one migration set per backend, and the tenant
+//! transaction every regulated query runs in.
+//!
+//! On PostgreSQL a tenant transaction starts with `set_config('app.clinic_id', …, true)`, which
+//! the row-level-security policies read; the server's role owns nothing and cannot bypass them.
+//! On SQLite a write transaction is `BEGIN IMMEDIATE`, so writers are serialized.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+use crate::ids::ClinicId;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            anyhow::bail!("unsupported database url scheme (use sqlite:// or postgres://)")
+        }
+    }
+}
+
+/// The pool plus which backend it talks to.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+pub type Tx = Transaction<'static, Any>;
+
+/// The role a PostgreSQL connection runs as and what it may bypass.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RoleCheck {
+    pub role: String,
+    pub superuser: i64,
+    pub bypass_rls: i64,
+    pub owned_tables: i64,
+}
+
+impl Db {
+    /// Connects. With `app_role` on PostgreSQL, each connection `SET ROLE`s to it unless the login
+    /// role already is it.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        app_role: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        if backend == Backend::Sqlite {
+            ensure_sqlite_dir(url)?;
+        }
+        let options = AnyConnectOptions::from_str(url)?;
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            pool = pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;")
+                        .await?;
+                    Ok(())
+                })
+            });
+        } else if let Some(role) = app_role {
+            let role = role.to_string();
+            anyhow::ensure!(
+                role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "app_role must be a plain identifier"
+            );
+            pool = pool.after_connect(move |conn, _| {
+                let role = role.clone();
+                Box::pin(async move {
+                    let current: (String,) = sqlx::query_as("SELECT current_user::text")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if current.0 != role {
+                        conn.execute(format!("SET ROLE {role}").as_str()).await?;
+                    }
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Applies this backend's migrations (needs a connection that may create tables).
+    pub async fn migrate(url: &str) -> anyhow::Result<()> {
+        match Backend::of_url(url)? {
+            Backend::Sqlite => {
+                ensure_sqlite_dir(url)?;
+                let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+                let pool = sqlx::SqlitePool::connect_with(opts).await?;
+                SQLITE_MIGRATIONS.run(&pool).await?;
+                pool.close().await;
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(url).await?;
+                POSTGRES_MIGRATIONS.run(&pool).await?;
+                pool.close().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a transaction scoped to one tenant. Every query on regulated rows runs in one.
+    pub async fn tenant_tx(&self, clinic: &ClinicId) -> sqlx::Result<Tx> {
+        let mut tx = self.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT set_config('app.clinic_id', $1, true)")
+                .bind(clinic.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// A transaction with no tenant: on PostgreSQL it sees no tenant rows at all (RLS).
+    pub async fn begin(&self) -> sqlx::Result<Tx> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Resolves a clinic's slug to its id, before any tenant is known (login).
+    pub async fn clinic_id_by_slug(&self, slug: &str) -> sqlx::Result<Option<ClinicId>> {
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT id FROM clinics WHERE slug = $1",
+            Backend::Postgres => "SELECT clinic_id_by_slug($1) AS id",
+        };
+        let row: Option<(Option<String>,)> = sqlx::query_as(sql)
+            .bind(slug)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|r| r.0).map(ClinicId::from_trusted))
+    }
+
+    /// On PostgreSQL: what the server's role could bypass. Serving refuses a role that is
+    /// superuser, has BYPASSRLS or owns a table (owners are exempt from their tables' policies).
+    pub async fn role_check(&self) -> sqlx::Result<Option<RoleCheck>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let check: RoleCheck = sqlx::query_as(
+            "SELECT r.rolname::text AS role, \
+                    CASE WHEN r.rolsuper THEN 1 ELSE 0 END::bigint AS superuser, \
+                    CASE WHEN r.rolbypassrls THEN 1 ELSE 0 END::bigint AS bypass_rls, \
+                    (SELECT count(*) FROM pg_tables t WHERE t.schemaname = 'public' AND t.tableowner = r.rolname)::bigint AS owned_tables \
+             FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Some(check))
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+impl RoleCheck {
+    pub fn can_bypass_rls(&self) -> bool {
+        self.superuser != 0 || self.bypass_rls != 0 || self.owned_tables != 0
+    }
+}
+
+fn ensure_sqlite_dir(url: &str) -> anyhow::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    Ok(())
+}

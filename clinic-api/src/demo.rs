@@ -1,0 +1,182 @@
+//! The demo practice seeded by `clinic serve --demo`: two locations in different time zones, one
+//! user of each staff role, two patients with portal accounts. Logins are printed once, at seeding.
+
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::authz::Role;
+use crate::ids::{ClinicId, LocationId, PatientId, UserId};
+use crate::users::NewUser;
+use crate::{clinics, locations, passwords, users};
+
+pub const SLUG: &str = "demo";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoLogin {
+    pub username: String,
+    pub password: String,
+    pub role: Role,
+    pub display_name: String,
+}
+
+#[derive(Debug)]
+pub struct Demo {
+    pub clinic_id: ClinicId,
+    pub locations: Vec<LocationId>,
+    pub logins: Vec<DemoLogin>,
+}
+
+/// Seeds the demo practice unless it exists (then `None`: its logins were printed before).
+pub async fn seed(state: &AppState) -> anyhow::Result<Option<Demo>> {
+    if state.db.clinic_id_by_slug(SLUG).await?.is_some() {
+        return Ok(None);
+    }
+    let now = state.clock.now_ms();
+    let clinic = clinics::create(&state.db, SLUG, "Hartwell Family Podiatry", now).await?;
+    let mut tx = state.db.tenant_tx(&clinic).await?;
+    let main_st = locations::create(
+        &mut tx,
+        &clinic,
+        "Main Street (Columbus)",
+        "America/New_York",
+        now,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let lakeside = locations::create(
+        &mut tx,
+        &clinic,
+        "Lakeside (Chicago)",
+        "America/Chicago",
+        now,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let both = [main_st.clone(), lakeside.clone()];
+    let people: [(&str, &str, Role, &[LocationId]); 9] = [
+        ("owner", "Margaret Hartwell", Role::Owner, &both),
+        ("admin", "Dana Okafor", Role::ClinicAdmin, &both),
+        (
+            "dr.hartwell",
+            "Dr. James Hartwell",
+            Role::Provider,
+            std::slice::from_ref(&main_st),
+        ),
+        (
+            "dr.nguyen",
+            "Dr. Linh Nguyen",
+            Role::Provider,
+            std::slice::from_ref(&lakeside),
+        ),
+        (
+            "ma.rivera",
+            "Sam Rivera",
+            Role::MedicalAssistant,
+            std::slice::from_ref(&main_st),
+        ),
+        ("frontdesk", "Pat Kowalski", Role::FrontDesk, &both),
+        ("patient.ellis", "Robin Ellis", Role::Patient, &[]),
+        ("patient.moreau", "Alex Moreau", Role::Patient, &[]),
+        (
+            "partner.lee",
+            "Westside Wound Care (referrals)",
+            Role::ReferringPartner,
+            &[],
+        ),
+    ];
+    let mut logins = Vec::new();
+    let mut patient_users = Vec::new();
+    for (username, display_name, role, locs) in people {
+        let password = passwords::generate(|b| state.keys.random(b));
+        let id = users::create(
+            &mut tx,
+            &clinic,
+            now,
+            &NewUser {
+                username,
+                display_name,
+                role,
+                password: &password,
+                locations: locs,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if role == Role::Patient {
+            patient_users.push(id.clone());
+        }
+        logins.push(DemoLogin {
+            username: username.into(),
+            password,
+            role,
+            display_name: display_name.into(),
+        });
+    }
+    let patients: [(&str, &str, &str, &LocationId); 2] = [
+        ("Robin", "Ellis", "1958-03-14", &main_st),
+        ("Alex", "Moreau", "1971-11-02", &lakeside),
+    ];
+    for ((given, family, birth, loc), user) in patients.into_iter().zip(patient_users.iter()) {
+        insert_patient(&mut tx, &clinic, loc, Some(user), given, family, birth, now).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(Demo {
+        clinic_id: clinic,
+        locations: both.to_vec(),
+        logins,
+    }))
+}
+
+/// Inserts a patient row (seeding and tests; the API has its own audited path).
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_patient(
+    tx: &mut crate::db::Tx,
+    clinic: &ClinicId,
+    location: &LocationId,
+    user: Option<&UserId>,
+    given: &str,
+    family: &str,
+    birth: &str,
+    now: i64,
+) -> anyhow::Result<PatientId> {
+    let id = PatientId::new();
+    sqlx::query(
+        "INSERT INTO patients (id, clinic_id, location_id, user_id, given_name, family_name, birth_date, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(id.as_str())
+    .bind(clinic.as_str())
+    .bind(location.as_str())
+    .bind(user.map(|u| u.to_string()))
+    .bind(given)
+    .bind(family)
+    .bind(birth)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+/// The text printed once at seeding.
+pub fn print_logins(demo: &Demo) -> String {
+    let mut out =
+        String::from("demo practice seeded: clinic \"demo\" (Hartwell Family Podiatry)\n");
+    out.push_str(
+        "these logins are shown once; staff enroll an authenticator app at first sign-in\n\n",
+    );
+    out.push_str(&format!(
+        "{:<16} {:<20} {:<22} {}\n",
+        "username", "role", "password", "name"
+    ));
+    for l in &demo.logins {
+        out.push_str(&format!(
+            "{:<16} {:<20} {:<22} {}\n",
+            l.username,
+            l.role.as_str(),
+            l.password,
+            l.display_name
+        ));
+    }
+    out
+}

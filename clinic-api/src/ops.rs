@@ -1,0 +1,71 @@
+//! Health, readiness and Prometheus metrics.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppState;
+use crate::authz::{Policy, Routes};
+
+pub fn routes() -> Routes {
+    Routes::new("ops")
+        .add(
+            Method::GET,
+            "/healthz",
+            Policy::PUBLIC,
+            "Liveness: the process answers",
+            healthz,
+        )
+        .add(
+            Method::GET,
+            "/readyz",
+            Policy::PUBLIC,
+            "Readiness: the database answers",
+            readyz,
+        )
+        .add(
+            Method::GET,
+            "/metrics",
+            Policy::PUBLIC,
+            "Prometheus metrics (no PHI: route templates and counts)",
+            metrics_text,
+        )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.db.ping().await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Counts requests and their latency per route template (never the raw path, which holds ids).
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}

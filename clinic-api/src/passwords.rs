@@ -1,0 +1,82 @@
+//! Password hashing with argon2id at OWASP's minimum parameters (m = 19 MiB, t = 2, p = 1).
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+use crate::error::ApiError;
+
+pub const MIN_LEN: usize = 12;
+pub const MAX_LEN: usize = 256;
+
+fn hasher() -> Argon2<'static> {
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(19 * 1024, 2, 1, None).expect("valid params"),
+    )
+}
+
+/// Hashes a password (PHC string with salt and parameters).
+pub fn hash(password: &str) -> String {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    hasher()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 hashing")
+        .to_string()
+}
+
+/// Verifies a password against a stored PHC string.
+pub fn verify(stored: &str, password: &str) -> bool {
+    PasswordHash::new(stored)
+        .is_ok_and(|h| hasher().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// Burns the same time as a real check, so unknown usernames cannot be told apart by timing.
+pub fn verify_dummy(password: &str) {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let stored = DUMMY.get_or_init(|| hash("dummy-password-for-timing"));
+    let _ = verify(stored, password);
+}
+
+/// Checks a new password's length (NIST 800-63B: length over composition rules).
+pub fn validate_new(password: &str) -> Result<(), ApiError> {
+    let n = password.chars().count();
+    if n < MIN_LEN || n > MAX_LEN {
+        return Err(ApiError::unprocessable(
+            "weak_password",
+            format!("passwords must be {MIN_LEN} to {MAX_LEN} characters long"),
+        ));
+    }
+    Ok(())
+}
+
+/// A random password for new accounts (printed once, to be changed).
+pub fn generate(random: impl Fn(&mut [u8])) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 20];
+    random(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_argon2id_at_owasp_minimum() {
+        let h = hash("correct horse battery");
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify(&h, "correct horse battery"));
+        assert!(!verify(&h, "correct horse batterY"));
+        assert!(!verify("not a hash", "x"));
+    }
+
+    #[test]
+    fn short_passwords_are_refused() {
+        assert!(validate_new("short").is_err());
+        assert!(validate_new("long enough pass").is_ok());
+    }
+}

@@ -1,0 +1,228 @@
+//! Server-side sessions. The cookie carries `<clinic id>.<32 random bytes>`; the database keeps
+//! only the SHA-256 of the random part. The clinic id in the cookie selects the tenant (so the
+//! lookup runs under row-level security) and is not a secret. Idle timeout and absolute lifetime
+//! are enforced here, on every request; revocation is a row update that takes effect at once.
+
+use axum::http::HeaderMap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::authz::{Caller, Role};
+use crate::db::Tx;
+use crate::error::ApiError;
+use crate::http::ClientInfo;
+use crate::ids::{ClinicId, LocationId, SessionId, UserId};
+use crate::keys::sha256_hex;
+
+pub const COOKIE: &str = "clinic_session";
+
+/// How far a session has come through login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Password accepted; the MFA code is still owed.
+    MfaPending,
+    /// Password accepted for an account that must enroll MFA first: enrollment only.
+    EnrollOnly,
+    /// Fully signed in.
+    Full,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::MfaPending => "mfa_pending",
+            Stage::EnrollOnly => "enroll_only",
+            Stage::Full => "full",
+        }
+    }
+    fn parse(s: &str) -> Option<Stage> {
+        [Stage::MfaPending, Stage::EnrollOnly, Stage::Full]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// A new session's token, to be set as the cookie.
+pub struct NewSession {
+    pub id: SessionId,
+    pub cookie_value: String,
+}
+
+/// Creates a session row and returns its token. Runs in the caller's tenant transaction.
+pub async fn create(
+    tx: &mut Tx,
+    state: &AppState,
+    clinic: &ClinicId,
+    user: &UserId,
+    stage: Stage,
+    client: &ClientInfo,
+) -> sqlx::Result<NewSession> {
+    let now = state.clock.now_ms();
+    let mut raw = [0u8; 32];
+    state.keys.random(&mut raw);
+    let token = URL_SAFE_NO_PAD.encode(raw);
+    let id = SessionId::new();
+    // A session born full (a patient without MFA) has had no MFA check: step-up stays owed.
+    let mfa_at: Option<i64> = None;
+    sqlx::query(
+        "INSERT INTO sessions (id, clinic_id, user_id, token_hash, stage, created_at, last_seen_at, expires_at, mfa_at, ip, user_agent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(id.as_str())
+    .bind(clinic.as_str())
+    .bind(user.as_str())
+    .bind(sha256_hex(token.as_bytes()))
+    .bind(stage.as_str())
+    .bind(now)
+    .bind(now)
+    .bind(now + state.config.sessions.absolute_lifetime_secs * 1000)
+    .bind(mfa_at)
+    .bind(&client.ip)
+    .bind(&client.user_agent)
+    .execute(&mut **tx)
+    .await?;
+    Ok(NewSession {
+        id,
+        cookie_value: format!("{clinic}.{token}"),
+    })
+}
+
+/// The `Set-Cookie` value for a session token (empty token and max-age 0 clear it).
+pub fn set_cookie(state: &AppState, value: &str, max_age_secs: i64) -> String {
+    let secure = if state.config.secure_cookies() {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}")
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: String,
+    user_id: String,
+    stage: String,
+    last_seen_at: i64,
+    expires_at: i64,
+    mfa_at: Option<i64>,
+    revoked_at: Option<i64>,
+    role: String,
+    disabled_at: Option<i64>,
+}
+
+fn expired() -> ApiError {
+    ApiError::unauthorized("session_expired", "your session has ended; sign in again")
+}
+
+/// Resolves the request's session into a [`Caller`], enforcing revocation, the idle timeout and
+/// the absolute lifetime, and refreshing the idle clock.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: ClientInfo,
+) -> Result<Caller, ApiError> {
+    let unauthenticated = || ApiError::unauthorized("unauthenticated", "sign in first");
+    let value = cookie_value(headers).ok_or_else(unauthenticated)?;
+    let (clinic, token) = value.split_once('.').ok_or_else(unauthenticated)?;
+    let clinic = ClinicId::parse(clinic).ok_or_else(unauthenticated)?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.tenant_tx(&clinic).await?;
+    let row: Option<SessionRow> = sqlx::query_as(
+        "SELECT s.id, s.user_id, s.stage, s.last_seen_at, s.expires_at, s.mfa_at, s.revoked_at, u.role, u.disabled_at \
+         FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.token_hash = $1 AND s.clinic_id = $2",
+    )
+    .bind(sha256_hex(token.as_bytes()))
+    .bind(clinic.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(unauthenticated());
+    };
+    if row.revoked_at.is_some() {
+        return Err(expired());
+    }
+    let idle = now - row.last_seen_at > state.config.sessions.idle_timeout_secs * 1000;
+    if idle || now >= row.expires_at || row.disabled_at.is_some() {
+        sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&row.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Err(expired());
+    }
+    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(&row.id)
+        .execute(&mut *tx)
+        .await?;
+    let locations: Vec<(String,)> = sqlx::query_as(
+        "SELECT location_id FROM user_locations WHERE user_id = $1 ORDER BY location_id",
+    )
+    .bind(&row.user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let role = Role::parse(&row.role).ok_or_else(ApiError::internal)?;
+    let stage = Stage::parse(&row.stage).ok_or_else(ApiError::internal)?;
+    Ok(Caller {
+        user_id: UserId::from_trusted(row.user_id),
+        clinic_id: clinic,
+        role,
+        session_id: SessionId::from_trusted(row.id),
+        stage,
+        mfa_at: row.mfa_at,
+        locations: locations
+            .into_iter()
+            .map(|(l,)| LocationId::from_trusted(l))
+            .collect(),
+        client,
+    })
+}
+
+/// Marks a session fully signed in after an MFA check (also the step-up clock).
+pub async fn mark_mfa(tx: &mut Tx, session: &SessionId, now: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE sessions SET stage = 'full', mfa_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(session.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Revokes one session.
+pub async fn revoke(tx: &mut Tx, session: &SessionId, now: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(session.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Revokes every live session of a user (disable, MFA reset, password change).
+pub async fn revoke_user(tx: &mut Tx, user: &UserId, now: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(user.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,476 @@
+//! Sign-in, MFA enrollment and verification, replay refusal, recovery codes, lockout, session
+//! idle timeout and absolute lifetime, and revocation on disable, MFA reset and password change.
+
+use axum::http::{Method, StatusCode};
+use clinic_api::authz::Role;
+use clinic_api::sessions::Stage;
+use clinic_api::testkit::{PASSWORD, TestApp, TestUser};
+use serde_json::json;
+
+fn decode_base32(s: &str) -> Vec<u8> {
+    const A: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut buf, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for c in s.chars() {
+        buf = (buf << 5) | A.find(c).expect("base32") as u32;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}
+
+async fn audit_count(app: &TestApp, action: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE action = $1")
+        .bind(action)
+        .fetch_one(&app.admin.pool)
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn staff_must_enroll_then_codes_cannot_be_replayed() {
+    let app = TestApp::new().await;
+    let provider = app.user(Role::Provider).await;
+
+    let (login, cookie) = app.login(&provider, PASSWORD).await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text);
+    assert_eq!(login.body["stage"], "enroll_only");
+    let cookie = cookie.expect("session cookie");
+    let set_cookie = login.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    assert!(
+        !set_cookie.contains("Secure"),
+        "plain-HTTP loopback relaxes Secure: {set_cookie}"
+    );
+
+    // Before enrolling, nothing but enrollment.
+    let blocked = app
+        .call(Method::GET, "/api/v1/locations", Some(&cookie), None)
+        .await;
+    assert_eq!(
+        (blocked.status, blocked.code()),
+        (StatusCode::FORBIDDEN, "mfa_enrollment_required")
+    );
+
+    let start = app
+        .call(Method::POST, "/api/v1/auth/mfa/enroll", Some(&cookie), None)
+        .await;
+    assert_eq!(start.status, StatusCode::OK, "{}", start.text);
+    let secret = decode_base32(start.body["secret"].as_str().unwrap());
+    assert_eq!(secret.len(), 20, "160-bit secret");
+    assert!(
+        start.body["otpauth_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
+
+    let wrong = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/enroll/confirm",
+            Some(&cookie),
+            Some(json!({ "code": "000000" })),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let code = app.code(&secret, 0);
+    let done = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/enroll/confirm",
+            Some(&cookie),
+            Some(json!({ "code": code })),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    let recovery: Vec<String> =
+        serde_json::from_value(done.body["recovery_codes"].clone()).unwrap();
+    assert_eq!(recovery.len(), 10);
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/locations", Some(&cookie), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Next sign-in owes a code; the code already used cannot be replayed.
+    let (second, cookie2) = app.login(&provider, PASSWORD).await;
+    assert_eq!(second.body["stage"], "mfa_pending");
+    let cookie2 = cookie2.unwrap();
+    let owed = app
+        .call(Method::GET, "/api/v1/locations", Some(&cookie2), None)
+        .await;
+    assert_eq!(
+        (owed.status, owed.code()),
+        (StatusCode::UNAUTHORIZED, "mfa_required")
+    );
+    let replay = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/verify",
+            Some(&cookie2),
+            Some(json!({ "code": code })),
+        )
+        .await;
+    assert_eq!(
+        (replay.status, replay.code()),
+        (StatusCode::UNAUTHORIZED, "code_replayed"),
+        "{}",
+        replay.text
+    );
+    app.clock.advance_secs(30);
+    let fresh = app.code(&secret, 0);
+    let ok = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/verify",
+            Some(&cookie2),
+            Some(json!({ "code": fresh })),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/locations", Some(&cookie2), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        audit_count(&app, "mfa_failed").await,
+        2,
+        "the wrong enrollment code and the replay are audited"
+    );
+
+    // A recovery code works once.
+    let (_, cookie3) = app.login(&provider, PASSWORD).await;
+    let cookie3 = cookie3.unwrap();
+    let used = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/verify",
+            Some(&cookie3),
+            Some(json!({ "recovery_code": recovery[3].to_uppercase() })),
+        )
+        .await;
+    assert_eq!(used.status, StatusCode::OK, "{}", used.text);
+    let (_, cookie4) = app.login(&provider, PASSWORD).await;
+    let again = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/verify",
+            Some(&cookie4.unwrap()),
+            Some(json!({ "recovery_code": recovery[3] })),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{}", again.text);
+    assert_eq!(audit_count(&app, "recovery_code_used").await, 1);
+
+    // Owners and admins see enrollment state.
+    let admin = app.user(Role::ClinicAdmin).await;
+    let list = app
+        .call(
+            Method::GET,
+            "/api/v1/users",
+            Some(&app.session(&admin, Stage::Full).await),
+            None,
+        )
+        .await;
+    let me = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == provider.username.as_str())
+        .unwrap();
+    assert_eq!(me["mfa_enrolled"], true);
+    let admin_row = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == admin.username.as_str())
+        .unwrap();
+    assert_eq!(admin_row["mfa_enrolled"], false);
+}
+
+#[tokio::test]
+async fn patients_sign_in_without_mfa_but_not_as_staff() {
+    let app = TestApp::new().await;
+    let patient = app.user(Role::Patient).await;
+    let (login, cookie) = app.login(&patient, PASSWORD).await;
+    assert_eq!(login.body["stage"], "full", "{}", login.text);
+    let info = app
+        .call(
+            Method::GET,
+            "/api/v1/auth/session",
+            Some(&cookie.unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(info.body["role"], "patient");
+}
+
+#[tokio::test]
+async fn failed_logins_back_off_then_lock_and_are_audited() {
+    let app = TestApp::new().await;
+    let user = app.user(Role::FrontDesk).await;
+    let cfg = app.state.config.login.clone();
+    let mut last = None;
+    for attempt in 1..=cfg.lock_after {
+        let (reply, _) = app.login(&user, "wrong password!").await;
+        if attempt < cfg.lock_after {
+            assert_eq!(
+                (reply.status, reply.code()),
+                (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+                "attempt {attempt}: {}",
+                reply.text
+            );
+        }
+        if attempt >= cfg.backoff_after && attempt < cfg.lock_after {
+            // Immediately again: backing off, and the password is not even checked.
+            let (busy, _) = app.login(&user, PASSWORD).await;
+            assert_eq!(
+                (busy.status, busy.code()),
+                (StatusCode::TOO_MANY_REQUESTS, "login_backoff"),
+                "{}",
+                busy.text
+            );
+            assert!(busy.headers.contains_key("retry-after"));
+            app.clock.advance_secs(60);
+        }
+        last = Some(reply);
+    }
+    let locked = last.unwrap();
+    assert_eq!(
+        (locked.status, locked.code()),
+        (StatusCode::LOCKED, "account_locked"),
+        "{}",
+        locked.text
+    );
+    assert!(locked.body["detail"].as_str().unwrap().contains("locked"));
+    // The right password does not get through a lock.
+    app.clock.advance_secs(60);
+    let (still, _) = app.login(&user, PASSWORD).await;
+    assert_eq!(still.status, StatusCode::LOCKED);
+    assert_eq!(audit_count(&app, "lockout").await, 1);
+    assert!(audit_count(&app, "login_failed").await >= cfg.lock_after);
+
+    // An administrator unlocks.
+    let admin = app.user(Role::ClinicAdmin).await;
+    let unlock = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/users/{}/unlock", user.id),
+            Some(&app.session(&admin, Stage::Full).await),
+            None,
+        )
+        .await;
+    assert_eq!(unlock.status, StatusCode::OK, "{}", unlock.text);
+    let (ok, _) = app.login(&user, PASSWORD).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+}
+
+#[tokio::test]
+async fn unknown_users_and_clinics_look_like_wrong_passwords() {
+    let app = TestApp::new().await;
+    let ghost = TestUser {
+        username: "nobody-here".into(),
+        ..app.user(Role::Provider).await
+    };
+    let (reply, cookie) = app.login(&ghost, PASSWORD).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::UNAUTHORIZED, "invalid_credentials")
+    );
+    assert!(cookie.is_none());
+    let other = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({ "clinic": "no-such", "username": "x", "password": "y" })),
+        )
+        .await;
+    assert_eq!(
+        (other.status, other.code()),
+        (StatusCode::UNAUTHORIZED, "invalid_credentials")
+    );
+}
+
+#[tokio::test]
+async fn idle_timeout_and_absolute_lifetime_are_enforced() {
+    let app = TestApp::new().await;
+    let user = app.user(Role::MedicalAssistant).await;
+    let cookie = app.session(&user, Stage::Full).await;
+    let get = |c: String| {
+        let app = &app;
+        async move {
+            app.call(Method::GET, "/api/v1/locations", Some(&c), None)
+                .await
+        }
+    };
+    app.clock.advance_secs(14 * 60);
+    assert_eq!(
+        get(cookie.clone()).await.status,
+        StatusCode::OK,
+        "14 idle minutes: still signed in"
+    );
+    app.clock.advance_secs(15 * 60 + 1);
+    let idle = get(cookie.clone()).await;
+    assert_eq!(
+        (idle.status, idle.code()),
+        (StatusCode::UNAUTHORIZED, "session_expired"),
+        "{}",
+        idle.text
+    );
+    // Stays expired even if used again at once.
+    assert_eq!(get(cookie).await.status, StatusCode::UNAUTHORIZED);
+
+    // Absolute lifetime: active every 10 minutes, still ends at 12 hours.
+    let cookie = app.session(&user, Stage::Full).await;
+    for _ in 0..71 {
+        app.clock.advance_secs(600);
+        assert_eq!(get(cookie.clone()).await.status, StatusCode::OK);
+    }
+    app.clock.advance_secs(600);
+    let end = get(cookie).await;
+    assert_eq!(
+        (end.status, end.code()),
+        (StatusCode::UNAUTHORIZED, "session_expired")
+    );
+}
+
+async fn ok(app: &TestApp, cookie: &str) -> StatusCode {
+    app.call(Method::GET, "/api/v1/locations", Some(cookie), None)
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn disable_mfa_reset_and_password_change_revoke_sessions_at_once() {
+    let app = TestApp::new().await;
+    let admin = app.user(Role::ClinicAdmin).await;
+    let admin_cookie = app.session(&admin, Stage::Full).await;
+
+    let victim = app.user(Role::Provider).await;
+    let (a, b) = (
+        app.session(&victim, Stage::Full).await,
+        app.session(&victim, Stage::Full).await,
+    );
+    assert_eq!(ok(&app, &a).await, StatusCode::OK);
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/users/{}/disable", victim.id),
+            Some(&admin_cookie),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["sessions_revoked"], 2);
+    assert_eq!(ok(&app, &a).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(ok(&app, &b).await, StatusCode::UNAUTHORIZED);
+    let (login, _) = app.login(&victim, PASSWORD).await;
+    assert_eq!(
+        login.status,
+        StatusCode::FORBIDDEN,
+        "disabled users cannot sign in: {}",
+        login.text
+    );
+
+    let reset = app.user(Role::Provider).await;
+    app.enroll(&reset).await;
+    let c = app.session(&reset, Stage::Full).await;
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/users/{}/reset-mfa", reset.id),
+            Some(&admin_cookie),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(ok(&app, &c).await, StatusCode::UNAUTHORIZED);
+    let (login, _) = app.login(&reset, PASSWORD).await;
+    assert_eq!(
+        login.body["stage"], "enroll_only",
+        "after a reset the user enrolls again"
+    );
+
+    let changer = app.user(Role::FrontDesk).await;
+    let (c1, c2) = (
+        app.session(&changer, Stage::Full).await,
+        app.session(&changer, Stage::Full).await,
+    );
+    let short = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/password",
+            Some(&c1),
+            Some(json!({ "current_password": PASSWORD, "new_password": "short" })),
+        )
+        .await;
+    assert_eq!(
+        (short.status, short.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "weak_password")
+    );
+    assert_eq!(
+        ok(&app, &c2).await,
+        StatusCode::OK,
+        "a refused change revokes nothing"
+    );
+    let changed = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/password",
+            Some(&c1),
+            Some(
+                json!({ "current_password": PASSWORD, "new_password": "a much better passphrase" }),
+            ),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    assert_eq!(ok(&app, &c1).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(ok(&app, &c2).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.login(&changer, PASSWORD).await.0.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login(&changer, "a much better passphrase")
+            .await
+            .0
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let app = TestApp::new().await;
+    let user = app.user(Role::Owner).await;
+    let cookie = app.session(&user, Stage::Full).await;
+    let out = app
+        .call(Method::POST, "/api/v1/auth/logout", Some(&cookie), None)
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    assert!(
+        out.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/auth/session", Some(&cookie), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
