@@ -7,8 +7,10 @@ use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderValue, header};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::authz::Routes;
@@ -17,7 +19,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::error::not_found_fallback;
 use crate::keys::KeyRing;
-use crate::{audit, auth, locations, openapi, ops, patients, reports, users};
+use crate::{audit, auth, locations, openapi, ops, patients, reports, users, web};
 
 /// What every handler may use.
 #[derive(Clone)]
@@ -32,6 +34,7 @@ pub struct AppState {
 /// Every route of the API, each with its policy.
 pub fn all_routes() -> Routes {
     ops::routes()
+        .merge(web::routes())
         .merge(openapi::routes())
         .merge(auth::routes())
         .merge(users::routes())
@@ -104,6 +107,23 @@ impl AppState {
                     }),
             )
             .layer(DefaultBodyLimit::max(self.config.http.body_limit_bytes))
+            .layer(SetResponseHeaderLayer::overriding(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(SetResponseHeaderLayer::overriding(
+                header::X_FRAME_OPTIONS,
+                HeaderValue::from_static("DENY"),
+            ))
+            .layer(SetResponseHeaderLayer::overriding(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ))
+            // Answers carry PHI: no shared or browser caching.
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            ))
             .with_state(self.clone())
     }
 }

@@ -496,10 +496,11 @@ impl Caller {
                 scope_of(self.role, P::BreakGlass),
             ) {
                 (Some(reason), Some(_)) => Ok(Basis::BreakGlass(reason.clone())),
-                _ => Err(ApiError::forbidden(
+                _ => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "location_not_assigned",
                     "this record belongs to a location you are not assigned to",
-                )
-                .with_extra(serde_json::json!({ "code": "location_not_assigned" }))),
+                )),
             },
             Some(Scope::Own) | None => Err(ApiError::forbidden("not permitted")),
         }

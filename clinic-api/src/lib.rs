@@ -27,6 +27,7 @@ pub mod pii;
 pub mod reports;
 pub mod sessions;
 pub mod users;
+pub mod web;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

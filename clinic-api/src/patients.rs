@@ -211,26 +211,28 @@ async fn fetch(tx: &mut Tx, caller: &Caller, id: &PatientId) -> sqlx::Result<Opt
     .await
 }
 
-/// Loads a patient and checks the caller's reach; a refusal is audited as denied.
+/// Loads a patient and checks the caller's reach. A refusal is audited as denied and committed
+/// in this same transaction (a second one would wait on SQLite's write lock).
 async fn reach(
     state: &AppState,
-    tx: &mut Tx,
+    mut tx: Tx,
     caller: &Caller,
     id: &PatientId,
     perm: Permission,
-) -> ApiResult<(PatientRow, crate::authz::Basis)> {
-    let row = fetch(tx, caller, id)
+) -> ApiResult<(Tx, PatientRow, crate::authz::Basis)> {
+    let row = fetch(&mut tx, caller, id)
         .await?
         .ok_or_else(|| ApiError::not_found("patient"))?;
     match caller.check_location(perm, &LocationId::from_trusted(row.location_id.clone())) {
-        Ok(basis) => Ok((row, basis)),
+        Ok(basis) => Ok((tx, row, basis)),
         Err(e) => {
             let event = caller
                 .event(Action::Access, "patient")
                 .patient(id)
                 .resource(id)
                 .outcome(Outcome::Denied);
-            audit::record_now(state, event).await?;
+            audit::record(&mut tx, state.db.backend, state.clock.now_ms(), event).await?;
+            tx.commit().await?;
             Err(e)
         }
     }
@@ -242,8 +244,8 @@ async fn get(
     ApiPath(p): ApiPath<PatientPath>,
 ) -> ApiResult<Json<PatientOut>> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let (row, basis) = reach(&state, &mut tx, &caller, &p.id, Permission::PatientsRead).await?;
+    let tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let (mut tx, row, basis) = reach(&state, tx, &caller, &p.id, Permission::PatientsRead).await?;
     audit::record(
         &mut tx,
         state.db.backend,
@@ -326,8 +328,8 @@ async fn update(
         validate_birth_date(v)?;
     }
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let (row, basis) = reach(&state, &mut tx, &caller, &p.id, Permission::PatientsWrite).await?;
+    let tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let (mut tx, row, basis) = reach(&state, tx, &caller, &p.id, Permission::PatientsWrite).await?;
     if let Some(loc) = &body.location_id {
         caller.check_location(Permission::PatientsWrite, loc)?;
         location_exists(&mut tx, &caller, loc).await?;
