@@ -523,14 +523,14 @@ pub async fn verify(
                 latest = Some(cp);
             }
         }
-        if let Some(cp) = latest {
-            if last_seq < cp.seq {
-                report.problems.push(Problem::Truncated {
-                    clinic_id: clinic_id.clone(),
-                    checkpoint_seq: cp.seq,
-                    last_seq,
-                });
-            }
+        if let Some(cp) = latest
+            && last_seq < cp.seq
+        {
+            report.problems.push(Problem::Truncated {
+                clinic_id: clinic_id.clone(),
+                checkpoint_seq: cp.seq,
+                last_seq,
+            });
         }
     }
     Ok(report)

@@ -604,13 +604,13 @@ pub fn check(state: &AppState, policy: &Policy, caller: &Caller) -> Result<(), A
             }
         },
     }
-    if let Access::Perm(p) = policy.access {
-        if scope_of(caller.role, p).is_none() {
-            return Err(ApiError::forbidden(format!(
-                "your role may not {}",
-                p.as_str().replace('_', " ")
-            )));
-        }
+    if let Access::Perm(p) = policy.access
+        && scope_of(caller.role, p).is_none()
+    {
+        return Err(ApiError::forbidden(format!(
+            "your role may not {}",
+            p.as_str().replace('_', " ")
+        )));
     }
     if policy.step_up {
         let now = state.clock.now_ms();

@@ -41,7 +41,7 @@ pub fn verify_dummy(password: &str) {
 /// Checks a new password's length (NIST 800-63B: length over composition rules).
 pub fn validate_new(password: &str) -> Result<(), ApiError> {
     let n = password.chars().count();
-    if n < MIN_LEN || n > MAX_LEN {
+    if !(MIN_LEN..=MAX_LEN).contains(&n) {
         return Err(ApiError::unprocessable(
             "weak_password",
             format!("passwords must be {MIN_LEN} to {MAX_LEN} characters long"),

@@ -1,0 +1,57 @@
+// Shared by the browser tests: start `clinic serve --demo` on a free loopback port in a fresh data
+// directory, read the printed logins, and launch Debian's chromium (never a downloaded browser).
+import { spawn } from 'node:child_process';
+import { mkdtempSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createHmac } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const root = resolve(import.meta.dirname, '..', '..');
+export const CLINIC_BIN = process.env.CLINIC_BIN || join(root, 'target', 'debug', 'clinic');
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+export async function startServer() {
+  if (!existsSync(CLINIC_BIN)) throw new Error(`no clinic binary at ${CLINIC_BIN}: cargo build -p clinic-api first`);
+  const dir = mkdtempSync(join(tmpdir(), 'clinic-browser-'));
+  const env = { ...process.env, CLINIC_DATA_DIR: join(dir, 'data'), CLINIC_LISTEN: '127.0.0.1:0' };
+  delete env.DATABASE_URL;
+  const child = spawn(CLINIC_BIN, ['serve', '--demo'], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stderr.resume();
+  const logins = {};
+  const base = await new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error('server did not start in 30 s')), 30000);
+    child.on('exit', (code) => fail(new Error(`server exited with ${code}`)));
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      const cols = line.trim().split(/\s+/);
+      if (line.startsWith('clinic listening on ')) { clearTimeout(timer); ok(line.slice('clinic listening on '.length).trim()); }
+      else if (cols.length >= 3 && cols[0] !== 'username') logins[cols[0]] = { role: cols[1], password: cols[2] };
+    });
+  });
+  return { base, logins, stop: () => child.kill('SIGTERM') };
+}
+
+export async function launch() {
+  if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM} (apt-get install chromium)`);
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream'],
+  });
+}
+
+// RFC 6238 TOTP (SHA-1, 6 digits, 30 s) from a base32 secret, as an authenticator app computes it.
+export function totp(base32, unixSeconds = Date.now() / 1000) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const c of base32.replace(/[\s=]/g, '').toUpperCase()) bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
+  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(unixSeconds / 30)));
+  const mac = createHmac('sha1', key).update(counter).digest();
+  const off = mac[mac.length - 1] & 15;
+  const n = (mac.readUInt32BE(off) & 0x7fffffff) % 1000000;
+  return String(n).padStart(6, '0');
+}
