@@ -388,3 +388,18 @@ impl TestApp {
         self.state.db.backend
     }
 }
+
+/// Decodes RFC 4648 base32 (no padding), as an authenticator app reads the enrollment key.
+pub fn decode_base32(s: &str) -> Vec<u8> {
+    const A: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut buf, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for c in s.chars().filter(|c| !c.is_whitespace()) {
+        buf = (buf << 5) | A.find(c).expect("base32 character") as u32;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}

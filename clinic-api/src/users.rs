@@ -262,7 +262,7 @@ pub fn routes() -> Routes {
             Method::GET,
             "/api/v1/users",
             Policy::perm(Permission::UsersRead),
-            "List users with role, locations and MFA enrollment state",
+            "List staff and partner accounts with role, locations and MFA enrollment state",
             list,
         )
         .add(
@@ -307,8 +307,10 @@ pub fn routes() -> Routes {
 async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<UserOut>>> {
     let now = state.clock.now_ms();
     let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    // Patient portal accounts are left out: their display names are PHI, and staff administration
+    // does not need them (a patient's account is reached through the patient's record).
     let rows: Vec<UserRow> = sqlx::query_as(&format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE clinic_id = $1 ORDER BY username"
+        "SELECT {USER_COLUMNS} FROM users WHERE clinic_id = $1 AND role <> 'patient' ORDER BY username"
     ))
     .bind(caller.clinic_id.as_str())
     .fetch_all(&mut *tx)

@@ -4,22 +4,8 @@
 use axum::http::{Method, StatusCode};
 use clinic_api::authz::Role;
 use clinic_api::sessions::Stage;
-use clinic_api::testkit::{PASSWORD, TestApp, TestUser};
+use clinic_api::testkit::{PASSWORD, TestApp, TestUser, decode_base32};
 use serde_json::json;
-
-fn decode_base32(s: &str) -> Vec<u8> {
-    const A: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut buf, mut bits, mut out) = (0u32, 0u32, Vec::new());
-    for c in s.chars() {
-        buf = (buf << 5) | A.find(c).expect("base32") as u32;
-        bits += 5;
-        if bits >= 8 {
-            out.push((buf >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    out
-}
 
 async fn audit_count(app: &TestApp, action: &str) -> i64 {
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE action = $1")
@@ -174,6 +160,7 @@ async fn staff_must_enroll_then_codes_cannot_be_replayed() {
 
     // Owners and admins see enrollment state.
     let admin = app.user(Role::ClinicAdmin).await;
+    app.user(Role::Patient).await;
     let list = app
         .call(
             Method::GET,
@@ -198,6 +185,14 @@ async fn staff_must_enroll_then_codes_cannot_be_replayed() {
         .find(|u| u["username"] == admin.username.as_str())
         .unwrap();
     assert_eq!(admin_row["mfa_enrolled"], false);
+    assert!(
+        list.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["role"] != "patient"),
+        "patient accounts (PHI) are not listed"
+    );
 }
 
 #[tokio::test]

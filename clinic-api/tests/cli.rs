@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 
+use clinic_api::testkit::decode_base32;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clinic");
@@ -99,20 +100,6 @@ impl Server {
             .2
             .clone()
     }
-}
-
-fn decode_base32(s: &str) -> Vec<u8> {
-    const A: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut buf, mut bits, mut out) = (0u32, 0u32, Vec::new());
-    for c in s.chars() {
-        buf = (buf << 5) | A.find(c).unwrap() as u32;
-        bits += 5;
-        if bits >= 8 {
-            out.push((buf >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    out
 }
 
 fn totp_now(secret: &[u8]) -> String {

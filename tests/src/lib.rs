@@ -78,6 +78,7 @@ impl Server {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .cookie_store(true)
+        .user_agent("clinic-e2e")
         .build()
         .expect("client")
 }

@@ -2,29 +2,31 @@
 //! backend under test, over real TCP: the demo practice signs in through MFA enrollment, PHI
 //! routes work, checkpoints are written by the server's own role, and shutdown drains.
 
+use clinic_api::testkit::decode_base32;
 use clinic_api::{audit, demo, mfa};
 use clinic_e2e::{Server, client, config};
 use serde_json::{Value, json};
-
-fn decode_base32(s: &str) -> Vec<u8> {
-    const A: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut buf, mut bits, mut out) = (0u32, 0u32, Vec::new());
-    for c in s.chars() {
-        buf = (buf << 5) | A.find(c).unwrap() as u32;
-        bits += 5;
-        if bits >= 8 {
-            out.push((buf >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    out
-}
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+async fn sign_in(
+    server: &Server,
+    c: &reqwest::Client,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<Value> {
+    let body = json!({ "clinic": "demo", "username": username, "password": password });
+    Ok(c.post(server.url("/api/v1/auth/login"))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?)
 }
 
 #[tokio::test]
@@ -57,13 +59,7 @@ async fn demo_practice_end_to_end() -> anyhow::Result<()> {
 
     // The medical assistant: login → enroll → session.
     let ma = client();
-    let login: Value = ma
-        .post(server.url("/api/v1/auth/login"))
-        .json(&json!({ "clinic": "demo", "username": "ma.rivera", "password": pw("ma.rivera") }))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let login = sign_in(&server, &ma, "ma.rivera", &pw("ma.rivera")).await?;
     assert_eq!(login["stage"], "enroll_only", "{login}");
     let enroll: Value = ma
         .post(server.url("/api/v1/auth/mfa/enroll"))
@@ -114,13 +110,7 @@ async fn demo_practice_end_to_end() -> anyhow::Result<()> {
             .status(),
         401
     );
-    let again: Value = ma
-        .post(server.url("/api/v1/auth/login"))
-        .json(&json!({ "clinic": "demo", "username": "ma.rivera", "password": pw("ma.rivera") }))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let again = sign_in(&server, &ma, "ma.rivera", &pw("ma.rivera")).await?;
     assert_eq!(again["stage"], "mfa_pending");
     let next = mfa::code_at(&secret, now_secs() + mfa::STEP_SECS);
     let verified = ma
@@ -153,6 +143,14 @@ async fn demo_practice_end_to_end() -> anyhow::Result<()> {
         written[0].seq
     );
     let admin = clinic_api::db::Db::connect(&server.config.admin_database_url(), 2, None).await?;
+    // Audit rows from the real listener carry the client's address and user agent.
+    let (ip, agent, session): (Option<String>, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT ip, user_agent, session_id FROM audit_events WHERE action = 'view' AND resource_type = 'patient' ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&admin.pool)
+            .await?;
+    assert_eq!(ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(agent.as_deref(), Some("clinic-e2e"));
+    assert!(session.is_some());
     let report = audit::verify(&admin, &server.state.keys, &path).await?;
     assert!(report.ok(), "{:?}", report.problems);
 
