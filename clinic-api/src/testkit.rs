@@ -74,12 +74,27 @@ pub fn postgres_url_or_skip(test: &str) -> Option<String> {
     match std::env::var("TEST_DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => Some(url),
         _ => {
-            eprintln!(
-                "SKIPPED {test}: needs PostgreSQL; set TEST_DATABASE_URL=postgres://… (.ci/run does)"
-            );
+            say_uncaptured(&format!(
+                "SKIPPED {test}: needs PostgreSQL; set TEST_DATABASE_URL=postgres://… (.ci/run does)\n"
+            ));
             None
         }
     }
+}
+
+/// Writes to file descriptor 2 itself: libtest captures both `eprintln!` and `std::io::stderr()`,
+/// and a skipped test must be seen in the run's output.
+pub fn say_uncaptured(text: &str) {
+    use std::io::Write;
+    #[cfg(unix)]
+    {
+        use std::os::fd::FromRawFd;
+        // SAFETY: fd 2 is open for the life of the process; ManuallyDrop keeps it open after use.
+        let mut err = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(2) });
+        let _ = err.write_all(text.as_bytes());
+    }
+    #[cfg(not(unix))]
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 /// Replaces the database name of a PostgreSQL URL.
