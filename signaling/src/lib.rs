@@ -1,7 +1,15 @@
-//! WebSocket signaling for video consults: join tokens, waiting room, offer/answer, ICE,
-//! reconnect. The `clinic` process will serve it.
+//! Signaling for video consults, as a sans-IO core: nothing here touches a socket or a clock.
 //!
-//! Empty until the video-consult issue builds it; nothing here is used yet, and nothing
-//! pretends to be. Its design: a sans-IO room state machine (messages and `Instant`s in,
-//! decisions out) driven by a thin tokio-tungstenite shell, with a versioned JSON protocol
-//! documented in `docs/signaling.md`.
+//! - [`token`]: the consult join token: short-lived, HMAC-signed, bound to consult, participant
+//!   and role, verifiable by any node that holds the key, without a database call.
+//! - [`protocol`]: the versioned JSON messages (documented in `docs/signaling.md`), parsed with
+//!   size limits; garbage becomes an error message, never a panic.
+//! - [`room`]: one consult's state machine (waiting room, admit/remove, limits, reconnect grace,
+//!   idle end), fed messages and `Instant`s, answering with messages to send and effects to
+//!   carry out (audit events, media commands).
+//!
+//! The WebSocket shell that drives it lives in `clinic-api` (`consults` module).
+
+pub mod protocol;
+pub mod room;
+pub mod token;
