@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::error::not_found_fallback;
 use crate::keys::KeyRing;
-use crate::{audit, auth, locations, openapi, ops, patients, reports, users, web};
+use crate::{audit, auth, consults, locations, openapi, ops, patients, reports, users, web};
 
 /// What every handler may use.
 #[derive(Clone)]
@@ -29,6 +29,8 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
+    /// Live consults on this node.
+    pub consults: Arc<crate::consults::Hub>,
 }
 
 /// Every route of the API, each with its policy.
@@ -42,6 +44,7 @@ pub fn all_routes() -> Routes {
         .merge(patients::routes())
         .merge(reports::routes())
         .merge(audit::routes())
+        .merge(consults::routes())
 }
 
 /// The process-wide Prometheus recorder (installed once; later calls share it).
@@ -82,6 +85,7 @@ impl AppState {
         Ok(Self {
             config: Arc::new(config),
             db,
+            consults: Arc::new(consults::Hub::new(&keys)),
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
             metrics: metrics_handle(),

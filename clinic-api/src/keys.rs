@@ -38,6 +38,8 @@ pub enum Purpose {
     MfaSecret,
     /// Signing audit checkpoints (Ed25519 seed).
     AuditCheckpoint,
+    /// Signing consult join tokens (HMAC-SHA256), verifiable by every node with the key file.
+    ConsultToken,
 }
 
 impl Purpose {
@@ -45,6 +47,7 @@ impl Purpose {
         match self {
             Purpose::MfaSecret => b"clinic/v1/mfa-secret",
             Purpose::AuditCheckpoint => b"clinic/v1/audit-checkpoint-ed25519",
+            Purpose::ConsultToken => b"clinic/v1/consult-token-hmac",
         }
     }
 }
@@ -170,6 +173,13 @@ impl KeyRing {
         let mut out = [0u8; 32];
         okm.fill(&mut out).map_err(|_| KeyError::Open)?;
         Ok(out)
+    }
+
+    /// The active key's subkey for `purpose`, for callers that hold key material themselves
+    /// (the consult token signer).
+    pub fn purpose_key(&self, purpose: Purpose) -> [u8; 32] {
+        self.derive(&self.active, purpose)
+            .expect("active key exists")
     }
 
     /// Fills `buf` from the system's secure random source.

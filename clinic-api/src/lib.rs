@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clinics;
 pub mod clock;
 pub mod config;
+pub mod consults;
 pub mod db;
 pub mod demo;
 pub mod error;

@@ -167,10 +167,12 @@ impl TestApp {
             .await
             .expect("connect admin pool");
         let clock = ManualClock::new(1_790_000_000_000);
+        let keys = KeyRing::generate();
         let state = AppState {
             config: std::sync::Arc::new(config),
             db,
-            keys: std::sync::Arc::new(KeyRing::generate()),
+            consults: std::sync::Arc::new(crate::consults::Hub::new(&keys)),
+            keys: std::sync::Arc::new(keys),
             clock: std::sync::Arc::new(clock.clone()),
             metrics: metrics_handle(),
         };

@@ -66,6 +66,8 @@ pub enum Input {
     },
     /// Time passed: expire grace periods, end an idle consult.
     Tick,
+    /// A host ended the consult from outside the room (the REST API).
+    EndNow,
 }
 
 /// What the room asks the shell to record.
@@ -211,6 +213,7 @@ impl Room {
             Input::Msg { conn, msg } => self.message(now, conn, msg, &mut out),
             Input::Closed { conn } => self.closed(now, conn, &mut out),
             Input::Tick => self.tick(now, &mut out),
+            Input::EndNow => self.end(EndReason::EndedByProvider, None, &mut out),
         }
         self.update_empty(now);
         out

@@ -1,0 +1,809 @@
+//! Video consults: the REST routes (create, issue one-time join links, exchange a link's code for
+//! a join token, end) and the WebSocket shell around `signaling::room::Room`.
+//!
+//! Each live consult has one room task that owns its `Room` and every connection's outbound
+//! queue, so a consult's signaling never needs a lock. Connections authenticate with a join token
+//! in their first message (or a resume token after a drop); the token is verified with the key
+//! ring's consult-token key, without a database call.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use signaling::protocol::{self, ClientMsg, ProtocolError, RateLimiter, ServerMsg};
+use signaling::room::{AuditAction, ConnId, Effect, Input, Joiner, Output, Room, RoomConfig};
+use signaling::token::{Claims, ConsultRole, TokenKey};
+use tokio::sync::mpsc;
+
+use crate::app::AppState;
+use crate::audit::{self, Action, AuditEvent};
+use crate::authz::{Caller, Permission, Policy, Routes};
+use crate::clock::rfc3339;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{ApiJson, ApiPath, ClientInfo};
+use crate::ids::{ClinicId, LocationId, PatientId};
+use crate::keys::{Purpose, sha256_hex};
+
+/// How long a join link's code may wait to be exchanged.
+const LINK_TTL_SECS: i64 = 24 * 3600;
+/// How long a join token lives once issued (it is used at once by the page).
+const TOKEN_TTL_SECS: i64 = 10 * 60;
+/// A connection must join (or resume) within this time.
+const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Frames above this close the connection at the WebSocket layer; below it and above the
+/// protocol's limit they get a `too_large` error and the connection goes on.
+const MAX_WS_MESSAGE: usize = 1 << 20;
+
+/// Live consults on this node.
+pub struct Hub {
+    rooms: Mutex<HashMap<String, mpsc::UnboundedSender<RoomCmd>>>,
+    next_conn: AtomicU64,
+    pub token_key: TokenKey,
+    pub room_config: RoomConfig,
+}
+
+enum RoomCmd {
+    Attach {
+        conn: ConnId,
+        tx: mpsc::UnboundedSender<Outbound>,
+    },
+    Input(Input),
+}
+
+enum Outbound {
+    Msg(ServerMsg),
+    Close,
+}
+
+impl Hub {
+    pub fn new(keys: &crate::keys::KeyRing) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            token_key: TokenKey::new(&keys.purpose_key(Purpose::ConsultToken)),
+            room_config: RoomConfig::default(),
+        }
+    }
+
+    /// Number of live rooms (for metrics and tests).
+    pub fn live_rooms(&self) -> usize {
+        self.rooms.lock().expect("hub lock").len()
+    }
+
+    fn room(&self, consult: &str) -> Option<mpsc::UnboundedSender<RoomCmd>> {
+        self.rooms
+            .lock()
+            .expect("hub lock")
+            .get(consult)
+            .filter(|tx| !tx.is_closed())
+            .cloned()
+    }
+}
+
+/// The consult row a room needs.
+#[derive(sqlx::FromRow)]
+struct ConsultRow {
+    patient_id: Option<String>,
+    status: String,
+}
+
+/// The room for a consult: the live one, or a new one if the consult is still open.
+async fn room_for(
+    state: &AppState,
+    clinic: &ClinicId,
+    consult: &str,
+) -> ApiResult<mpsc::UnboundedSender<RoomCmd>> {
+    if let Some(tx) = state.consults.room(consult) {
+        return Ok(tx);
+    }
+    let mut tx = state.db.tenant_tx(clinic).await?;
+    let row: Option<ConsultRow> =
+        sqlx::query_as("SELECT patient_id, status FROM consults WHERE id = $1 AND clinic_id = $2")
+            .bind(consult)
+            .bind(clinic.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    let row = row
+        .filter(|r| r.status == "open")
+        .ok_or_else(|| ApiError::conflict("consult_unavailable", "this consult has ended"))?;
+    let mut rooms = state.consults.rooms.lock().expect("hub lock");
+    if let Some(tx) = rooms.get(consult).filter(|tx| !tx.is_closed()) {
+        return Ok(tx.clone());
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    rooms.insert(consult.to_string(), tx.clone());
+    let room = Room::new(consult, state.consults.room_config.clone(), Instant::now());
+    tokio::spawn(room_task(
+        state.clone(),
+        clinic.clone(),
+        consult.to_string(),
+        row.patient_id,
+        room,
+        rx,
+    ));
+    Ok(tx)
+}
+
+/// Owns one consult's room: applies inputs in order, sends its output, carries out its effects.
+async fn room_task(
+    state: AppState,
+    clinic: ClinicId,
+    consult: String,
+    patient: Option<String>,
+    mut room: Room,
+    mut rx: mpsc::UnboundedReceiver<RoomCmd>,
+) {
+    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Outbound>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let input = tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None => break,
+                Some(RoomCmd::Attach { conn, tx }) => { conns.insert(conn, tx); continue; }
+                Some(RoomCmd::Input(input)) => input,
+            },
+            _ = tick.tick() => Input::Tick,
+        };
+        let out = room.handle(Instant::now(), input);
+        apply(
+            &state,
+            &clinic,
+            &consult,
+            patient.as_deref(),
+            &room,
+            &mut conns,
+            out,
+        )
+        .await;
+        if room.is_ended() {
+            break;
+        }
+    }
+    state
+        .consults
+        .rooms
+        .lock()
+        .expect("hub lock")
+        .remove(&consult);
+}
+
+async fn apply(
+    state: &AppState,
+    clinic: &ClinicId,
+    consult: &str,
+    patient: Option<&str>,
+    room: &Room,
+    conns: &mut HashMap<ConnId, mpsc::UnboundedSender<Outbound>>,
+    out: Output,
+) {
+    for (conn, msg) in out.send {
+        if let Some(tx) = conns.get(&conn) {
+            let _ = tx.send(Outbound::Msg(msg));
+        }
+    }
+    for conn in out.close {
+        if let Some(tx) = conns.remove(&conn) {
+            let _ = tx.send(Outbound::Close);
+        }
+    }
+    for effect in out.effects {
+        match effect {
+            Effect::Audit {
+                action,
+                participant,
+                role,
+                by,
+                detail,
+            } => {
+                let action_name = match action {
+                    AuditAction::Join => "join",
+                    AuditAction::Admit => "admit",
+                    AuditAction::Remove => "remove",
+                    AuditAction::Leave => "leave",
+                    AuditAction::Reconnect => "reconnect",
+                    AuditAction::End => "end",
+                };
+                let mut e =
+                    AuditEvent::new(clinic.clone(), Action::Access, "consult").resource(consult);
+                e.actor_id = by.clone().or(participant.clone());
+                e.actor_role = role.map(|r| {
+                    format!(
+                        "consult_{}",
+                        serde_json::to_value(r)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    )
+                });
+                e.patient_id = patient.map(String::from);
+                e.detail = Some(
+                    format!(
+                        "{action_name} participant={} {detail}",
+                        participant.unwrap_or_default()
+                    )
+                    .trim()
+                    .to_string(),
+                );
+                if let Err(err) = audit::record_now(state, e).await {
+                    tracing::error!(error = %err, "could not audit a consult event");
+                }
+            }
+            Effect::MediaOffer { participant, .. }
+            | Effect::MediaAnswer { participant, .. }
+            | Effect::MediaIce { participant, .. } => {
+                // The SFU is not wired in yet: say so plainly instead of pretending.
+                if let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c)) {
+                    let _ = tx.send(Outbound::Msg(ServerMsg::Error {
+                        code: "media_unavailable".into(),
+                        message: "the media server is not running on this node".into(),
+                        fatal: false,
+                    }));
+                }
+            }
+            Effect::MediaLayer { .. } | Effect::MediaDrop { .. } | Effect::ClientStats { .. } => {}
+            Effect::Ended { reason } => {
+                let now = state.clock.now_ms();
+                let result = async {
+                    let mut tx = state.db.tenant_tx(clinic).await?;
+                    sqlx::query("UPDATE consults SET status = 'ended', ended_at = $1, end_reason = $2 WHERE id = $3 AND status = 'open'")
+                        .bind(now)
+                        .bind(format!("{reason:?}"))
+                        .bind(consult)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await
+                }
+                .await;
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "could not mark a consult ended");
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket connections
+
+async fn ws(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let hints: std::collections::BTreeMap<String, String> = headers
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("sec-ch-ua"))
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.to_string(), v.chars().take(200).collect()))
+        })
+        .take(16)
+        .collect();
+    upgrade
+        .max_message_size(MAX_WS_MESSAGE)
+        .max_frame_size(MAX_WS_MESSAGE)
+        .on_upgrade(move |socket| connection(state, socket, client, hints))
+}
+
+fn text(msg: &ServerMsg) -> Message {
+    Message::Text(protocol::encode(msg).into())
+}
+
+/// Reads frames until a valid join or resume (errors on the others), within the deadline.
+async fn first_message(
+    socket: &mut WebSocket,
+    deadline: tokio::time::Instant,
+) -> Option<ClientMsg> {
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.recv())
+            .await
+            .ok()??
+            .ok()?;
+        let msg = match frame {
+            Message::Text(t) => protocol::parse(t.as_str()),
+            Message::Binary(_) => Err(ProtocolError::new(
+                "binary_not_accepted",
+                "send JSON text frames",
+            )),
+            Message::Close(_) => return None,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        match msg {
+            Ok(m @ (ClientMsg::Join { .. } | ClientMsg::Resume { .. })) => return Some(m),
+            Ok(ClientMsg::Ping { id }) => {
+                let _ = socket.send(text(&ServerMsg::Pong { id })).await;
+            }
+            Ok(_) => {
+                let _ = socket
+                    .send(text(
+                        &ProtocolError::new("not_joined", "send join (or resume) first")
+                            .to_msg(false),
+                    ))
+                    .await;
+            }
+            Err(e) => {
+                let _ = socket.send(text(&e.to_msg(false))).await;
+            }
+        }
+    }
+}
+
+async fn refuse(mut socket: WebSocket, code: &str, message: &str) {
+    let _ = socket
+        .send(text(&ServerMsg::Error {
+            code: code.into(),
+            message: message.into(),
+            fatal: true,
+        }))
+        .await;
+    let _ = socket.close().await;
+}
+
+async fn connection(
+    state: AppState,
+    mut socket: WebSocket,
+    client: ClientInfo,
+    hints: std::collections::BTreeMap<String, String>,
+) {
+    let Some(first) = first_message(&mut socket, tokio::time::Instant::now() + JOIN_DEADLINE).await
+    else {
+        return refuse(socket, "join_timeout", "send join within 10 seconds").await;
+    };
+    let conn = state.consults.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (room, input) = match first {
+        ClientMsg::Join {
+            token, mut device, ..
+        } => {
+            let now = state.clock.now_ms() / 1000;
+            let claims: Claims = match state.consults.token_key.verify(&token, now, 30) {
+                Ok(c) => c,
+                Err(e) => return refuse(socket, e.code(), &e.to_string()).await,
+            };
+            let Some(clinic) = ClinicId::parse(&claims.clinic) else {
+                return refuse(socket, "token_invalid", "the join token names no practice").await;
+            };
+            let room = match room_for(&state, &clinic, &claims.consult).await {
+                Ok(r) => r,
+                Err(e) => return refuse(socket, e.code, &e.detail).await,
+            };
+            // What the server saw wins over what the page says.
+            if let Some(ua) = &client.user_agent {
+                device.user_agent = Some(ua.clone());
+            }
+            device.client_hints.extend(hints);
+            let mut random = [0u8; 24];
+            state.keys.random(&mut random);
+            let resume_token = format!("{}.{}", claims.consult, URL_SAFE_NO_PAD.encode(random));
+            (
+                room,
+                Input::Join {
+                    conn,
+                    joiner: Joiner {
+                        claims,
+                        device,
+                        resume_token,
+                    },
+                },
+            )
+        }
+        ClientMsg::Resume { resume_token, .. } => {
+            let consult = resume_token.split('.').next().unwrap_or_default();
+            let Some(room) = state.consults.room(consult) else {
+                return refuse(
+                    socket,
+                    "resume_invalid",
+                    "that consult is not live here; join again with your link",
+                )
+                .await;
+            };
+            (room, Input::Resume { conn, resume_token })
+        }
+        _ => unreachable!("first_message returns only join or resume"),
+    };
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    if room.send(RoomCmd::Attach { conn, tx: out_tx }).is_err()
+        || room.send(RoomCmd::Input(input)).is_err()
+    {
+        return refuse(socket, "consult_unavailable", "this consult has ended").await;
+    }
+    let mut limiter = RateLimiter::new(40, 20, Instant::now());
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        tokio::select! {
+            out = out_rx.recv() => match out {
+                Some(Outbound::Msg(m)) => { if sink.send(text(&m)).await.is_err() { break; } }
+                Some(Outbound::Close) => { let _ = sink.close().await; break; }
+                None => {
+                    // The room ended before it handled this connection's input.
+                    let _ = sink.send(text(&ServerMsg::Error { code: "consult_unavailable".into(), message: "this consult has ended".into(), fatal: true })).await;
+                    let _ = sink.close().await;
+                    break;
+                }
+            },
+            frame = stream.next() => {
+                let Some(Ok(frame)) = frame else { break };
+                let parsed = match frame {
+                    Message::Text(t) => {
+                        if !limiter.allow(Instant::now()) {
+                            if limiter.strikes > 200 {
+                                let _ = sink.send(text(&ServerMsg::Error { code: "rate_limited".into(), message: "too many messages; disconnected".into(), fatal: true })).await;
+                                break;
+                            }
+                            Err(ProtocolError::new("rate_limited", "too many messages; slow down"))
+                        } else {
+                            protocol::parse(t.as_str())
+                        }
+                    }
+                    Message::Binary(_) => Err(ProtocolError::new("binary_not_accepted", "send JSON text frames")),
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                match parsed {
+                    Ok(msg) => { if room.send(RoomCmd::Input(Input::Msg { conn, msg })).is_err() { break; } }
+                    Err(e) => { if sink.send(text(&e.to_msg(false))).await.is_err() { break; } }
+                }
+            }
+        }
+    }
+    let _ = room.send(RoomCmd::Input(Input::Closed { conn }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// REST routes
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConsult {
+    pub location_id: LocationId,
+    pub patient_id: Option<PatientId>,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ConsultOut {
+    pub id: String,
+    pub status: String,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLink {
+    /// provider, covering_provider, patient, caregiver or interpreter
+    pub role: String,
+    /// The name the other participants see.
+    pub display_name: String,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct LinkOut {
+    pub participant_id: String,
+    /// The page link; the one-time code rides in the fragment, which browsers never send to servers.
+    pub url: String,
+    pub expires_at: String,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinCode {
+    pub code: String,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct JoinToken {
+    pub token: String,
+    pub consult_id: String,
+    pub role: String,
+    pub ws_path: String,
+}
+
+#[derive(Deserialize)]
+struct ConsultPath {
+    id: PatientId,
+}
+
+pub fn routes() -> Routes {
+    Routes::new("consults")
+        .add(
+            Method::POST,
+            "/api/v1/consults",
+            Policy::perm(Permission::ConsultsRun),
+            "Open a video consult (ad hoc)",
+            create,
+        )
+        .body::<CreateConsult>()
+        .add(
+            Method::POST,
+            "/api/v1/consults/{id}/links",
+            Policy::perm(Permission::ConsultsRun),
+            "Issue a participant's one-time join link",
+            create_link,
+        )
+        .body::<CreateLink>()
+        .add(
+            Method::POST,
+            "/api/v1/consults/{id}/end",
+            Policy::perm(Permission::ConsultsRun),
+            "End a consult for everyone",
+            end,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/consults/join",
+            Policy::PUBLIC,
+            "Exchange a join link's one-time code for a join token",
+            join,
+        )
+        .body::<JoinCode>()
+        .add(
+            Method::GET,
+            "/api/v1/consults/ws",
+            Policy::PUBLIC,
+            "Consult signaling WebSocket (authenticated by the join token in its first message)",
+            ws,
+        )
+}
+
+/// Loads an open consult of the caller's tenant and checks the caller's location scope.
+async fn reach_consult(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<(String, Option<String>)> {
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let row: Option<(String, Option<String>, String)> = sqlx::query_as(
+        "SELECT location_id, patient_id, status FROM consults WHERE id = $1 AND clinic_id = $2",
+    )
+    .bind(id)
+    .bind(caller.clinic_id.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let (location, patient, status) = row.ok_or_else(|| ApiError::not_found("consult"))?;
+    caller.check_location(Permission::ConsultsRun, &LocationId::from_trusted(location))?;
+    if status != "open" {
+        return Err(ApiError::conflict(
+            "consult_ended",
+            "this consult has ended",
+        ));
+    }
+    Ok((id.to_string(), patient))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateConsult>,
+) -> ApiResult<Json<ConsultOut>> {
+    let basis = caller.check_location(Permission::ConsultsRun, &body.location_id)?;
+    let now = state.clock.now_ms();
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    if let Some(p) = &body.patient_id {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT location_id FROM patients WHERE id = $1 AND clinic_id = $2")
+                .bind(p.as_str())
+                .bind(caller.clinic_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (loc,) = found.ok_or_else(|| {
+            ApiError::unprocessable("unknown_patient", "that patient does not exist")
+        })?;
+        caller.check_location(Permission::PatientsRead, &LocationId::from_trusted(loc))?;
+    }
+    sqlx::query("INSERT INTO consults (id, clinic_id, location_id, patient_id, created_by, status, created_at) VALUES ($1, $2, $3, $4, $5, 'open', $6)")
+        .bind(&id)
+        .bind(caller.clinic_id.as_str())
+        .bind(body.location_id.as_str())
+        .bind(body.patient_id.as_ref().map(|p| p.to_string()))
+        .bind(caller.user_id.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    let mut event = caller
+        .event_on(Action::Create, "consult", &basis)
+        .resource(&id);
+    event.patient_id = body.patient_id.as_ref().map(|p| p.to_string());
+    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.commit().await?;
+    Ok(Json(ConsultOut {
+        id,
+        status: "open".into(),
+    }))
+}
+
+async fn create_link(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<ConsultPath>,
+    ApiJson(body): ApiJson<CreateLink>,
+) -> ApiResult<Json<LinkOut>> {
+    let role: ConsultRole = serde_json::from_value(serde_json::Value::String(body.role.clone()))
+        .map_err(|_| {
+            ApiError::unprocessable(
+                "invalid_role",
+                "role must be provider, covering_provider, patient, caregiver or interpreter",
+            )
+        })?;
+    let display = body.display_name.trim();
+    if display.is_empty() || display.chars().count() > 80 {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            "display_name must be 1 to 80 characters",
+        ));
+    }
+    let (consult, patient) = reach_consult(&state, &caller, p.id.as_str()).await?;
+    let now = state.clock.now_ms();
+    let mut raw = [0u8; 24];
+    state.keys.random(&mut raw);
+    let code = format!("{}.{}", caller.clinic_id, URL_SAFE_NO_PAD.encode(raw));
+    let participant = uuid::Uuid::new_v4().to_string();
+    let expires = now + LINK_TTL_SECS * 1000;
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    sqlx::query(
+        "INSERT INTO consult_links (id, clinic_id, consult_id, participant_id, role, display_name, code_hash, created_by, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(caller.clinic_id.as_str())
+    .bind(&consult)
+    .bind(&participant)
+    .bind(&body.role)
+    .bind(display)
+    .bind(sha256_hex(code.as_bytes()))
+    .bind(caller.user_id.as_str())
+    .bind(now)
+    .bind(expires)
+    .execute(&mut *tx)
+    .await?;
+    let mut event = caller
+        .event(Action::Share, "consult_link")
+        .resource(&consult)
+        .detail(format!("role={}", body.role));
+    event.patient_id = patient;
+    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.commit().await?;
+    let page = if role.is_host() {
+        "/consult/provider"
+    } else {
+        "/consult/join"
+    };
+    Ok(Json(LinkOut {
+        participant_id: participant,
+        url: format!("{page}#{code}"),
+        expires_at: rfc3339(expires),
+    }))
+}
+
+#[derive(sqlx::FromRow)]
+struct LinkRow {
+    id: String,
+    consult_id: String,
+    participant_id: String,
+    role: String,
+    display_name: String,
+    expires_at: i64,
+    used_at: Option<i64>,
+    status: String,
+}
+
+async fn join(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    ApiJson(body): ApiJson<JoinCode>,
+) -> ApiResult<Json<JoinToken>> {
+    let invalid = || {
+        ApiError::unauthorized(
+            "invalid_link",
+            "this join link is not valid; ask the practice for a new one",
+        )
+    };
+    let clinic = body
+        .code
+        .split_once('.')
+        .and_then(|(c, _)| ClinicId::parse(c))
+        .ok_or_else(invalid)?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.tenant_tx(&clinic).await?;
+    let row: Option<LinkRow> = sqlx::query_as(
+        "SELECT l.id, l.consult_id, l.participant_id, l.role, l.display_name, l.expires_at, l.used_at, c.status \
+         FROM consult_links l JOIN consults c ON c.id = l.consult_id WHERE l.code_hash = $1 AND l.clinic_id = $2",
+    )
+    .bind(sha256_hex(body.code.as_bytes()))
+    .bind(clinic.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = row.ok_or_else(invalid)?;
+    if row.used_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "link_used",
+            "this join link was already used; ask the practice for a new one",
+        ));
+    }
+    if now > row.expires_at {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "link_expired",
+            "this join link has expired; ask the practice for a new one",
+        ));
+    }
+    if row.status != "open" {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "consult_ended",
+            "this consult has ended",
+        ));
+    }
+    sqlx::query("UPDATE consult_links SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
+        .bind(now)
+        .bind(&row.id)
+        .execute(&mut *tx)
+        .await?;
+    let role: ConsultRole = serde_json::from_value(serde_json::Value::String(row.role.clone()))
+        .map_err(|_| ApiError::internal())?;
+    let claims = Claims {
+        clinic: clinic.to_string(),
+        consult: row.consult_id.clone(),
+        participant: row.participant_id.clone(),
+        role,
+        display: row.display_name,
+        iat: now / 1000,
+        exp: now / 1000 + TOKEN_TTL_SECS,
+    };
+    let mut event = AuditEvent::new(clinic.clone(), Action::Access, "consult_link")
+        .resource(&row.consult_id)
+        .detail(format!("code exchanged role={}", row.role));
+    event.actor_id = Some(row.participant_id);
+    event.ip = client.ip;
+    event.user_agent = client.user_agent;
+    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.commit().await?;
+    Ok(Json(JoinToken {
+        token: state.consults.token_key.sign(&claims),
+        consult_id: row.consult_id,
+        role: row.role,
+        ws_path: "/api/v1/consults/ws".into(),
+    }))
+}
+
+async fn end(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(p): ApiPath<ConsultPath>,
+) -> ApiResult<Json<ConsultOut>> {
+    let (consult, patient) = reach_consult(&state, &caller, p.id.as_str()).await?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    sqlx::query("UPDATE consults SET status = 'ended', ended_at = $1, end_reason = 'EndedByProvider' WHERE id = $2 AND status = 'open'")
+        .bind(now)
+        .bind(&consult)
+        .execute(&mut *tx)
+        .await?;
+    let mut event = caller
+        .event(Action::Modify, "consult")
+        .resource(&consult)
+        .detail("end");
+    event.patient_id = patient;
+    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.commit().await?;
+    // A live room is told too; its participants get `ended` and are disconnected.
+    if let Some(room) = state.consults.room(&consult) {
+        let _ = room.send(RoomCmd::Input(Input::EndNow));
+    }
+    Ok(Json(ConsultOut {
+        id: consult,
+        status: "ended".into(),
+    }))
+}

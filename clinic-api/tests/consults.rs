@@ -1,0 +1,427 @@
+//! Consult signaling over a real WebSocket (tokio-tungstenite client): one-time links exchanged for
+//! tokens, forged and expired tokens refused, the waiting room, the participant limit, garbage
+//! frames answered with errors while the connection goes on, reconnect with a resume token, leave
+//! spending the token, and the provider ending the consult. All of it audited.
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use clinic_api::authz::Role;
+use clinic_api::sessions::Stage;
+use clinic_api::testkit::TestApp;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use signaling::token::{Claims, ConsultRole};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Consult {
+    app: TestApp,
+    addr: std::net::SocketAddr,
+    cookie: String,
+    id: String,
+}
+
+async fn setup() -> Consult {
+    let app = TestApp::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(clinic_api::run(
+        listener,
+        app.state.clone(),
+        std::future::pending(),
+    ));
+    let provider = app.user(Role::Provider).await;
+    let cookie = app.session(&provider, Stage::Full).await;
+    let patient = app
+        .patient_in(&app.clinic, &app.locations[0], "Wendy", "Wound")
+        .await;
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/consults",
+            Some(&cookie),
+            Some(json!({ "location_id": app.locations[0], "patient_id": patient })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    Consult {
+        app,
+        addr,
+        cookie,
+        id,
+    }
+}
+
+impl Consult {
+    /// Issues a link for `role` and exchanges its code for a join token.
+    async fn token(&self, role: &str, name: &str) -> String {
+        let link = self
+            .app
+            .call(
+                Method::POST,
+                &format!("/api/v1/consults/{}/links", self.id),
+                Some(&self.cookie),
+                Some(json!({ "role": role, "display_name": name })),
+            )
+            .await;
+        assert_eq!(link.status, StatusCode::OK, "{}", link.text);
+        let url = link.body["url"].as_str().unwrap();
+        let code = url.split_once('#').unwrap().1;
+        let joined = self
+            .app
+            .call(
+                Method::POST,
+                "/api/v1/consults/join",
+                None,
+                Some(json!({ "code": code })),
+            )
+            .await;
+        assert_eq!(joined.status, StatusCode::OK, "{}", joined.text);
+        // The code is one-time.
+        let again = self
+            .app
+            .call(
+                Method::POST,
+                "/api/v1/consults/join",
+                None,
+                Some(json!({ "code": code })),
+            )
+            .await;
+        assert_eq!(
+            (again.status, again.code()),
+            (StatusCode::GONE, "link_used")
+        );
+        joined.body["token"].as_str().unwrap().to_string()
+    }
+
+    async fn connect(&self) -> Ws {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/api/v1/consults/ws", self.addr))
+                .await
+                .unwrap();
+        ws
+    }
+
+    async fn join(&self, token: &str) -> (Ws, Value) {
+        let mut ws = self.connect().await;
+        send(&mut ws, json!({ "type": "join", "v": 1, "token": token, "device": { "user_agent": "TestPhone/1.0" } })).await;
+        let first = recv(&mut ws).await;
+        (ws, first)
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The next JSON message (pings skipped); `Null` when the server closed.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+        {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            _ => return Value::Null,
+        }
+    }
+}
+
+/// Reads until a message of `kind` that satisfies `pred` arrives.
+async fn until_where(ws: &mut Ws, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let m = until(ws, kind).await;
+        if pred(&m) {
+            return m;
+        }
+    }
+}
+
+/// The presence state of `id` in a roster message.
+fn presence(roster: &Value, id: &str) -> Option<String> {
+    roster["participants"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == id)
+        .map(|p| p["state"].as_str().unwrap_or_default().to_string())
+}
+
+/// Reads until a message of `kind` arrives.
+async fn until(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let m = recv(ws).await;
+        assert!(!m.is_null(), "connection closed while waiting for {kind}");
+        if m["type"] == kind {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn waiting_room_admit_reconnect_leave_and_end() {
+    let c = setup().await;
+    let provider_token = c.token("provider", "Dr. Hartwell").await;
+    let patient_token = c.token("patient", "Wendy").await;
+
+    let (mut dr, welcome) = c.join(&provider_token).await;
+    assert_eq!(
+        (welcome["type"].as_str(), welcome["admitted"].as_bool()),
+        (Some("welcome"), Some(true)),
+        "{welcome}"
+    );
+    let (mut pat, welcome) = c.join(&patient_token).await;
+    assert_eq!(welcome["admitted"], false, "{welcome}");
+    let resume = welcome["resume_token"].as_str().unwrap().to_string();
+    let mut waiting = until(&mut dr, "waiting_room").await;
+    while waiting["waiting"].as_array().unwrap().is_empty() {
+        waiting = until(&mut dr, "waiting_room").await;
+    }
+    let patient_id = waiting["waiting"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(waiting["waiting"][0]["display"], "Wendy");
+
+    // Not admitted yet: no media.
+    send(&mut pat, json!({ "type": "offer", "sdp": "v=0\r\n" })).await;
+    assert_eq!(until(&mut pat, "error").await["code"], "not_admitted");
+
+    send(
+        &mut dr,
+        json!({ "type": "admit", "participant": patient_id }),
+    )
+    .await;
+    until(&mut pat, "admitted").await;
+    let roster = until(&mut pat, "roster").await;
+    assert_eq!(roster["participants"].as_array().unwrap().len(), 2);
+
+    // Garbage gets errors and the connection goes on.
+    pat.send(Message::Text("{".into())).await.unwrap();
+    assert_eq!(until(&mut pat, "error").await["code"], "malformed");
+    pat.send(Message::Binary(vec![0, 159, 146, 150].into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        until(&mut pat, "error").await["code"],
+        "binary_not_accepted"
+    );
+    pat.send(Message::Text("x".repeat(100 * 1024).into()))
+        .await
+        .unwrap();
+    assert_eq!(until(&mut pat, "error").await["code"], "too_large");
+    send(&mut pat, json!({ "type": "teleport" })).await;
+    assert_eq!(until(&mut pat, "error").await["code"], "invalid_message");
+    send(
+        &mut pat,
+        json!({ "type": "offer", "sdp": "this is not sdp" }),
+    )
+    .await;
+    assert_eq!(until(&mut pat, "error").await["code"], "invalid_sdp");
+    send(
+        &mut pat,
+        json!({ "type": "admit", "participant": patient_id }),
+    )
+    .await;
+    assert_eq!(until(&mut pat, "error").await["code"], "forbidden");
+    send(&mut pat, json!({ "type": "ping", "id": 42 })).await;
+    assert_eq!(until(&mut pat, "pong").await["id"], 42);
+
+    // The patient's network drops: the provider sees "reconnecting", then "connected" on resume.
+    drop(pat);
+    until_where(&mut dr, "roster", |r| {
+        presence(r, &patient_id).as_deref() == Some("reconnecting")
+    })
+    .await;
+    let mut pat = c.connect().await;
+    send(
+        &mut pat,
+        json!({ "type": "resume", "v": 1, "resume_token": resume }),
+    )
+    .await;
+    let welcome = until(&mut pat, "welcome").await;
+    assert_eq!(welcome["admitted"], true, "no re-admission after a resume");
+    until_where(&mut dr, "roster", |r| {
+        presence(r, &patient_id).as_deref() == Some("connected")
+    })
+    .await;
+
+    // Leaving spends the token.
+    send(&mut pat, json!({ "type": "leave" })).await;
+    assert_eq!(until(&mut pat, "ended").await["reason"], "left");
+    let (mut again, first) = c.join(&patient_token).await;
+    assert_eq!(
+        (first["code"].as_str(), first["fatal"].as_bool()),
+        (Some("token_spent"), Some(true)),
+        "{first}"
+    );
+    assert!(
+        recv(&mut again).await.is_null(),
+        "closed after a fatal error"
+    );
+
+    // The provider ends the consult through the API: the room ends, and nobody can rejoin.
+    let end = c
+        .app
+        .call(
+            Method::POST,
+            &format!("/api/v1/consults/{}/end", c.id),
+            Some(&c.cookie),
+            None,
+        )
+        .await;
+    assert_eq!(end.status, StatusCode::OK, "{}", end.text);
+    assert_eq!(until(&mut dr, "ended").await["reason"], "ended_by_provider");
+    let (_, first) = c.join(&provider_token).await;
+    assert_eq!(first["code"], "consult_unavailable", "{first}");
+
+    // All of it is audited, with the device recorded at join.
+    let rows: Vec<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT detail, patient_id FROM audit_events WHERE resource_type = 'consult' AND resource_id = $1 ORDER BY seq")
+            .bind(&c.id)
+            .fetch_all(&c.app.admin.pool)
+            .await
+            .unwrap();
+    let details: Vec<String> = rows
+        .iter()
+        .map(|r| r.0.clone().unwrap_or_default())
+        .collect();
+    for needed in ["join", "admit", "reconnect", "leave", "end"] {
+        assert!(
+            details.iter().any(|d| d.starts_with(needed)),
+            "no {needed} event in {details:?}"
+        );
+    }
+    assert!(
+        details
+            .iter()
+            .any(|d| d.starts_with("join") && d.contains("TestPhone/1.0")),
+        "device recorded: {details:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r.1.is_some()),
+        "consult events name the patient"
+    );
+}
+
+#[tokio::test]
+async fn forged_expired_and_over_limit_joins_are_refused() {
+    let c = setup().await;
+    let now = c.app.now() / 1000;
+    let claims = |exp: i64| Claims {
+        clinic: c.app.clinic.to_string(),
+        consult: c.id.clone(),
+        participant: "intruder".into(),
+        role: ConsultRole::Provider,
+        display: "Intruder".into(),
+        iat: now - 600,
+        exp,
+    };
+    // Forged: signed with another key.
+    let forged = signaling::token::TokenKey::new(&[9; 32]).sign(&claims(now + 600));
+    let (mut ws, first) = c.join(&forged).await;
+    assert_eq!(
+        (first["code"].as_str(), first["fatal"].as_bool()),
+        (Some("token_invalid"), Some(true)),
+        "{first}"
+    );
+    assert!(recv(&mut ws).await.is_null());
+    // Expired: our key, past its lifetime.
+    let expired = c.app.state.consults.token_key.sign(&claims(now - 120));
+    let (_, first) = c.join(&expired).await;
+    assert_eq!(first["code"], "token_expired", "{first}");
+    // Wrong consult: a valid token for a consult that does not exist.
+    let mut other = claims(now + 600);
+    other.consult = uuid::Uuid::new_v4().to_string();
+    let (_, first) = c.join(&c.app.state.consults.token_key.sign(&other)).await;
+    assert_eq!(first["code"], "consult_unavailable", "{first}");
+
+    // Four participants fit; the fifth is refused.
+    let mut kept = Vec::new();
+    for (role, name) in [
+        ("provider", "Dr"),
+        ("patient", "Pat"),
+        ("caregiver", "Care"),
+        ("interpreter", "Interp"),
+    ] {
+        let (ws, first) = c.join(&c.token(role, name).await).await;
+        assert_eq!(first["type"], "welcome", "{role}: {first}");
+        kept.push(ws);
+    }
+    let (_, first) = c.join(&c.token("covering_provider", "Dr Two").await).await;
+    assert_eq!(first["code"], "consult_full", "{first}");
+
+    // Messages before joining get an error, and the connection goes on until join.
+    let mut early = c.connect().await;
+    send(&mut early, json!({ "type": "leave" })).await;
+    assert_eq!(recv(&mut early).await["code"], "not_joined");
+    send(&mut early, json!({ "type": "ping", "id": 1 })).await;
+    assert_eq!(recv(&mut early).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn links_need_the_consult_permission_and_a_valid_role() {
+    let c = setup().await;
+    let desk = c.app.user(Role::FrontDesk).await;
+    let desk_cookie = c.app.session(&desk, Stage::Full).await;
+    let r = c
+        .app
+        .call(
+            Method::POST,
+            &format!("/api/v1/consults/{}/links", c.id),
+            Some(&desk_cookie),
+            Some(json!({ "role": "patient", "display_name": "X" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = c
+        .app
+        .call(
+            Method::POST,
+            &format!("/api/v1/consults/{}/links", c.id),
+            Some(&c.cookie),
+            Some(json!({ "role": "surgeon", "display_name": "X" })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_role")
+    );
+    for bad in [
+        "",
+        "nodot",
+        "not-a-uuid.abc",
+        &format!("{}.{}", c.app.clinic, "wrong"),
+    ] {
+        let r = c
+            .app
+            .call(
+                Method::POST,
+                "/api/v1/consults/join",
+                None,
+                Some(json!({ "code": bad })),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNAUTHORIZED, "invalid_link"),
+            "{bad}"
+        );
+    }
+    // Links never carry PHI: only a role page and an opaque code in the fragment.
+    let link = c
+        .app
+        .call(
+            Method::POST,
+            &format!("/api/v1/consults/{}/links", c.id),
+            Some(&c.cookie),
+            Some(json!({ "role": "patient", "display_name": "Wendy" })),
+        )
+        .await;
+    let url = link.body["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("/consult/join#") && !url.contains("Wendy") && !url.contains(&c.id),
+        "{url}"
+    );
+}
