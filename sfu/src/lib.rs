@@ -1,6 +1,17 @@
-//! The selective forwarding unit for consults, on str0m in RTP mode (ICE-lite): one UDP port per
-//! media worker, consults sharded across workers, simulcast layer selection by bandwidth
-//! estimate, ICE-TCP fallback.
+//! The selective forwarding unit for consults, built on str0m in RTP mode.
 //!
-//! Empty until the video-consult issue builds it; nothing here is used yet. It must never touch
-//! the database or see PHI: it knows consults only by opaque ids.
+//! The forwarding decisions are sans-IO and tested with simulated time:
+//! - [`codec`]: keyframe detection (VP8, H.264) and the VP8 descriptor fields a switch rewrites;
+//! - [`layers`]: which simulcast layer a subscriber receives (estimate, preference, hysteresis,
+//!   switch at keyframes);
+//! - [`rewrite`]: one continuous outgoing stream across layer switches (sequence numbers,
+//!   timestamps, VP8 PictureID and TL0PICIDX);
+//! - [`keyframes`]: keyframe requests throttled per source layer.
+//!
+//! The SFU never touches the database or sees PHI: it knows consults and participants only by
+//! opaque ids.
+
+pub mod codec;
+pub mod keyframes;
+pub mod layers;
+pub mod rewrite;
