@@ -76,10 +76,10 @@ pub fn vp8_rewrite(payload: &mut [u8], d: &Vp8Descriptor, picture_id: u16, tl0pi
             payload[at] = picture_id as u8 & 0x7f;
         }
     }
-    if let Some((_, at)) = d.tl0picidx {
-        if at < payload.len() {
-            payload[at] = tl0picidx;
-        }
+    if let Some((_, at)) = d.tl0picidx
+        && at < payload.len()
+    {
+        payload[at] = tl0picidx;
     }
 }
 
