@@ -82,10 +82,11 @@ impl AppState {
         }
         std::fs::create_dir_all(config.blob_dir())?;
         let keys = KeyRing::open_or_create(&config.key_file())?;
+        let consults = consults::Hub::start(&keys, &config.sfu)?;
         Ok(Self {
             config: Arc::new(config),
             db,
-            consults: Arc::new(consults::Hub::new(&keys)),
+            consults,
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
             metrics: metrics_handle(),

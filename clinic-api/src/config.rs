@@ -24,6 +24,26 @@ pub struct Config {
     pub login: LoginConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub sfu: SfuConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SfuConfig {
+    /// Address of the media workers' UDP sockets; port 0 picks free ports, a port p gives
+    /// workers p, p+1, …. Browsers must reach this address.
+    pub udp_bind: SocketAddr,
+    /// Media worker threads (each one UDP port); 0 means one per core.
+    pub workers: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -122,6 +142,7 @@ impl Default for Config {
             login: LoginConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            sfu: SfuConfig::default(),
         }
     }
 }

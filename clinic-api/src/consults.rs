@@ -50,6 +50,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     pub token_key: TokenKey,
     pub room_config: RoomConfig,
+    /// Media workers; a consult always uses the same one (sharded by consult id).
+    sfu: Vec<sfu::SfuHandle>,
 }
 
 enum RoomCmd {
@@ -58,6 +60,16 @@ enum RoomCmd {
         tx: mpsc::UnboundedSender<Outbound>,
     },
     Input(Input),
+    /// A message from the media worker for one participant.
+    Deliver {
+        participant: String,
+        msg: ServerMsg,
+    },
+    /// A participant's media stats, for the consult's hosts.
+    Stats {
+        participant: String,
+        stats: sfu::PeerStats,
+    },
 }
 
 enum Outbound {
@@ -66,13 +78,74 @@ enum Outbound {
 }
 
 impl Hub {
-    pub fn new(keys: &crate::keys::KeyRing) -> Self {
-        Self {
+    /// Starts the media workers and the task that routes their notices to rooms. Needs a tokio
+    /// runtime.
+    pub fn start(
+        keys: &crate::keys::KeyRing,
+        config: &crate::config::SfuConfig,
+    ) -> std::io::Result<std::sync::Arc<Self>> {
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.workers
+        };
+        let (notice_tx, mut notice_rx) = mpsc::unbounded_channel();
+        let mut sfu = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let mut bind = config.udp_bind;
+            if bind.port() != 0 {
+                bind.set_port(bind.port() + i as u16);
+            }
+            sfu.push(sfu::SfuHandle::start(bind, notice_tx.clone())?);
+        }
+        let hub = std::sync::Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             token_key: TokenKey::new(&keys.purpose_key(Purpose::ConsultToken)),
             room_config: RoomConfig::default(),
-        }
+            sfu,
+        });
+        let weak = std::sync::Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            while let Some(notice) = notice_rx.recv().await {
+                let Some(hub) = weak.upgrade() else { break };
+                let (consult, cmd) = match notice {
+                    sfu::Notice::Offer {
+                        consult,
+                        participant,
+                        sdp,
+                    } => (
+                        consult,
+                        RoomCmd::Deliver {
+                            participant,
+                            msg: ServerMsg::Offer { sdp },
+                        },
+                    ),
+                    sfu::Notice::Stats {
+                        consult,
+                        participant,
+                        stats,
+                    } => (consult, RoomCmd::Stats { participant, stats }),
+                };
+                if let Some(room) = hub.room(&consult) {
+                    let _ = room.send(cmd);
+                }
+            }
+        });
+        Ok(hub)
+    }
+
+    /// The media worker of a consult.
+    fn sfu_for(&self, consult: &str) -> &sfu::SfuHandle {
+        let h = consult
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        &self.sfu[(h % self.sfu.len() as u64) as usize]
+    }
+
+    /// The UDP addresses of the media workers.
+    pub fn media_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.sfu.iter().map(|s| s.udp_addr).collect()
     }
 
     /// Number of live rooms (for metrics and tests).
@@ -152,6 +225,31 @@ async fn room_task(
                 None => break,
                 Some(RoomCmd::Attach { conn, tx }) => { conns.insert(conn, tx); continue; }
                 Some(RoomCmd::Input(input)) => input,
+                Some(RoomCmd::Deliver { participant, msg }) => {
+                    if let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c)) {
+                        let _ = tx.send(Outbound::Msg(msg));
+                    }
+                    continue;
+                }
+                Some(RoomCmd::Stats { participant, stats }) => {
+                    let entry = serde_json::json!({
+                        "participant": participant,
+                        "bitrate_in_bps": stats.bitrate_in_bps,
+                        "bitrate_out_bps": stats.bitrate_out_bps,
+                        "packets_in": stats.packets_in,
+                        "packets_out": stats.packets_out,
+                        "estimate_bps": stats.estimate_bps,
+                        "layer": stats.layer,
+                        "connected": stats.connected,
+                    });
+                    metrics::counter!("sfu_stats_reports_total").increment(1);
+                    for conn in room.host_conns() {
+                        if let Some(tx) = conns.get(&conn) {
+                            let _ = tx.send(Outbound::Msg(ServerMsg::Stats { participants: vec![entry.clone()] }));
+                        }
+                    }
+                    continue;
+                }
             },
             _ = tick.tick() => Input::Tick,
         };
@@ -239,19 +337,64 @@ async fn apply(
                     tracing::error!(error = %err, "could not audit a consult event");
                 }
             }
-            Effect::MediaOffer { participant, .. }
-            | Effect::MediaAnswer { participant, .. }
-            | Effect::MediaIce { participant, .. } => {
-                // The SFU is not wired in yet: say so plainly instead of pretending.
-                if let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c)) {
-                    let _ = tx.send(Outbound::Msg(ServerMsg::Error {
-                        code: "media_unavailable".into(),
-                        message: "the media server is not running on this node".into(),
+            Effect::MediaOffer { participant, sdp } => {
+                let reply = match state
+                    .consults
+                    .sfu_for(consult)
+                    .offer(consult, &participant, sdp)
+                    .await
+                {
+                    Ok(answer) => ServerMsg::Answer { sdp: answer },
+                    Err(e) => ServerMsg::Error {
+                        code: "invalid_sdp".into(),
+                        message: e.to_string(),
                         fatal: false,
-                    }));
+                    },
+                };
+                if let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c)) {
+                    let _ = tx.send(Outbound::Msg(reply));
                 }
             }
-            Effect::MediaLayer { .. } | Effect::MediaDrop { .. } | Effect::ClientStats { .. } => {}
+            Effect::MediaAnswer { participant, sdp } => {
+                if let Err(e) = state
+                    .consults
+                    .sfu_for(consult)
+                    .answer(&participant, sdp)
+                    .await
+                    && let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c)) {
+                        let _ = tx.send(Outbound::Msg(ServerMsg::Error {
+                            code: "invalid_sdp".into(),
+                            message: e.to_string(),
+                            fatal: false,
+                        }));
+                    }
+            }
+            Effect::MediaIce {
+                participant,
+                candidate,
+            } => state
+                .consults
+                .sfu_for(consult)
+                .candidate(&participant, candidate),
+            Effect::MediaLayer {
+                participant,
+                preference,
+            } => {
+                let pref = match preference {
+                    protocol::LayerPreference::Normal => sfu::Preference::Normal,
+                    protocol::LayerPreference::LowData => sfu::Preference::LowData,
+                    protocol::LayerPreference::AudioOnly => sfu::Preference::AudioOnly,
+                };
+                state
+                    .consults
+                    .sfu_for(consult)
+                    .preference(&participant, pref);
+            }
+            Effect::MediaDrop { participant } => state
+                .consults
+                .sfu_for(consult)
+                .drop_participant(&participant),
+            Effect::ClientStats { .. } => {}
             Effect::Ended { reason } => {
                 let now = state.clock.now_ms();
                 let result = async {

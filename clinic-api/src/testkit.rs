@@ -168,10 +168,11 @@ impl TestApp {
             .expect("connect admin pool");
         let clock = ManualClock::new(1_790_000_000_000);
         let keys = KeyRing::generate();
+        let consults = crate::consults::Hub::start(&keys, &config.sfu).expect("media workers");
         let state = AppState {
             config: std::sync::Arc::new(config),
             db,
-            consults: std::sync::Arc::new(crate::consults::Hub::new(&keys)),
+            consults,
             keys: std::sync::Arc::new(keys),
             clock: std::sync::Arc::new(clock.clone()),
             metrics: metrics_handle(),

@@ -15,3 +15,7 @@ pub mod codec;
 pub mod keyframes;
 pub mod layers;
 pub mod rewrite;
+pub mod worker;
+
+pub use layers::Preference;
+pub use worker::{Notice, PeerStats, SfuError, SfuHandle};

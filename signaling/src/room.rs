@@ -186,6 +186,15 @@ impl Room {
         self.participants.get(participant).and_then(|p| p.conn)
     }
 
+    /// Connections of admitted, connected hosts (they see stats and the waiting room).
+    pub fn host_conns(&self) -> Vec<ConnId> {
+        self.participants
+            .values()
+            .filter(|p| p.admitted && p.role.is_host())
+            .filter_map(|p| p.conn)
+            .collect()
+    }
+
     /// Admitted participants' ids (the SFU forwards media among these).
     pub fn admitted(&self) -> Vec<String> {
         self.participants

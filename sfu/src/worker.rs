@@ -1,0 +1,853 @@
+//! The media worker: one thread owning one UDP socket and every peer (a str0m `Rtc` in RTP mode,
+//! ICE-lite) of the consults assigned to it, so a consult's forwarding never crosses threads and
+//! needs no locks. Signaling talks to it through [`SfuHandle`]: offers and answers in, answers,
+//! server-initiated offers and notices out.
+//!
+//! Forwarding: an incoming RTP packet of participant A's track goes to every other peer of the
+//! consult that has negotiated an outgoing track for it, through that subscriber's
+//! [`LayerSelector`] (which simulcast layer) and [`Rewriter`] (one continuous stream). Keyframe
+//! requests to publishers go through a [`KeyframeThrottle`]. Every call into a peer's `Rtc` is
+//! isolated with `catch_unwind`: a peer that trips a bug is disconnected, the others go on.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, UdpSocket};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc as smpsc;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{h264_keyframe, vp8};
+use crate::keyframes::KeyframeThrottle;
+use crate::layers::{LayerSelector, Preference, Verdict};
+use crate::rewrite::Rewriter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    #[error("the SDP could not be used: {0}")]
+    InvalidSdp(String),
+    #[error("no media session for this participant")]
+    UnknownParticipant,
+    #[error("the media worker has stopped")]
+    Stopped,
+}
+
+/// What the worker tells signaling.
+#[derive(Debug)]
+pub enum Notice {
+    /// Send this offer to the participant (new tracks to receive); their answer comes back
+    /// through [`SfuHandle::answer`].
+    Offer {
+        consult: String,
+        participant: String,
+        sdp: String,
+    },
+    /// Per-participant media stats, about once a second.
+    Stats {
+        consult: String,
+        participant: String,
+        stats: PeerStats,
+    },
+}
+
+/// A participant's media numbers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerStats {
+    pub bitrate_in_bps: u64,
+    pub bitrate_out_bps: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// The bandwidth estimate towards this participant.
+    pub estimate_bps: u64,
+    /// The simulcast layer currently forwarded to this participant (highest over its tracks).
+    pub layer: Option<u8>,
+    pub connected: bool,
+}
+
+enum Command {
+    Offer {
+        consult: String,
+        participant: String,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    Answer {
+        participant: String,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Candidate {
+        participant: String,
+        candidate: String,
+    },
+    Preference {
+        participant: String,
+        preference: Preference,
+    },
+    Drop {
+        participant: String,
+    },
+    Shutdown,
+}
+
+/// The signaling side's handle on a worker.
+pub struct SfuHandle {
+    tx: smpsc::Sender<Command>,
+    /// The UDP address peers send media to.
+    pub udp_addr: SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SfuHandle {
+    /// Binds `bind` (port 0 for any) and starts the worker thread; notices go to `notices`.
+    pub fn start(
+        bind: SocketAddr,
+        notices: mpsc::UnboundedSender<Notice>,
+    ) -> std::io::Result<Self> {
+        static CRYPTO: std::sync::Once = std::sync::Once::new();
+        CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
+        let socket = UdpSocket::bind(bind)?;
+        let udp_addr = socket.local_addr()?;
+        let (tx, rx) = smpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("sfu-{}", udp_addr.port()))
+            .spawn(move || Worker::new(socket, udp_addr, notices).run(rx))?;
+        Ok(Self {
+            tx,
+            udp_addr,
+            thread: Some(thread),
+        })
+    }
+
+    /// Accepts a participant's offer (a new media session, or a renegotiation/ICE restart of
+    /// theirs); returns the answer SDP.
+    pub async fn offer(
+        &self,
+        consult: &str,
+        participant: &str,
+        sdp: String,
+    ) -> Result<String, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Offer {
+                consult: consult.into(),
+                participant: participant.into(),
+                sdp,
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Applies a participant's answer to the worker's last offer.
+    pub async fn answer(&self, participant: &str, sdp: String) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Answer {
+                participant: participant.into(),
+                sdp,
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    pub fn candidate(&self, participant: &str, candidate: String) {
+        let _ = self.tx.send(Command::Candidate {
+            participant: participant.into(),
+            candidate,
+        });
+    }
+
+    pub fn preference(&self, participant: &str, preference: Preference) {
+        let _ = self.tx.send(Command::Preference {
+            participant: participant.into(),
+            preference,
+        });
+    }
+
+    /// Ends a participant's media session.
+    pub fn drop_participant(&self, participant: &str) {
+        let _ = self.tx.send(Command::Drop {
+            participant: participant.into(),
+        });
+    }
+}
+
+impl Drop for SfuHandle {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A published track of a peer.
+struct TrackIn {
+    mid: Mid,
+    kind: MediaKind,
+    /// Bytes seen per layer in the current window, and the last window's rates.
+    bytes: [u64; 3],
+    rates: [u64; 3],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum OutState {
+    ToOpen,
+    Negotiating(Mid),
+    Open(Mid),
+}
+
+/// Another participant's track, sent to this peer.
+struct TrackOut {
+    source: String,
+    source_mid: Mid,
+    kind: MediaKind,
+    state: OutState,
+    rewriter: Rewriter,
+    selector: LayerSelector,
+}
+
+struct Peer {
+    participant: String,
+    consult: String,
+    rtc: Rtc,
+    pending: Option<SdpPendingOffer>,
+    tracks_in: Vec<TrackIn>,
+    tracks_out: Vec<TrackOut>,
+    preference: Preference,
+    estimate_bps: u64,
+    stats: PeerStats,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Layer index of a simulcast rid: `l`/`q` lowest, `m`/`h` above; no rid is layer 0.
+fn layer_of(rid: Option<Rid>) -> u8 {
+    match rid.as_deref() {
+        Some("h") | Some("f") => 2,
+        Some("m") => 1,
+        _ => 0,
+    }
+}
+
+struct Worker {
+    socket: UdpSocket,
+    addr: SocketAddr,
+    notices: mpsc::UnboundedSender<Notice>,
+    peers: Vec<Peer>,
+    throttle: KeyframeThrottle<(String, Mid, u8)>,
+    last_stats: Instant,
+    dropped_unknown: u64,
+}
+
+// str0m's `Event` is large; boxing it would allocate once per packet on the forwarding path, and a
+// `Step` only lives on the stack for one match.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Timeout(Instant),
+    Event(Event),
+    /// Output was handled (a datagram sent); poll again.
+    Continue,
+    Nothing,
+}
+
+impl Worker {
+    fn new(socket: UdpSocket, addr: SocketAddr, notices: mpsc::UnboundedSender<Notice>) -> Self {
+        Self {
+            socket,
+            addr,
+            notices,
+            peers: Vec::new(),
+            throttle: KeyframeThrottle::new(Duration::from_millis(500)),
+            last_stats: Instant::now(),
+            dropped_unknown: 0,
+        }
+    }
+
+    fn run(mut self, rx: smpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; 2048];
+        let mut events: VecDeque<(usize, Event)> = VecDeque::new();
+        loop {
+            loop {
+                match rx.try_recv() {
+                    Ok(Command::Shutdown) | Err(smpsc::TryRecvError::Disconnected) => return,
+                    Ok(cmd) => self.command(cmd),
+                    Err(smpsc::TryRecvError::Empty) => break,
+                }
+            }
+            let now = Instant::now();
+            let mut next = now + Duration::from_millis(20);
+            for i in 0..self.peers.len() {
+                loop {
+                    match self.poll(i) {
+                        Step::Timeout(t) => {
+                            next = next.min(t);
+                            break;
+                        }
+                        Step::Event(e) => events.push_back((i, e)),
+                        Step::Continue => {}
+                        Step::Nothing => break,
+                    }
+                }
+            }
+            if !events.is_empty() {
+                while let Some((i, e)) = events.pop_front() {
+                    self.event(i, e);
+                }
+                continue;
+            }
+            self.negotiate();
+            self.reap();
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let _ = self.socket.set_read_timeout(Some(wait));
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, source)) => self.datagram(&buf[..n], source),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => tracing::warn!(error = %e, "sfu socket read failed"),
+            }
+            let now = Instant::now();
+            for i in 0..self.peers.len() {
+                self.input(i, Input::Timeout(now));
+            }
+            if now.duration_since(self.last_stats) >= Duration::from_secs(1) {
+                self.stats(now);
+            }
+        }
+    }
+
+    /// Drains one output of peer `i`: transmits go out at once, events and timeouts come back.
+    fn poll(&mut self, i: usize) -> Step {
+        let peer = &mut self.peers[i];
+        if !peer.rtc.is_alive() {
+            return Step::Nothing;
+        }
+        match catch_unwind(AssertUnwindSafe(|| peer.rtc.poll_output())) {
+            Ok(Ok(Output::Transmit(t))) => {
+                peer.bytes_out += t.contents.len() as u64;
+                let _ = self.socket.send_to(&t.contents, t.destination);
+                Step::Continue
+            }
+            Ok(Ok(Output::Timeout(t))) => Step::Timeout(t),
+            Ok(Ok(Output::Event(e))) => Step::Event(e),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "peer failed; disconnecting it");
+                peer.rtc.disconnect();
+                Step::Nothing
+            }
+            Err(_) => {
+                tracing::error!("peer panicked in str0m; disconnecting it");
+                peer.rtc.disconnect();
+                Step::Nothing
+            }
+        }
+    }
+
+    fn input(&mut self, i: usize, input: Input) {
+        let peer = &mut self.peers[i];
+        if !peer.rtc.is_alive() {
+            return;
+        }
+        match catch_unwind(AssertUnwindSafe(|| peer.rtc.handle_input(input))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "peer input refused");
+            }
+            Err(_) => {
+                tracing::error!("peer panicked on input; disconnecting it");
+                peer.rtc.disconnect();
+            }
+        }
+    }
+
+    /// Routes a datagram to the peer whose ICE/DTLS/SRTP state accepts it; others are dropped.
+    fn datagram(&mut self, data: &[u8], source: SocketAddr) {
+        let Ok(contents) = data.try_into() else {
+            self.dropped_unknown += 1;
+            return;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.addr,
+                contents,
+            },
+        );
+        let Some(i) = self
+            .peers
+            .iter()
+            .position(|p| p.rtc.is_alive() && p.rtc.accepts(&input))
+        else {
+            self.dropped_unknown += 1;
+            return;
+        };
+        self.peers[i].bytes_in += data.len() as u64;
+        self.input(i, input);
+    }
+
+    fn find(&self, participant: &str) -> Option<usize> {
+        self.peers.iter().position(|p| p.participant == participant)
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Offer {
+                consult,
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.offer(consult, participant, &sdp));
+            }
+            Command::Answer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.answer(&participant, &sdp));
+            }
+            Command::Candidate {
+                participant,
+                candidate,
+            } => {
+                if let (Some(i), Ok(c)) = (
+                    self.find(&participant),
+                    Candidate::from_sdp_string(candidate.trim_start_matches("a=")),
+                ) {
+                    self.peers[i].rtc.add_remote_candidate(c);
+                }
+            }
+            Command::Preference {
+                participant,
+                preference,
+            } => {
+                if let Some(i) = self.find(&participant) {
+                    self.peers[i].preference = preference;
+                    for t in &mut self.peers[i].tracks_out {
+                        t.selector.set_preference(preference);
+                    }
+                }
+            }
+            Command::Drop { participant } => {
+                if let Some(i) = self.find(&participant) {
+                    self.peers[i].rtc.disconnect();
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn offer(
+        &mut self,
+        consult: String,
+        participant: String,
+        sdp: &str,
+    ) -> Result<String, SfuError> {
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let i = match self
+            .find(&participant)
+            .filter(|&i| self.peers[i].rtc.is_alive())
+        {
+            Some(i) => i,
+            None => {
+                if let Some(stale) = self.find(&participant) {
+                    self.peers.remove(stale);
+                }
+                let mut rtc = Rtc::builder()
+                    .set_rtp_mode(true)
+                    .set_ice_lite(true)
+                    .enable_bwe(Some(Bitrate::kbps(1_000)))
+                    .build(Instant::now());
+                let candidate = Candidate::host(self.addr, "udp")
+                    .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+                rtc.add_local_candidate(candidate);
+                let mut peer = Peer {
+                    participant: participant.clone(),
+                    consult: consult.clone(),
+                    rtc,
+                    pending: None,
+                    tracks_in: Vec::new(),
+                    tracks_out: Vec::new(),
+                    preference: Preference::Normal,
+                    estimate_bps: 1_000_000,
+                    stats: PeerStats::default(),
+                    bytes_in: 0,
+                    bytes_out: 0,
+                };
+                // Everything already published in the consult is to be sent to the newcomer.
+                for other in self
+                    .peers
+                    .iter()
+                    .filter(|p| p.consult == consult && p.rtc.is_alive())
+                {
+                    for t in &other.tracks_in {
+                        peer.tracks_out.push(track_out(
+                            &other.participant,
+                            t.mid,
+                            t.kind,
+                            peer.preference,
+                        ));
+                    }
+                }
+                self.peers.push(peer);
+                self.peers.len() - 1
+            }
+        };
+        let peer = &mut self.peers[i];
+        // An offer from the peer while ours is pending: theirs wins (glare), ours is redone later.
+        if peer.pending.take().is_some() {
+            for t in &mut peer.tracks_out {
+                if let OutState::Negotiating(_) = t.state {
+                    t.state = OutState::ToOpen;
+                }
+            }
+        }
+        let answer = catch_unwind(AssertUnwindSafe(|| peer.rtc.sdp_api().accept_offer(offer)))
+            .map_err(|_| SfuError::InvalidSdp("the offer could not be processed".into()))?
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        Ok(answer.to_sdp_string())
+    }
+
+    fn answer(&mut self, participant: &str, sdp: &str) -> Result<(), SfuError> {
+        let i = self.find(participant).ok_or(SfuError::UnknownParticipant)?;
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let peer = &mut self.peers[i];
+        let pending = peer
+            .pending
+            .take()
+            .ok_or_else(|| SfuError::InvalidSdp("no offer is waiting for an answer".into()))?;
+        catch_unwind(AssertUnwindSafe(|| {
+            peer.rtc.sdp_api().accept_answer(pending, answer)
+        }))
+        .map_err(|_| SfuError::InvalidSdp("the answer could not be processed".into()))?
+        .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        for t in &mut peer.tracks_out {
+            if let OutState::Negotiating(m) = t.state {
+                t.state = OutState::Open(m);
+            }
+        }
+        // Ask the sources for keyframes so the new subscriber's video starts at once.
+        let wanted: Vec<(String, Mid)> = peer
+            .tracks_out
+            .iter()
+            .filter(|t| t.kind == MediaKind::Video)
+            .map(|t| (t.source.clone(), t.source_mid))
+            .collect();
+        let now = Instant::now();
+        for (source, mid) in wanted {
+            for layer in 0..3 {
+                self.request_keyframe(now, &source, mid, layer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Offers pending outgoing tracks to peers with none in flight.
+    fn negotiate(&mut self) {
+        for peer in &mut self.peers {
+            if peer.pending.is_some()
+                || !peer.rtc.is_alive()
+                || !peer.tracks_out.iter().any(|t| t.state == OutState::ToOpen)
+            {
+                continue;
+            }
+            let mut change = peer.rtc.sdp_api();
+            for t in &mut peer.tracks_out {
+                if t.state == OutState::ToOpen {
+                    let mid = change.add_media(
+                        t.kind,
+                        Direction::SendOnly,
+                        Some(t.source.clone()),
+                        None,
+                        None,
+                    );
+                    t.state = OutState::Negotiating(mid);
+                }
+            }
+            if let Some((offer, pending)) = change.apply() {
+                peer.pending = Some(pending);
+                let _ = self.notices.send(Notice::Offer {
+                    consult: peer.consult.clone(),
+                    participant: peer.participant.clone(),
+                    sdp: offer.to_sdp_string(),
+                });
+            }
+        }
+    }
+
+    /// Removes dead peers, and the tracks others received from them.
+    fn reap(&mut self) {
+        let dead: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| !p.rtc.is_alive())
+            .map(|p| p.participant.clone())
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        self.peers.retain(|p| p.rtc.is_alive());
+        for peer in &mut self.peers {
+            peer.tracks_out.retain(|t| !dead.contains(&t.source));
+        }
+    }
+
+    fn event(&mut self, i: usize, e: Event) {
+        match e {
+            Event::MediaAdded(m) if m.direction != Direction::SendOnly => {
+                let (consult, source) = (
+                    self.peers[i].consult.clone(),
+                    self.peers[i].participant.clone(),
+                );
+                if self.peers[i].tracks_in.iter().any(|t| t.mid == m.mid) {
+                    return;
+                }
+                self.peers[i].tracks_in.push(TrackIn {
+                    mid: m.mid,
+                    kind: m.kind,
+                    bytes: [0; 3],
+                    rates: [0; 3],
+                });
+                for (j, other) in self.peers.iter_mut().enumerate() {
+                    if j != i && other.consult == consult {
+                        let pref = other.preference;
+                        other
+                            .tracks_out
+                            .push(track_out(&source, m.mid, m.kind, pref));
+                    }
+                }
+            }
+            Event::RtpPacket(pkt) => self.forward(i, pkt),
+            Event::KeyframeRequest(req) => {
+                let now = Instant::now();
+                let target = self.peers[i]
+                    .tracks_out
+                    .iter()
+                    .find(|t| t.state == OutState::Open(req.mid))
+                    .map(|t| {
+                        (
+                            t.source.clone(),
+                            t.source_mid,
+                            t.selector.current().unwrap_or(0),
+                        )
+                    });
+                if let Some((source, mid, layer)) = target {
+                    self.request_keyframe(now, &source, mid, layer);
+                }
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.peers[i].estimate_bps = estimate.as_u64();
+            }
+            Event::IceConnectionStateChange(state) => {
+                self.peers[i].stats.connected = matches!(
+                    state,
+                    IceConnectionState::Connected | IceConnectionState::Completed
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, source: &str, mid: Mid, layer: u8) {
+        let Some(s) = self.find(source) else { return };
+        if !self.throttle.allow(now, (source.to_string(), mid, layer)) {
+            return;
+        }
+        let rid = match layer {
+            0 => None,
+            1 => Some(Rid::from("m")),
+            _ => Some(Rid::from("h")),
+        };
+        let mut api = self.peers[s].rtc.direct_api();
+        let stream = match api.stream_rx_by_mid(mid, rid) {
+            Some(s) => Some(s),
+            None if layer == 0 => api.stream_rx_by_mid(mid, Some(Rid::from("l"))),
+            None => None,
+        };
+        if let Some(stream) = stream {
+            stream.request_keyframe(KeyframeRequestKind::Pli);
+        }
+    }
+
+    fn forward(&mut self, i: usize, pkt: RtpPacket) {
+        let now = Instant::now();
+        let src = &mut self.peers[i];
+        let Some((mid, rid)) = src
+            .rtc
+            .direct_api()
+            .stream_rx(&pkt.header.ssrc)
+            .map(|s| (s.mid(), s.rid()))
+        else {
+            return;
+        };
+        let layer = layer_of(rid);
+        let Some(track) = src.tracks_in.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        track.bytes[layer as usize] += pkt.payload.len() as u64;
+        src.stats.packets_in += 1;
+        let (kind, rates) = (track.kind, track.rates);
+        let Some(params) = src
+            .rtc
+            .codec_config()
+            .iter()
+            .find(|p| p.pt() == pkt.header.payload_type)
+            .copied()
+        else {
+            return;
+        };
+        let codec = params.spec().codec;
+        let vp8_desc = if codec == Codec::Vp8 {
+            vp8(&pkt.payload)
+        } else {
+            None
+        };
+        let keyframe = match codec {
+            Codec::Vp8 => vp8_desc.is_some_and(|d| d.keyframe),
+            Codec::H264 => h264_keyframe(&pkt.payload),
+            _ => true,
+        };
+        let (consult, source) = (src.consult.clone(), src.participant.clone());
+        let mut keyframe_wanted = Vec::new();
+        for (j, sub) in self.peers.iter_mut().enumerate() {
+            if j == i || sub.consult != consult || !sub.rtc.is_alive() {
+                continue;
+            }
+            let estimate = sub.estimate_bps;
+            let Some(out) = sub
+                .tracks_out
+                .iter_mut()
+                .find(|t| t.source == source && t.source_mid == mid)
+            else {
+                continue;
+            };
+            let OutState::Open(out_mid) = out.state else {
+                continue;
+            };
+            if kind == MediaKind::Video {
+                if let Some(l) = out
+                    .selector
+                    .update(now, &rates_or_seen(rates, layer), estimate)
+                {
+                    keyframe_wanted.push(l);
+                }
+                match out.selector.on_packet(layer, keyframe) {
+                    Verdict::Drop => continue,
+                    Verdict::SwitchAndForward => out.rewriter.switch(
+                        now,
+                        layer,
+                        *pkt.seq_no,
+                        pkt.header.timestamp,
+                        vp8_desc.as_ref(),
+                    ),
+                    Verdict::Forward => {}
+                }
+            } else if out.rewriter.layer().is_none() {
+                out.rewriter
+                    .switch(now, 0, *pkt.seq_no, pkt.header.timestamp, None);
+            }
+            let mut payload = pkt.payload.to_vec();
+            let vp8_rw = vp8_desc.as_ref().map(|d| (d, payload.as_mut_slice()));
+            let Some(mapped) =
+                out.rewriter
+                    .map(now, layer, *pkt.seq_no, pkt.header.timestamp, vp8_rw)
+            else {
+                continue;
+            };
+            // The subscriber's payload type for the same codec.
+            let pt = sub.rtc.media(out_mid).and_then(|m| {
+                let cfg = sub.rtc.codec_config();
+                m.remote_pts()
+                    .iter()
+                    .copied()
+                    .find(|pt| cfg.iter().any(|p| p.pt() == *pt && p.spec().codec == codec))
+            });
+            let Some(pt) = pt else { continue };
+            let write = RtpWrite::new(pt, mapped.seq.into(), mapped.timestamp, now, payload)
+                .marker(pkt.header.marker)
+                .nackable(kind == MediaKind::Video);
+            let mut api = sub.rtc.direct_api();
+            let Some(stream) = api.stream_tx_by_mid(out_mid, None) else {
+                continue;
+            };
+            stream.write_rtp(write);
+            sub.stats.packets_out += 1;
+        }
+        for l in keyframe_wanted {
+            self.request_keyframe(now, &source, mid, l);
+        }
+    }
+
+    fn stats(&mut self, now: Instant) {
+        let secs = now.duration_since(self.last_stats).as_secs_f64().max(0.001);
+        self.last_stats = now;
+        for p in &mut self.peers {
+            for t in &mut p.tracks_in {
+                for l in 0..3 {
+                    t.rates[l] = (t.bytes[l] as f64 * 8.0 / secs) as u64;
+                    t.bytes[l] = 0;
+                }
+            }
+            p.stats.bitrate_in_bps = (p.bytes_in as f64 * 8.0 / secs) as u64;
+            p.stats.bitrate_out_bps = (p.bytes_out as f64 * 8.0 / secs) as u64;
+            p.bytes_in = 0;
+            p.bytes_out = 0;
+            p.stats.estimate_bps = p.estimate_bps;
+            p.stats.layer = p
+                .tracks_out
+                .iter()
+                .filter_map(|t| t.selector.current())
+                .max();
+            let _ = self.notices.send(Notice::Stats {
+                consult: p.consult.clone(),
+                participant: p.participant.clone(),
+                stats: p.stats.clone(),
+            });
+        }
+    }
+}
+
+/// Layer rates for selection; before the first measurement window, a layer seen now counts as
+/// present (with a nominal rate) so forwarding starts at once.
+fn rates_or_seen(mut rates: [u64; 3], layer: u8) -> [u64; 3] {
+    if rates[layer as usize] == 0 {
+        rates[layer as usize] = 1;
+    }
+    rates
+}
+
+fn track_out(source: &str, mid: Mid, kind: MediaKind, pref: Preference) -> TrackOut {
+    let clock = if kind == MediaKind::Audio {
+        48_000
+    } else {
+        90_000
+    };
+    let mut selector = LayerSelector::default();
+    selector.set_preference(pref);
+    TrackOut {
+        source: source.to_string(),
+        source_mid: mid,
+        kind,
+        state: OutState::ToOpen,
+        rewriter: Rewriter::new(clock),
+        selector,
+    }
+}
