@@ -35,6 +35,10 @@ pub struct SfuConfig {
     pub udp_bind: SocketAddr,
     /// Media worker threads (each one UDP port); 0 means one per core.
     pub workers: usize,
+    /// Offer ICE-TCP (RFC 4571), for networks that block UDP.
+    pub ice_tcp: bool,
+    /// ICE-TCP listeners' address; port 0 picks free ports, a port p gives workers p, p+1, ….
+    pub tcp_bind: SocketAddr,
 }
 
 impl Default for SfuConfig {
@@ -42,6 +46,8 @@ impl Default for SfuConfig {
         Self {
             udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 0,
+            ice_tcp: true,
+            tcp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }

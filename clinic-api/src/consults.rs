@@ -96,7 +96,13 @@ impl Hub {
             if bind.port() != 0 {
                 bind.set_port(bind.port() + i as u16);
             }
-            sfu.push(sfu::SfuHandle::start(bind, notice_tx.clone())?);
+            let tcp = config.ice_tcp.then_some(config.tcp_bind).map(|mut t| {
+                if t.port() != 0 {
+                    t.set_port(t.port() + i as u16);
+                }
+                t
+            });
+            sfu.push(sfu::SfuHandle::start(bind, tcp, notice_tx.clone())?);
         }
         let hub = std::sync::Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
@@ -361,13 +367,14 @@ async fn apply(
                     .sfu_for(consult)
                     .answer(&participant, sdp)
                     .await
-                    && let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c)) {
-                        let _ = tx.send(Outbound::Msg(ServerMsg::Error {
-                            code: "invalid_sdp".into(),
-                            message: e.to_string(),
-                            fatal: false,
-                        }));
-                    }
+                    && let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c))
+                {
+                    let _ = tx.send(Outbound::Msg(ServerMsg::Error {
+                        code: "invalid_sdp".into(),
+                        message: e.to_string(),
+                        fatal: false,
+                    }));
+                }
             }
             Effect::MediaIce {
                 participant,

@@ -29,9 +29,17 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
-    SettingEngineBuilder,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionState,
+    RTCSessionDescription, SettingEngineBuilder,
 };
+
+/// The SDP without UDP candidates (what a network that blocks UDP leaves usable).
+fn without_udp(sdp: &str) -> String {
+    sdp.split("\r\n")
+        .filter(|l| !(l.starts_with("a=candidate") && l.to_ascii_lowercase().contains(" udp ")))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -115,12 +123,14 @@ async fn next_msg(ws: &mut Ws) -> Option<Value> {
     }
 }
 
-/// One synthetic participant: joins, negotiates, answers the SFU's offers, sends RTP until told to
+/// One synthetic participant (with `tcp_only`, on a network that blocks UDP: it gathers TCP only,
+/// ignores the SFU's UDP candidates and dials its passive ICE-TCP candidate): joins, negotiates, answers the SFU's offers, sends RTP until told to
 /// stop, and counts what it receives.
 async fn participant(
     addr: std::net::SocketAddr,
     token: String,
     host: bool,
+    tcp_only: bool,
     ssrc_base: u32,
     received: Arc<Received>,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -145,8 +155,13 @@ async fn participant(
 
     let mut me = MediaEngine::default();
     me.register_default_codecs()?;
+    let network = if tcp_only {
+        NetworkType::Tcp4
+    } else {
+        NetworkType::Udp4
+    };
     let se = SettingEngineBuilder::new()
-        .with_network_types(vec![NetworkType::Udp4])
+        .with_network_types(vec![network])
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .build();
     let (gather_tx, mut gather_rx) = mpsc::unbounded_channel();
@@ -161,7 +176,16 @@ async fn participant(
                 state: state_tx,
                 received,
             }))
-            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .with_udp_addrs(if tcp_only {
+                vec![]
+            } else {
+                vec!["127.0.0.1:0"]
+            })
+            .with_tcp_addrs(if tcp_only {
+                vec!["127.0.0.1:0"]
+            } else {
+                vec![]
+            })
             .build()
             .await?,
     );
@@ -200,9 +224,27 @@ async fn participant(
             msg = next_msg(&mut ws) => {
                 let Some(m) = msg else { anyhow::bail!("signaling closed") };
                 match m["type"].as_str() {
-                    Some("answer") => pc.set_remote_description(RTCSessionDescription::answer(m["sdp"].as_str().unwrap().to_owned())?).await?,
+                    Some("answer") => {
+                        let sdp = m["sdp"].as_str().unwrap().to_owned();
+                        if tcp_only {
+                            pc.set_remote_description(RTCSessionDescription::answer(without_udp(&sdp))?).await?;
+                            for line in sdp.lines().filter(|l| l.starts_with("a=candidate") && l.contains(" tcp ")) {
+                                let candidate = RTCIceCandidateInit {
+                                    candidate: line.trim_start_matches("a=").to_owned(),
+                                    sdp_mid: Some("0".into()),
+                                    sdp_mline_index: Some(0),
+                                    ..Default::default()
+                                };
+                                pc.add_ice_candidate(candidate).await?;
+                            }
+                        } else {
+                            pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
+                        }
+                    }
                     Some("offer") => {
-                        pc.set_remote_description(RTCSessionDescription::offer(m["sdp"].as_str().unwrap().to_owned())?).await?;
+                        let sdp = m["sdp"].as_str().unwrap().to_owned();
+                        let sdp = if tcp_only { without_udp(&sdp) } else { sdp };
+                        pc.set_remote_description(RTCSessionDescription::offer(sdp)?).await?;
                         let answer = pc.create_answer(None).await?;
                         while gather_rx.try_recv().is_ok() {}
                         pc.set_local_description(answer).await?;
@@ -249,8 +291,7 @@ async fn participant(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_webrtc_peers_exchange_audio_and_video_through_the_sfu() {
+async fn exchange(patient_tcp_only: bool) {
     let app = TestApp::new().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -303,6 +344,7 @@ async fn two_webrtc_peers_exchange_audio_and_video_through_the_sfu() {
         addr,
         tokens[0].clone(),
         true,
+        false,
         0x1000,
         dr_rx.clone(),
         stop_rx.clone(),
@@ -311,6 +353,7 @@ async fn two_webrtc_peers_exchange_audio_and_video_through_the_sfu() {
         addr,
         tokens[1].clone(),
         false,
+        patient_tcp_only,
         0x2000,
         pat_rx.clone(),
         stop_rx,
@@ -350,4 +393,14 @@ async fn two_webrtc_peers_exchange_audio_and_video_through_the_sfu() {
         "the patient received the provider's media: {:?}",
         counts(&pat_rx)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_webrtc_peers_exchange_audio_and_video_through_the_sfu() {
+    exchange(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_network_blocks_udp_connects_over_ice_tcp() {
+    exchange(true).await;
 }

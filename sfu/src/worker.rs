@@ -10,7 +10,8 @@
 //! isolated with `catch_unwind`: a peer that trips a bug is disconnected, the others go on.
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc as smpsc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::{mpsc, oneshot};
@@ -102,26 +103,41 @@ pub struct SfuHandle {
     tx: smpsc::Sender<Command>,
     /// The UDP address peers send media to.
     pub udp_addr: SocketAddr,
+    /// The ICE-TCP address (RFC 4571 framing) for networks that block UDP.
+    pub tcp_addr: Option<SocketAddr>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SfuHandle {
-    /// Binds `bind` (port 0 for any) and starts the worker thread; notices go to `notices`.
+    /// Binds `bind` for UDP (port 0 for any) and, with `tcp_bind`, a TCP listener for ICE-TCP,
+    /// and starts the worker thread; notices go to `notices`.
     pub fn start(
         bind: SocketAddr,
+        tcp_bind: Option<SocketAddr>,
         notices: mpsc::UnboundedSender<Notice>,
     ) -> std::io::Result<Self> {
         static CRYPTO: std::sync::Once = std::sync::Once::new();
         CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
         let socket = UdpSocket::bind(bind)?;
         let udp_addr = socket.local_addr()?;
+        let tcp = match tcp_bind {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                let local = listener.local_addr()?;
+                Some((listener, local))
+            }
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().map(|(_, a)| *a);
         let (tx, rx) = smpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("sfu-{}", udp_addr.port()))
-            .spawn(move || Worker::new(socket, udp_addr, notices).run(rx))?;
+            .spawn(move || Worker::new(socket, udp_addr, tcp, notices).run(rx))?;
         Ok(Self {
             tx,
             udp_addr,
+            tcp_addr,
             thread: Some(thread),
         })
     }
@@ -239,14 +255,34 @@ fn layer_of(rid: Option<Rid>) -> u8 {
     }
 }
 
+/// An ICE-TCP connection: RFC 4571 frames (16-bit length, then the packet) both ways.
+struct TcpConn {
+    stream: TcpStream,
+    remote: SocketAddr,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    alive: bool,
+}
+
+/// Most ICE-TCP connections a worker holds; more are refused.
+const MAX_TCP_CONNS: usize = 512;
+/// A connection whose unsent data grows past this is too slow: packets are dropped for it.
+const MAX_TCP_BACKLOG: usize = 1 << 20;
+
 struct Worker {
     socket: UdpSocket,
     addr: SocketAddr,
+    tcp: Option<(TcpListener, SocketAddr)>,
+    tcp_conns: Vec<TcpConn>,
     notices: mpsc::UnboundedSender<Notice>,
     peers: Vec<Peer>,
     throttle: KeyframeThrottle<(String, Mid, u8)>,
     last_stats: Instant,
     dropped_unknown: u64,
+    /// Peer events waiting to be handled. Every input is followed by draining that peer's
+    /// output into this queue: in RTP mode str0m holds one received packet until polled, so a
+    /// second input before a poll would drop the first.
+    events: VecDeque<(usize, Event)>,
 }
 
 // str0m's `Event` is large; boxing it would allocate once per packet on the forwarding path, and a
@@ -261,21 +297,28 @@ enum Step {
 }
 
 impl Worker {
-    fn new(socket: UdpSocket, addr: SocketAddr, notices: mpsc::UnboundedSender<Notice>) -> Self {
+    fn new(
+        socket: UdpSocket,
+        addr: SocketAddr,
+        tcp: Option<(TcpListener, SocketAddr)>,
+        notices: mpsc::UnboundedSender<Notice>,
+    ) -> Self {
         Self {
             socket,
             addr,
+            tcp,
+            tcp_conns: Vec::new(),
             notices,
             peers: Vec::new(),
             throttle: KeyframeThrottle::new(Duration::from_millis(500)),
             last_stats: Instant::now(),
             dropped_unknown: 0,
+            events: VecDeque::new(),
         }
     }
 
     fn run(mut self, rx: smpsc::Receiver<Command>) {
         let mut buf = vec![0u8; 2048];
-        let mut events: VecDeque<(usize, Event)> = VecDeque::new();
         loop {
             loop {
                 match rx.try_recv() {
@@ -293,23 +336,28 @@ impl Worker {
                             next = next.min(t);
                             break;
                         }
-                        Step::Event(e) => events.push_back((i, e)),
+                        Step::Event(e) => self.events.push_back((i, e)),
                         Step::Continue => {}
                         Step::Nothing => break,
                     }
                 }
             }
-            if !events.is_empty() {
-                while let Some((i, e)) = events.pop_front() {
+            if !self.events.is_empty() {
+                while let Some((i, e)) = self.events.pop_front() {
                     self.event(i, e);
                 }
                 continue;
             }
             self.negotiate();
             self.reap();
-            let wait = next
+            self.tcp_io();
+            let mut wait = next
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
+            if !self.tcp_conns.is_empty() {
+                // TCP is polled between UDP reads: keep the wait short while connections exist.
+                wait = wait.min(Duration::from_millis(2));
+            }
             let _ = self.socket.set_read_timeout(Some(wait));
             match self.socket.recv_from(&mut buf) {
                 Ok((n, source)) => self.datagram(&buf[..n], source),
@@ -339,7 +387,22 @@ impl Worker {
         match catch_unwind(AssertUnwindSafe(|| peer.rtc.poll_output())) {
             Ok(Ok(Output::Transmit(t))) => {
                 peer.bytes_out += t.contents.len() as u64;
-                let _ = self.socket.send_to(&t.contents, t.destination);
+                if t.proto == Protocol::Tcp {
+                    if let Some(conn) = self
+                        .tcp_conns
+                        .iter_mut()
+                        .find(|c| c.alive && c.remote == t.destination)
+                        && conn.wbuf.len() + t.contents.len() + 2 <= MAX_TCP_BACKLOG
+                        && t.contents.len() <= u16::MAX as usize
+                    {
+                        conn.wbuf
+                            .extend_from_slice(&(t.contents.len() as u16).to_be_bytes());
+                        conn.wbuf.extend_from_slice(&t.contents);
+                        flush(conn);
+                    }
+                } else {
+                    let _ = self.socket.send_to(&t.contents, t.destination);
+                }
                 Step::Continue
             }
             Ok(Ok(Output::Timeout(t))) => Step::Timeout(t),
@@ -372,20 +435,93 @@ impl Worker {
                 peer.rtc.disconnect();
             }
         }
+        // Drain now: the next input to this peer would otherwise overwrite a pending packet.
+        loop {
+            match self.poll(i) {
+                Step::Event(e) => self.events.push_back((i, e)),
+                Step::Continue => {}
+                Step::Timeout(_) | Step::Nothing => break,
+            }
+        }
     }
 
-    /// Routes a datagram to the peer whose ICE/DTLS/SRTP state accepts it; others are dropped.
+    /// Accepts ICE-TCP connections, reads their frames into the peers, and flushes their output.
+    fn tcp_io(&mut self) {
+        if let Some((listener, _)) = &self.tcp {
+            while let Ok((stream, remote)) = listener.accept() {
+                if self.tcp_conns.len() >= MAX_TCP_CONNS || stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                self.tcp_conns.push(TcpConn {
+                    stream,
+                    remote,
+                    rbuf: Vec::new(),
+                    wbuf: Vec::new(),
+                    alive: true,
+                });
+            }
+        }
+        let mut frames: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+        let mut chunk = [0u8; 4096];
+        for conn in &mut self.tcp_conns {
+            loop {
+                match conn.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        conn.alive = false;
+                        break;
+                    }
+                    Ok(n) => conn.rbuf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        conn.alive = false;
+                        break;
+                    }
+                }
+                if conn.rbuf.len() > 4 * 65_538 {
+                    // Not a framing this side speaks: a flood or garbage.
+                    conn.alive = false;
+                    break;
+                }
+            }
+            let mut at = 0;
+            while conn.rbuf.len() >= at + 2 {
+                let len = u16::from_be_bytes([conn.rbuf[at], conn.rbuf[at + 1]]) as usize;
+                if conn.rbuf.len() < at + 2 + len {
+                    break;
+                }
+                frames.push((conn.rbuf[at + 2..at + 2 + len].to_vec(), conn.remote));
+                at += 2 + len;
+            }
+            conn.rbuf.drain(..at);
+            flush(conn);
+        }
+        self.tcp_conns.retain(|c| c.alive);
+        for (frame, remote) in frames {
+            self.receive(&frame, remote, Protocol::Tcp);
+        }
+    }
+
     fn datagram(&mut self, data: &[u8], source: SocketAddr) {
+        self.receive(data, source, Protocol::Udp);
+    }
+
+    /// Routes a packet to the peer whose ICE/DTLS/SRTP state accepts it; others are dropped.
+    fn receive(&mut self, data: &[u8], source: SocketAddr, proto: Protocol) {
         let Ok(contents) = data.try_into() else {
             self.dropped_unknown += 1;
             return;
         };
+        let destination = match proto {
+            Protocol::Tcp => self.tcp.as_ref().map_or(self.addr, |(_, a)| *a),
+            _ => self.addr,
+        };
         let input = Input::Receive(
             Instant::now(),
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.addr,
+                destination,
                 contents,
             },
         );
@@ -478,6 +614,15 @@ impl Worker {
                 let candidate = Candidate::host(self.addr, "udp")
                     .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
                 rtc.add_local_candidate(candidate);
+                if let Some((_, tcp_addr)) = &self.tcp {
+                    let tcp = Candidate::builder()
+                        .tcp()
+                        .host(*tcp_addr)
+                        .tcptype(TcpType::Passive)
+                        .build()
+                        .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+                    rtc.add_local_candidate(tcp);
+                }
                 let mut peer = Peer {
                     participant: participant.clone(),
                     consult: consult.clone(),
@@ -821,6 +966,26 @@ impl Worker {
                 participant: p.participant.clone(),
                 stats: p.stats.clone(),
             });
+        }
+    }
+}
+
+/// Writes as much of a connection's backlog as the socket takes now.
+fn flush(conn: &mut TcpConn) {
+    while !conn.wbuf.is_empty() {
+        match conn.stream.write(&conn.wbuf) {
+            Ok(0) => {
+                conn.alive = false;
+                return;
+            }
+            Ok(n) => {
+                conn.wbuf.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                conn.alive = false;
+                return;
+            }
         }
     }
 }
