@@ -52,7 +52,13 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Gauges of participants who left stop being exported after a minute.
+            let recorder = PrometheusBuilder::new()
+                .idle_timeout(
+                    metrics_util::MetricKindMask::GAUGE,
+                    Some(std::time::Duration::from_secs(60)),
+                )
+                .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (tests): then ours only renders.
             let _ = metrics::set_global_recorder(recorder);

@@ -247,8 +247,18 @@ async fn room_task(
                         "estimate_bps": stats.estimate_bps,
                         "layer": stats.layer,
                         "connected": stats.connected,
+                        "loss_in": stats.loss_in,
+                        "loss_out": stats.loss_out,
+                        "rtt_ms": stats.rtt_ms,
+                        "transport": stats.transport,
                     });
-                    metrics::counter!("sfu_stats_reports_total").increment(1);
+                    // Labels are opaque ids, never names; series expire when a participant goes.
+                    let labels = [("consult", consult.clone()), ("participant", participant.clone())];
+                    metrics::gauge!("sfu_participant_bitrate_in_bps", &labels).set(stats.bitrate_in_bps as f64);
+                    metrics::gauge!("sfu_participant_bitrate_out_bps", &labels).set(stats.bitrate_out_bps as f64);
+                    metrics::gauge!("sfu_participant_loss_in_ratio", &labels).set(stats.loss_in.unwrap_or(0.0) as f64);
+                    metrics::gauge!("sfu_participant_rtt_ms", &labels).set(stats.rtt_ms.unwrap_or(0) as f64);
+                    metrics::gauge!("sfu_participant_layer", &labels).set(stats.layer.map_or(-1.0, f64::from));
                     for conn in room.host_conns() {
                         if let Some(tx) = conns.get(&conn) {
                             let _ = tx.send(Outbound::Msg(ServerMsg::Stats { participants: vec![entry.clone()] }));

@@ -48,6 +48,8 @@ type Ws =
 struct Received {
     audio: AtomicU64,
     video: AtomicU64,
+    /// `stats` entries a host received.
+    stats: std::sync::Mutex<Vec<Value>>,
 }
 
 #[derive(Clone)]
@@ -174,7 +176,7 @@ async fn participant(
             .with_handler(Arc::new(Handler {
                 gather: gather_tx,
                 state: state_tx,
-                received,
+                received: received.clone(),
             }))
             .with_udp_addrs(if tcp_only {
                 vec![]
@@ -256,6 +258,9 @@ async fn participant(
                         for w in m["waiting"].as_array().cloned().unwrap_or_default() {
                             send(&mut ws, json!({ "type": "admit", "participant": w["id"] })).await;
                         }
+                    }
+                    Some("stats") => {
+                        received.stats.lock().unwrap().extend(m["participants"].as_array().cloned().unwrap_or_default());
                     }
                     Some("error") => anyhow::bail!("signaling error: {m}"),
                     _ => {}
@@ -362,7 +367,17 @@ async fn exchange(patient_tcp_only: bool) {
     let enough = |r: &Received| {
         r.audio.load(Ordering::Relaxed) >= 50 && r.video.load(Ordering::Relaxed) >= 50
     };
-    while tokio::time::Instant::now() < deadline && !(enough(&dr_rx) && enough(&pat_rx)) {
+    let want = if patient_tcp_only { "tcp" } else { "udp" };
+    let stats_in = |r: &Received| {
+        r.stats
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["transport"] == want && e["packets_in"].as_u64() > Some(0))
+    };
+    while tokio::time::Instant::now() < deadline
+        && !(enough(&dr_rx) && enough(&pat_rx) && stats_in(&dr_rx))
+    {
         if dr.is_finished() || pat.is_finished() {
             break;
         }
@@ -392,6 +407,24 @@ async fn exchange(patient_tcp_only: bool) {
         enough(&pat_rx),
         "the patient received the provider's media: {:?}",
         counts(&pat_rx)
+    );
+    // The provider's page gets per-participant stats, and /metrics exports them.
+    let stats = dr_rx.stats.lock().unwrap().clone();
+    assert!(
+        stats
+            .iter()
+            .any(|e| e["packets_in"].as_u64() > Some(0) && e["bitrate_in_bps"].as_u64() > Some(0)),
+        "{stats:?}"
+    );
+    let want = if patient_tcp_only { "tcp" } else { "udp" };
+    assert!(
+        stats.iter().any(|e| e["transport"] == want),
+        "a participant on {want}: {stats:?}"
+    );
+    let metrics = app.call(Method::GET, "/metrics", None, None).await.text;
+    assert!(
+        metrics.contains("sfu_participant_bitrate_in_bps{consult="),
+        "{metrics}"
     );
 }
 

@@ -70,6 +70,13 @@ pub struct PeerStats {
     /// The simulcast layer currently forwarded to this participant (highest over its tracks).
     pub layer: Option<u8>,
     pub connected: bool,
+    /// Fraction of packets lost towards the SFU (0..1), from the peer's reports.
+    pub loss_in: Option<f32>,
+    /// Fraction of packets lost towards the participant (0..1).
+    pub loss_out: Option<f32>,
+    pub rtt_ms: Option<u64>,
+    /// `udp` or `tcp` (ICE-TCP) for the selected candidate pair.
+    pub transport: Option<&'static str>,
 }
 
 enum Command {
@@ -610,6 +617,7 @@ impl Worker {
                     .set_rtp_mode(true)
                     .set_ice_lite(true)
                     .enable_bwe(Some(Bitrate::kbps(1_000)))
+                    .set_stats_interval(Some(Duration::from_secs(1)))
                     .build(Instant::now());
                 let candidate = Candidate::host(self.addr, "udp")
                     .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
@@ -800,6 +808,19 @@ impl Worker {
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.peers[i].estimate_bps = estimate.as_u64();
+            }
+            Event::PeerStats(ps) => {
+                let stats = &mut self.peers[i].stats;
+                stats.loss_in = ps.ingress_loss_fraction;
+                stats.loss_out = ps.egress_loss_fraction;
+                stats.rtt_ms = ps.rtt.map(|d| d.as_millis() as u64);
+                stats.transport = ps.selected_candidate_pair.map(|p| {
+                    if p.protocol == Protocol::Tcp {
+                        "tcp"
+                    } else {
+                        "udp"
+                    }
+                });
             }
             Event::IceConnectionStateChange(state) => {
                 self.peers[i].stats.connected = matches!(
