@@ -6,22 +6,70 @@ use axum::response::IntoResponse;
 use crate::authz::{Policy, Routes};
 
 const INDEX: &str = include_str!("../../web/index.html");
+const CONSULT_JOIN: &str = include_str!("../../web/consult-join.html");
+const CONSULT_PROVIDER: &str = include_str!("../../web/consult-provider.html");
+/// The consult pages' shared client (signaling, media, reconnect); plain ES2017, no build step.
+const CONSULT_JS: &str = include_str!("../../web/consult.js");
 
 /// The pages' Content-Security-Policy: same-origin only, no framing. The pages are single files
-/// with inline script and style (no build step), hence 'unsafe-inline' for those two.
+/// with inline script and style (no build step), hence 'unsafe-inline' for those two. The consult
+/// pages open the signaling WebSocket (`ws:`/`wss:`: older Safari does not match them with 'self')
+/// and play camera and remote streams.
 const CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
-     img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+     img-src 'self' data:; connect-src 'self' ws: wss:; media-src 'self' blob:; frame-ancestors 'none'; \
+     base-uri 'none'; form-action 'self'";
 
 pub fn routes() -> Routes {
-    Routes::new("web").add(Method::GET, "/", Policy::PUBLIC, "The sign-in page", index)
+    Routes::new("web")
+        .add(Method::GET, "/", Policy::PUBLIC, "The sign-in page", index)
+        .add(
+            Method::GET,
+            "/consult/join",
+            Policy::PUBLIC,
+            "The video consult page for patients, caregivers and interpreters (code in the fragment)",
+            consult_join,
+        )
+        .add(
+            Method::GET,
+            "/consult/provider",
+            Policy::PUBLIC,
+            "The video consult page for providers (code in the fragment, or start one when signed in)",
+            consult_provider,
+        )
+        .add(
+            Method::GET,
+            "/consult/consult.js",
+            Policy::PUBLIC,
+            "The consult pages' script",
+            consult_js,
+        )
 }
 
-async fn index() -> impl IntoResponse {
+fn page(body: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, CSP),
         ],
-        INDEX,
+        body,
+    )
+}
+
+async fn index() -> impl IntoResponse {
+    page(INDEX)
+}
+
+async fn consult_join() -> impl IntoResponse {
+    page(CONSULT_JOIN)
+}
+
+async fn consult_provider() -> impl IntoResponse {
+    page(CONSULT_PROVIDER)
+}
+
+async fn consult_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CONSULT_JS,
     )
 }

@@ -18,7 +18,12 @@ export async function startServer() {
   const env = { ...process.env, CLINIC_DATA_DIR: join(dir, 'data'), CLINIC_LISTEN: '127.0.0.1:0' };
   delete env.DATABASE_URL;
   const child = spawn(CLINIC_BIN, ['serve', '--demo'], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stderr.resume();
+  // Keep the server's recent log lines for failure reports (CLINIC_LOG__FILTER=debug for more).
+  const stderr = [];
+  createInterface({ input: child.stderr }).on('line', (line) => {
+    stderr.push(line);
+    if (stderr.length > 2000) stderr.splice(0, stderr.length - 2000);
+  });
   const logins = {};
   const base = await new Promise((ok, fail) => {
     const timer = setTimeout(() => fail(new Error('server did not start in 30 s')), 30000);
@@ -29,7 +34,7 @@ export async function startServer() {
       else if (cols.length >= 3 && cols[0] !== 'username') logins[cols[0]] = { role: cols[1], password: cols[2] };
     });
   });
-  return { base, logins, stop: () => child.kill('SIGTERM') };
+  return { base, logins, log: () => stderr.join('\n'), stop: () => child.kill('SIGTERM') };
 }
 
 export async function launch() {
@@ -54,4 +59,38 @@ export function totp(base32, unixSeconds = Date.now() / 1000) {
   const off = mac[mac.length - 1] & 15;
   const n = (mac.readUInt32BE(off) & 0x7fffffff) % 1000000;
   return String(n).padStart(6, '0');
+}
+
+// Signs a demo staff member in over the API (enrolling an authenticator on first sign-in) and
+// returns a JSON client that carries the session cookie.
+export async function signIn(base, username, password) {
+  let cookie = '';
+  async function call(method, path, body) {
+    const headers = { accept: 'application/json' };
+    if (cookie) headers.cookie = cookie;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    const res = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const set = res.headers.getSetCookie();
+    if (set.length) cookie = set.map((c) => c.split(';')[0]).join('; ');
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text}`);
+    return text ? JSON.parse(text) : null;
+  }
+  const login = await call('POST', '/api/v1/auth/login', { clinic: 'demo', username, password });
+  if (login.stage === 'enroll_only') {
+    const { secret } = await call('POST', '/api/v1/auth/mfa/enroll');
+    await call('POST', '/api/v1/auth/mfa/enroll/confirm', { code: totp(secret) });
+  }
+  return { call, cookie: () => cookie };
+}
+
+// Polls probe() (async) every 250 ms until ok(value); fails after ms, reporting the last value.
+export async function until(probe, ok, ms, what) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const value = await probe();
+    if (ok(value)) return value;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}; last: ${JSON.stringify(value)}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }

@@ -1,0 +1,166 @@
+// Video consult pages in a real browser, media through the clinic's own SFU: a provider (simulcast),
+// a patient and a caregiver join one consult from their links in separate browser contexts (fake
+// camera and microphone). The provider admits the others from the waiting room; every page decodes
+// the others' video and receives their audio; a patient asking for low data gets the provider's
+// low simulcast layer while the caregiver keeps a higher one; an ICE restart keeps video going.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, launch, signIn, until } from './harness.mjs';
+
+const SHOTS = process.env.SCREENSHOT_DIR || '/tmp';
+let server, browser, api;
+const logs = [];
+
+before(async () => {
+  server = await startServer();
+  browser = await launch();
+  api = await signIn(server.base, 'dr.hartwell', server.logins['dr.hartwell'].password);
+});
+after(async () => { await browser?.close(); server?.stop(); });
+
+async function openPage(name, path, viewport, cookies) {
+  const context = await browser.newContext({ viewport });
+  if (cookies) await context.addCookies(cookies);
+  const page = await context.newPage();
+  page.on('console', (m) => logs.push(`[${name}] ${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`[${name}] pageerror: ${e.message}`));
+  await page.goto(server.base + path);
+  return page;
+}
+
+async function newConsult() {
+  const locations = await api.call('GET', '/api/v1/locations');
+  const main = locations.find((l) => l.name === 'Main Street (Columbus)');
+  assert.ok(main, 'the demo location exists');
+  const consult = await api.call('POST', '/api/v1/consults', { location_id: main.id });
+  const link = (role, display_name) => api.call('POST', `/api/v1/consults/${consult.id}/links`, { role, display_name });
+  return { consult, link };
+}
+
+// The inbound-rtp stats of the track a page receives from participant `pid`.
+function inbound(page, pid, kind) {
+  return page.evaluate(async ({ pid, kind }) => {
+    const c = window.consult;
+    const stream = c && c.pc && c.remote[pid];
+    if (!stream) return null;
+    const tracks = kind === 'video' ? stream.getVideoTracks() : stream.getAudioTracks();
+    const ids = new Set(tracks.map((t) => t.id));
+    let found = null;
+    (await c.pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === kind && ids.has(s.trackIdentifier)) {
+        if (!found || (s.packetsReceived || 0) > (found.packetsReceived || 0)) {
+          found = {
+            packetsReceived: s.packetsReceived, framesDecoded: s.framesDecoded,
+            frameWidth: s.frameWidth, frameHeight: s.frameHeight, bytesReceived: s.bytesReceived,
+          };
+        }
+      }
+    });
+    return found;
+  }, { pid, kind });
+}
+
+const decoded = (n) => (s) => s && s.framesDecoded >= n;
+const heard = (s) => s && s.packetsReceived > 0;
+
+function report(err) {
+  console.error('--- page console ---\n' + logs.slice(-200).join('\n'));
+  console.error('--- server log (tail) ---\n' + server.log().split('\n').slice(-150).join('\n'));
+  throw err;
+}
+
+test('provider, patient and caregiver: admit, media, low data, ICE restart', { timeout: 180000 }, async () => {
+  const { link } = await newConsult();
+  const prov = await link('provider', 'Dr. James Hartwell');
+  const pat = await link('patient', 'Robin Ellis');
+  const care = await link('caregiver', 'Jo Ellis');
+  assert.match(prov.url, /^\/consult\/provider#/);
+  assert.match(pat.url, /^\/consult\/join#/);
+
+  try {
+    const provider = await openPage('provider', prov.url, { width: 1280, height: 900 });
+    await provider.waitForFunction(() => window.consult && window.consult.state === 'in-call', null, { timeout: 20000 });
+    const patient = await openPage('patient', pat.url, { width: 390, height: 844 });
+    const caregiver = await openPage('caregiver', care.url, { width: 768, height: 1024 });
+
+    // Both wait until the provider lets them in.
+    for (const page of [patient, caregiver]) {
+      await page.waitForSelector('#waiting', { state: 'visible', timeout: 20000 });
+      assert.match(await page.textContent('#waiting'), /provider will let you in shortly/);
+    }
+    await provider.click(`#admit-${pat.participant_id}`, { timeout: 10000 });
+    await provider.click(`#admit-${care.participant_id}`, { timeout: 10000 });
+    for (const page of [patient, caregiver]) {
+      await page.waitForFunction(() => window.consult.state === 'in-call', null, { timeout: 10000 });
+    }
+
+    // (a) Everyone decodes the others' video and receives their audio.
+    await until(() => inbound(patient, prov.participant_id, 'video'), decoded(60), 20000, "the provider's video on the patient page");
+    await until(() => inbound(patient, prov.participant_id, 'audio'), heard, 5000, "the provider's audio on the patient page");
+    await until(() => inbound(provider, pat.participant_id, 'video'), decoded(60), 20000, "the patient's video on the provider page");
+    await until(() => inbound(provider, pat.participant_id, 'audio'), heard, 5000, "the patient's audio on the provider page");
+    await until(() => inbound(caregiver, prov.participant_id, 'video'), decoded(60), 20000, "the provider's video on the caregiver page");
+
+    // The provider sees both in the roster, with the SFU's stats.
+    await provider.waitForSelector(`#stats-${pat.participant_id}:has-text("Connected")`, { timeout: 10000 });
+    assert.equal(await provider.locator('#roster li').count(), 3);
+
+    // (b) Low data: the patient gets the provider's low layer, the caregiver a higher one.
+    await patient.click('#low-data');
+    assert.equal(await patient.getAttribute('#low-data', 'aria-pressed'), 'true');
+    const low = await until(() => inbound(patient, prov.participant_id, 'video'), (s) => s && s.frameWidth > 0 && s.frameWidth <= 320, 15000, 'the low layer on the patient page');
+    const normal = await until(() => inbound(caregiver, prov.participant_id, 'video'), (s) => s && s.frameWidth > 320, 15000, 'a higher layer on the caregiver page');
+    console.log(`low data: patient receives ${low.frameWidth}x${low.frameHeight}, caregiver ${normal.frameWidth}x${normal.frameHeight}`);
+
+    // (c) A forced ICE restart on the patient page: new credentials, video keeps decoding.
+    const before = await inbound(patient, prov.participant_id, 'video');
+    const ufrag = () => patient.evaluate(() => (window.consult.pc.localDescription.sdp.match(/a=ice-ufrag:(\S+)/) || [])[1]);
+    const ufragBefore = await ufrag();
+    await patient.evaluate(() => window.consult.restartIce());
+    assert.notEqual(await ufrag(), ufragBefore, 'the restart offered new ICE credentials');
+    await until(() => inbound(patient, prov.participant_id, 'video'), decoded(before.framesDecoded + 30), 15000, 'video after the ICE restart');
+    assert.equal(await patient.evaluate(() => window.consult.pc.iceConnectionState), 'connected');
+
+    await provider.screenshot({ path: `${SHOTS}/consult-provider.png` });
+    await patient.screenshot({ path: `${SHOTS}/consult-patient.png` });
+    await caregiver.screenshot({ path: `${SHOTS}/consult-caregiver.png` });
+    for (const page of [provider, patient, caregiver]) await page.context().close();
+  } catch (err) { report(err); }
+});
+
+test('a used link shows a clear message', async () => {
+  const { link } = await newConsult();
+  const pat = await link('patient', 'Robin Ellis');
+  // Spend the code over the API, as the first page load would.
+  await api.call('POST', '/api/v1/consults/join', { code: pat.url.split('#')[1] });
+  const page = await openPage('reuse', pat.url, { width: 390, height: 844 });
+  await page.waitForSelector('#message:not([hidden])');
+  assert.match(await page.textContent('#message'), /already been used/);
+  assert.equal(await page.evaluate(() => location.hash), '', 'the code is not left in the address bar');
+  await page.context().close();
+});
+
+test('a signed-in provider starts a consult from the page', { timeout: 60000 }, async () => {
+  const anon = await openPage('anon', '/consult/provider', { width: 390, height: 844 });
+  await anon.waitForSelector('#view-signin', { state: 'visible' });
+  await anon.context().close();
+
+  const [name, value] = api.cookie().split(';')[0].split('=');
+  const page = await openPage('start', '/consult/provider', { width: 1280, height: 900 }, [{ name, value, url: server.base }]);
+  try {
+    await page.waitForSelector('#start', { state: 'visible' });
+    assert.match(await page.textContent('#location'), /Main Street \(Columbus\)/);
+    await page.fill('#patient-name', 'Alex Moreau');
+    await page.click('#start');
+    await page.waitForFunction(() => window.consult.state === 'in-call', null, { timeout: 20000 });
+    const url = await page.textContent('#patient-link');
+    assert.ok(url.startsWith(server.base + '/consult/join#'), url);
+    // The patient link works: the patient lands in the waiting room, and the provider sees them.
+    const patient = await openPage('started-patient', url.slice(server.base.length), { width: 390, height: 844 });
+    await patient.waitForSelector('#waiting', { state: 'visible', timeout: 20000 });
+    await page.waitForSelector('#waiting-list li:has-text("Alex Moreau")', { timeout: 10000 });
+    await page.screenshot({ path: `${SHOTS}/consult-provider-start.png` });
+    await patient.context().close();
+  } catch (err) { report(err); }
+  await page.context().close();
+});
