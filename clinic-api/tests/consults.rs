@@ -225,6 +225,24 @@ async fn waiting_room_admit_reconnect_leave_and_end() {
     )
     .await;
     assert_eq!(until(&mut pat, "error").await["code"], "forbidden");
+    // SDP that passes the protocol's shape check but is garbage reaches the SFU, which refuses it.
+    send(
+        &mut pat,
+        json!({ "type": "offer", "sdp": "v=0\r\nm=video nonsense\r\na=\u{0}\r\n" }),
+    )
+    .await;
+    let refused = until(&mut pat, "error").await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["fatal"].as_bool()),
+        (Some("invalid_sdp"), Some(false)),
+        "{refused}"
+    );
+    send(&mut pat, json!({ "type": "answer", "sdp": "v=0\r\n" })).await;
+    assert_eq!(
+        until(&mut pat, "error").await["code"],
+        "invalid_sdp",
+        "an answer with no offer pending"
+    );
     send(&mut pat, json!({ "type": "ping", "id": 42 })).await;
     assert_eq!(until(&mut pat, "pong").await["id"], 42);
 
