@@ -58,8 +58,9 @@
     var inCall = p === 'in-call';
     var joined = p === 'waiting' || inCall || p === 'connecting';
     show('waiting', p === 'waiting');
-    show('call', joined || p === 'lost' || p === 'checking-media' || p === 'media-help');
+    show('call', joined || p === 'lost');
     show('remote', inCall);
+    show('alone', inCall && !Object.keys(S.tiles).length);
     show('controls', joined);
     show('people', inCall);
     if (PROVIDER) { show('host-panel', inCall); show('end', inCall); }
@@ -423,6 +424,7 @@
       // Back within the grace period: same media session, new ICE path.
       setPhase('in-call');
       status('Reconnected');
+      setTimeout(function () { if (S.phase === 'in-call' && !S.wsDown && !S.iceDown) status('You are in the visit'); }, 3000);
       sendMediaState();
       restartIce().catch(function (e) { console.warn('consult: ICE restart', e); });
       return;
@@ -707,6 +709,7 @@
     $('remote').appendChild(el);
     t = S.tiles[pid] = { el: el, video: video, off: off, cap: cap, stream: null };
     $('remote').classList.toggle('many', Object.keys(S.tiles).length > 1);
+    show('alone', false);
     updateTile(pid);
     return t;
   }
@@ -718,20 +721,24 @@
     if (t.el.parentNode) t.el.parentNode.removeChild(t.el);
     delete S.tiles[pid];
     $('remote').classList.toggle('many', Object.keys(S.tiles).length > 1);
+    show('alone', S.phase === 'in-call' && !Object.keys(S.tiles).length);
   }
 
   function onTrack(e) {
     var stream = e.streams && e.streams[0];
     var pid = stream ? stream.id : ('track-' + e.track.id);
     var t = ensureTile(pid);
-    if (stream && t.stream !== stream) {
-      t.stream = stream;
-      t.video.srcObject = stream;
-    } else if (!stream) {
-      if (!t.stream) { t.stream = new MediaStream(); t.video.srcObject = t.stream; }
-      t.stream.addTrack(e.track);
-    }
+    // The tile keeps its own stream with the newest track of each kind: when a participant comes
+    // back with a new media session (a reload), the SFU adds new tracks and the old ones go quiet,
+    // and a <video> plays only the first video track of its stream.
+    var replaced = false;
+    if (!t.stream) t.stream = new MediaStream();
+    t.stream.getTracks().forEach(function (old) {
+      if (old.kind === e.track.kind && old !== e.track) { t.stream.removeTrack(old); replaced = true; }
+    });
     if (t.stream.getTracks().indexOf(e.track) < 0) t.stream.addTrack(e.track);
+    // Re-assigning makes every browser pick up the changed set of tracks.
+    if (replaced || t.video.srcObject !== t.stream) { t.video.srcObject = null; t.video.srcObject = t.stream; }
     var refresh = function () { updateTile(pid); };
     e.track.onmute = refresh;
     e.track.onunmute = refresh;
@@ -879,9 +886,11 @@
     var el = $('stats-' + pid);
     var s = S.stats[pid];
     if (!el || !s) return;
-    var layer = s.layer === null || s.layer === undefined ? 'no video' : (LAYER_NAMES[s.layer] || ('layer ' + s.layer)) + ' video';
+    // The layer is the simulcast layer of the provider's video this participant receives.
+    var layer = pid === S.participant ? '' : ' · ' + (s.layer === null || s.layer === undefined ? 'no video'
+      : (LAYER_NAMES[s.layer] || ('layer ' + s.layer)) + ' video');
     el.textContent = (s.connected ? 'Connected' : 'Not connected') + ' · sending ' + kbps(s.bitrate_in_bps) +
-      ' · receiving ' + kbps(s.bitrate_out_bps) + ' · ' + layer;
+      ' · receiving ' + kbps(s.bitrate_out_bps) + layer;
     el.className = 'stats' + (s.connected ? '' : ' bad');
   }
 

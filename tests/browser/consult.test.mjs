@@ -2,7 +2,8 @@
 // a patient and a caregiver join one consult from their links in separate browser contexts (fake
 // camera and microphone). The provider admits the others from the waiting room; every page decodes
 // the others' video and receives their audio; a patient asking for low data gets the provider's
-// low simulcast layer while the caregiver keeps a higher one; an ICE restart keeps video going.
+// low simulcast layer while the caregiver keeps a higher one; an ICE restart, a dropped signaling
+// connection and a page reload each keep video going.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, launch, signIn, until } from './harness.mjs';
@@ -69,7 +70,7 @@ function report(err) {
   throw err;
 }
 
-test('provider, patient and caregiver: admit, media, low data, ICE restart', { timeout: 180000 }, async () => {
+test('provider, patient and caregiver: admit, media, low data, ICE restart, resume, reload', { timeout: 180000 }, async () => {
   const { link } = await newConsult();
   const prov = await link('provider', 'Dr. James Hartwell');
   const pat = await link('patient', 'Robin Ellis');
@@ -121,11 +122,51 @@ test('provider, patient and caregiver: admit, media, low data, ICE restart', { t
     await until(() => inbound(patient, prov.participant_id, 'video'), decoded(before.framesDecoded + 30), 15000, 'video after the ICE restart');
     assert.equal(await patient.evaluate(() => window.consult.pc.iceConnectionState), 'connected');
 
-    await provider.screenshot({ path: `${SHOTS}/consult-provider.png` });
-    await patient.screenshot({ path: `${SHOTS}/consult-patient.png` });
-    await caregiver.screenshot({ path: `${SHOTS}/consult-caregiver.png` });
+    // (d) The patient's signaling connection drops: a visible banner, a resume within the grace
+    // period (no re-admission), an ICE restart, and video goes on.
+    const beforeDrop = await inbound(patient, prov.participant_id, 'video');
+    await patient.evaluate(() => window.consult.ws.close());
+    await patient.waitForSelector('#reconnecting', { state: 'visible', timeout: 2000 });
+    await patient.waitForFunction(() => window.consult.state === 'in-call' && window.consult.ws && window.consult.ws.readyState === 1, null, { timeout: 15000 });
+    assert.ok(await patient.isHidden('#reconnecting'));
+    await until(() => inbound(patient, prov.participant_id, 'video'), decoded(beforeDrop.framesDecoded + 30), 15000, 'video after resuming');
+
+    // (e) The caregiver reloads the page (the link's code is spent; the page resumes from the
+    // session it kept): back in without re-admission, with a new media session both ways.
+    await caregiver.reload();
+    await caregiver.waitForFunction(() => window.consult && window.consult.state === 'in-call', null, { timeout: 15000 });
+    await until(() => inbound(caregiver, prov.participant_id, 'video'), decoded(30), 15000, "the provider's video after the caregiver's reload");
+    await until(() => inbound(provider, care.participant_id, 'video'), decoded(30), 15000, "the caregiver's new video on the provider page");
+
+    await provider.screenshot({ path: `${SHOTS}/consult-provider.png`, fullPage: true });
+    await patient.screenshot({ path: `${SHOTS}/consult-patient.png`, fullPage: true });
+    await caregiver.screenshot({ path: `${SHOTS}/consult-caregiver.png`, fullPage: true });
     for (const page of [provider, patient, caregiver]) await page.context().close();
   } catch (err) { report(err); }
+});
+
+test('camera blocked: help, then audio only', async () => {
+  const { link } = await newConsult();
+  const pat = await link('patient', 'Robin Ellis');
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  // The browser refuses the camera (as after "Block"), but allows a microphone-only request.
+  await context.addInitScript(() => {
+    const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    navigator.mediaDevices.getUserMedia = (c) => (c && c.video)
+      ? Promise.reject(new DOMException('Permission denied', 'NotAllowedError'))
+      : real(c);
+  });
+  const page = await context.newPage();
+  page.on('console', (m) => logs.push(`[blocked] ${m.type()}: ${m.text()}`));
+  await page.goto(server.base + pat.url);
+  await page.waitForSelector('#media-help', { state: 'visible' });
+  assert.match(await page.textContent('#media-help'), /blocking the camera or microphone/);
+  await page.screenshot({ path: `${SHOTS}/consult-camera-blocked.png`, fullPage: true });
+  await page.click('#continue-audio');
+  await page.waitForSelector('#waiting', { state: 'visible', timeout: 15000 });
+  assert.equal(await page.evaluate(() => window.consult.local.getVideoTracks().length), 0);
+  assert.equal(await page.evaluate(() => window.consult.local.getAudioTracks().length), 1);
+  await context.close();
 });
 
 test('a used link shows a clear message', async () => {
@@ -159,7 +200,7 @@ test('a signed-in provider starts a consult from the page', { timeout: 60000 }, 
     const patient = await openPage('started-patient', url.slice(server.base.length), { width: 390, height: 844 });
     await patient.waitForSelector('#waiting', { state: 'visible', timeout: 20000 });
     await page.waitForSelector('#waiting-list li:has-text("Alex Moreau")', { timeout: 10000 });
-    await page.screenshot({ path: `${SHOTS}/consult-provider-start.png` });
+    await page.screenshot({ path: `${SHOTS}/consult-provider-start.png`, fullPage: true });
     await patient.context().close();
   } catch (err) { report(err); }
   await page.context().close();
