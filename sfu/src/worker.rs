@@ -930,14 +930,27 @@ impl Worker {
                 out.rewriter
                     .switch(now, 0, *pkt.seq_no, pkt.header.timestamp, None);
             }
-            let mut payload = pkt.payload.to_vec();
-            let vp8_rw = vp8_desc.as_ref().map(|d| (d, payload.as_mut_slice()));
-            let Some(mapped) =
-                out.rewriter
-                    .map(now, layer, *pkt.seq_no, pkt.header.timestamp, vp8_rw)
-            else {
-                continue;
+            // Only a VP8 payload is rewritten (PictureID/TL0PICIDX), so only it is copied; any
+            // other payload is shared with str0m's buffer.
+            let (mapped, payload): (_, std::sync::Arc<[u8]>) = match vp8_desc.as_ref() {
+                Some(d) => {
+                    let mut copy = pkt.payload.to_vec();
+                    let m = out.rewriter.map(
+                        now,
+                        layer,
+                        *pkt.seq_no,
+                        pkt.header.timestamp,
+                        Some((d, copy.as_mut_slice())),
+                    );
+                    (m, copy.into())
+                }
+                None => (
+                    out.rewriter
+                        .map(now, layer, *pkt.seq_no, pkt.header.timestamp, None),
+                    pkt.payload.clone(),
+                ),
             };
+            let Some(mapped) = mapped else { continue };
             // The subscriber's payload type for the same codec.
             let pt = sub.rtc.media(out_mid).and_then(|m| {
                 let cfg = sub.rtc.codec_config();
