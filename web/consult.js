@@ -729,7 +729,7 @@
     var pid = stream ? stream.id : ('track-' + e.track.id);
     var t = ensureTile(pid);
     // The tile keeps its own stream with the newest track of each kind: when a participant comes
-    // back with a new media session (a reload), the SFU adds new tracks and the old ones go quiet,
+    // back with a new media session (a reload), the SFU adds new tracks and stops the old ones,
     // and a <video> plays only the first video track of its stream.
     var replaced = false;
     if (!t.stream) t.stream = new MediaStream();
@@ -890,7 +890,7 @@
     var layer = pid === S.participant ? '' : ' · ' + (s.layer === null || s.layer === undefined ? 'no video'
       : (LAYER_NAMES[s.layer] || ('layer ' + s.layer)) + ' video');
     el.textContent = (s.connected ? 'Connected' : 'Not connected') + ' · sending ' + kbps(s.bitrate_in_bps) +
-      ' · receiving ' + kbps(s.bitrate_out_bps) + layer;
+      ' · receiving ' + kbps(s.bitrate_out_bps) + layer + (s.transport === 'tcp' ? ' · over TCP (UDP blocked)' : '');
     el.className = 'stats' + (s.connected ? '' : ' bad');
   }
 

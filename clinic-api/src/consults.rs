@@ -132,6 +132,17 @@ impl Hub {
                         participant,
                         stats,
                     } => (consult, RoomCmd::Stats { participant, stats }),
+                    sfu::Notice::Worker {
+                        udp_addr,
+                        peers,
+                        dropped_unknown,
+                    } => {
+                        let labels = [("worker", udp_addr.port().to_string())];
+                        metrics::gauge!("sfu_worker_sessions", &labels).set(peers as f64);
+                        metrics::counter!("sfu_worker_dropped_unknown_packets_total", &labels)
+                            .absolute(dropped_unknown);
+                        continue;
+                    }
                 };
                 if let Some(room) = hub.room(&consult) {
                     let _ = room.send(cmd);
@@ -251,6 +262,7 @@ async fn room_task(
                         "loss_out": stats.loss_out,
                         "rtt_ms": stats.rtt_ms,
                         "transport": stats.transport,
+                        "nacks": stats.nacks,
                     });
                     // Labels are opaque ids, never names; series expire when a participant goes.
                     let labels = [("consult", consult.clone()), ("participant", participant.clone())];
@@ -259,6 +271,7 @@ async fn room_task(
                     metrics::gauge!("sfu_participant_loss_in_ratio", &labels).set(stats.loss_in.unwrap_or(0.0) as f64);
                     metrics::gauge!("sfu_participant_rtt_ms", &labels).set(stats.rtt_ms.unwrap_or(0) as f64);
                     metrics::gauge!("sfu_participant_layer", &labels).set(stats.layer.map_or(-1.0, f64::from));
+                    metrics::gauge!("sfu_participant_nacks", &labels).set(stats.nacks as f64);
                     for conn in room.host_conns() {
                         if let Some(tx) = conns.get(&conn) {
                             let _ = tx.send(Outbound::Msg(ServerMsg::Stats { participants: vec![entry.clone()] }));

@@ -56,6 +56,16 @@ pub enum Notice {
         participant: String,
         stats: PeerStats,
     },
+    /// The worker's own numbers, about once a second.
+    Worker {
+        /// The worker's UDP address (its identity).
+        udp_addr: SocketAddr,
+        /// Media sessions it holds.
+        peers: usize,
+        /// Packets dropped since start because no session accepted them (unknown sources,
+        /// garbage, floods).
+        dropped_unknown: u64,
+    },
 }
 
 /// A participant's media numbers.
@@ -77,6 +87,8 @@ pub struct PeerStats {
     pub rtt_ms: Option<u64>,
     /// `udp` or `tcp` (ICE-TCP) for the selected candidate pair.
     pub transport: Option<&'static str>,
+    /// Retransmission requests (NACKs) received from this participant, since its session began.
+    pub nacks: u64,
 }
 
 enum Command {
@@ -243,12 +255,20 @@ struct Peer {
     participant: String,
     consult: String,
     rtc: Rtc,
+    /// Which browser session this is: the offer's `o=` session id and DTLS fingerprint. A new
+    /// value (a reloaded page, a new RTCPeerConnection) replaces the session instead of
+    /// renegotiating it.
+    origin: String,
     pending: Option<SdpPendingOffer>,
+    /// M-lines of sources that went away, to be stopped at the next negotiation.
+    to_stop: Vec<Mid>,
     tracks_in: Vec<TrackIn>,
     tracks_out: Vec<TrackOut>,
     preference: Preference,
     estimate_bps: u64,
     stats: PeerStats,
+    /// NACKs per outgoing stream, as str0m counts them (cumulative per stream).
+    nacks: Vec<(Mid, Option<Rid>, u64)>,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -327,6 +347,10 @@ impl Worker {
     fn run(mut self, rx: smpsc::Receiver<Command>) {
         let mut buf = vec![0u8; 2048];
         loop {
+            // Events hold peer indexes: handle them before a command may remove a peer.
+            while let Some((i, e)) = self.events.pop_front() {
+                self.event(i, e);
+            }
             loop {
                 match rx.try_recv() {
                     Ok(Command::Shutdown) | Err(smpsc::TryRecvError::Disconnected) => return,
@@ -604,14 +628,18 @@ impl Worker {
     ) -> Result<String, SfuError> {
         let offer =
             SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let origin = session_origin(sdp);
         let i = match self
             .find(&participant)
-            .filter(|&i| self.peers[i].rtc.is_alive())
+            .filter(|&i| self.peers[i].rtc.is_alive() && self.peers[i].origin == origin)
         {
             Some(i) => i,
             None => {
+                // A dead session, or a live one this offer does not continue (the page was
+                // reloaded, the seat taken over): the old session goes, with its tracks at the
+                // others, before the new one starts.
                 if let Some(stale) = self.find(&participant) {
-                    self.peers.remove(stale);
+                    self.remove_peer(stale);
                 }
                 let mut rtc = Rtc::builder()
                     .set_rtp_mode(true)
@@ -635,12 +663,15 @@ impl Worker {
                     participant: participant.clone(),
                     consult: consult.clone(),
                     rtc,
+                    origin,
                     pending: None,
+                    to_stop: Vec::new(),
                     tracks_in: Vec::new(),
                     tracks_out: Vec::new(),
                     preference: Preference::Normal,
                     estimate_bps: 1_000_000,
                     stats: PeerStats::default(),
+                    nacks: Vec::new(),
                     bytes_in: 0,
                     bytes_out: 0,
                 };
@@ -718,11 +749,15 @@ impl Worker {
         for peer in &mut self.peers {
             if peer.pending.is_some()
                 || !peer.rtc.is_alive()
-                || !peer.tracks_out.iter().any(|t| t.state == OutState::ToOpen)
+                || (peer.to_stop.is_empty()
+                    && !peer.tracks_out.iter().any(|t| t.state == OutState::ToOpen))
             {
                 continue;
             }
             let mut change = peer.rtc.sdp_api();
+            for mid in peer.to_stop.drain(..) {
+                change.stop_media(mid);
+            }
             for t in &mut peer.tracks_out {
                 if t.state == OutState::ToOpen {
                     let mid = change.add_media(
@@ -748,18 +783,32 @@ impl Worker {
 
     /// Removes dead peers, and the tracks others received from them.
     fn reap(&mut self) {
-        let dead: Vec<String> = self
-            .peers
-            .iter()
-            .filter(|p| !p.rtc.is_alive())
-            .map(|p| p.participant.clone())
-            .collect();
-        if dead.is_empty() {
-            return;
+        while let Some(i) = self.peers.iter().position(|p| !p.rtc.is_alive()) {
+            self.remove_peer(i);
         }
-        self.peers.retain(|p| p.rtc.is_alive());
+    }
+
+    /// Removes a peer (its session closed). The others stop forwarding its tracks, and the
+    /// m-lines that carried them are stopped at their next negotiation, so their pages see the
+    /// tracks end instead of going silent.
+    fn remove_peer(&mut self, i: usize) {
+        let mut gone = self.peers.remove(i);
+        gone.rtc.disconnect();
         for peer in &mut self.peers {
-            peer.tracks_out.retain(|t| !dead.contains(&t.source));
+            let Peer {
+                tracks_out,
+                to_stop,
+                ..
+            } = peer;
+            tracks_out.retain(|t| {
+                if t.source != gone.participant {
+                    return true;
+                }
+                if let OutState::Open(m) | OutState::Negotiating(m) = t.state {
+                    to_stop.push(m);
+                }
+                false
+            });
         }
     }
 
@@ -808,6 +857,18 @@ impl Worker {
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.peers[i].estimate_bps = estimate.as_u64();
+            }
+            Event::MediaEgressStats(es) => {
+                let peer = &mut self.peers[i];
+                match peer
+                    .nacks
+                    .iter_mut()
+                    .find(|(m, r, _)| *m == es.mid && *r == es.rid)
+                {
+                    Some(entry) => entry.2 = es.nacks,
+                    None => peer.nacks.push((es.mid, es.rid, es.nacks)),
+                }
+                peer.stats.nacks = peer.nacks.iter().map(|e| e.2).sum();
             }
             Event::PeerStats(ps) => {
                 let stats = &mut self.peers[i].stats;
@@ -1001,6 +1062,11 @@ impl Worker {
                 stats: p.stats.clone(),
             });
         }
+        let _ = self.notices.send(Notice::Worker {
+            udp_addr: self.addr,
+            peers: self.peers.len(),
+            dropped_unknown: self.dropped_unknown,
+        });
     }
 }
 
@@ -1049,4 +1115,19 @@ fn track_out(source: &str, mid: Mid, kind: MediaKind, pref: Preference) -> Track
         rewriter: Rewriter::new(clock),
         selector,
     }
+}
+
+/// The identity of the browser session behind an offer: its `o=` session id and its DTLS
+/// fingerprint. Renegotiations and ICE restarts keep both; a new RTCPeerConnection changes both.
+fn session_origin(sdp: &str) -> String {
+    let session = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("o="))
+        .and_then(|o| o.split_whitespace().nth(1))
+        .unwrap_or("");
+    let fingerprint = sdp
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=fingerprint:"))
+        .unwrap_or("");
+    format!("{session} {}", fingerprint.trim())
 }

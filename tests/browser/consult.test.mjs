@@ -137,6 +137,15 @@ test('provider, patient and caregiver: admit, media, low data, ICE restart, resu
     await caregiver.waitForFunction(() => window.consult && window.consult.state === 'in-call', null, { timeout: 15000 });
     await until(() => inbound(caregiver, prov.participant_id, 'video'), decoded(30), 15000, "the provider's video after the caregiver's reload");
     await until(() => inbound(provider, care.participant_id, 'video'), decoded(30), 15000, "the caregiver's new video on the provider page");
+    // The SFU replaced the caregiver's old media session: the provider's m-lines that carried it
+    // are stopped (not left silent), so repeated reloads do not pile up dead tracks.
+    // (Chromium drops stopped transceivers: 2 sending plus 2 each from the patient and the
+    // caregiver's new session remain, and the server's last offer rejects the old m-lines.)
+    const lines = await until(() => provider.evaluate(() => ({
+      transceivers: window.consult.pc.getTransceivers().length,
+      rejected: window.consult.pc.remoteDescription.sdp.split('\r\n').filter((l) => /^m=\w+ 0 /.test(l)).length,
+    })), (n) => n.rejected >= 2 && n.transceivers === 6, 10000, "the caregiver's old audio and video stopped on the provider page");
+    console.log(`after the reload the provider has ${lines.transceivers} transceivers; ${lines.rejected} old m-lines stopped`);
 
     await provider.screenshot({ path: `${SHOTS}/consult-provider.png`, fullPage: true });
     await patient.screenshot({ path: `${SHOTS}/consult-patient.png`, fullPage: true });
@@ -204,4 +213,63 @@ test('a signed-in provider starts a consult from the page', { timeout: 60000 }, 
     await patient.context().close();
   } catch (err) { report(err); }
   await page.context().close();
+});
+
+// A network that blocks UDP: the patient page only ever learns the SFU's TCP candidates (the test
+// strips every UDP candidate from what the server sends), so the SFU is reachable over ICE-TCP
+// (RFC 4571) alone. The call must connect that way and both sides decode video.
+test('a patient whose network blocks UDP connects over ICE-TCP', { timeout: 90000 }, async () => {
+  const { link } = await newConsult();
+  const prov = await link('provider', 'Dr. James Hartwell');
+  const pat = await link('patient', 'Robin Ellis');
+  const noUdp = (sdp) => sdp.split('\r\n').filter((l) => !(/^a=candidate:/.test(l) && / udp /i.test(l))).join('\r\n');
+  let stripped = 0;
+  try {
+    const provider = await openPage('provider-tcp', prov.url, { width: 1280, height: 900 });
+    await provider.waitForFunction(() => window.consult && window.consult.state === 'in-call', null, { timeout: 20000 });
+
+    const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+    const patient = await context.newPage();
+    patient.on('console', (m) => logs.push(`[patient-tcp] ${m.type()}: ${m.text()}`));
+    await patient.routeWebSocket(/\/api\/v1\/consults\/ws/, (ws) => {
+      const upstream = ws.connectToServer();
+      ws.onMessage((m) => upstream.send(m));
+      upstream.onMessage((m) => {
+        let msg;
+        try { msg = JSON.parse(m); } catch (e) { ws.send(m); return; }
+        if ((msg.type === 'offer' || msg.type === 'answer') && typeof msg.sdp === 'string') {
+          const before = msg.sdp;
+          msg.sdp = noUdp(msg.sdp);
+          if (msg.sdp !== before) stripped++;
+          ws.send(JSON.stringify(msg));
+        } else if (msg.type === 'candidate' && / udp /i.test(String(msg.candidate))) {
+          stripped++;
+        } else ws.send(m);
+      });
+    });
+    await patient.goto(server.base + pat.url);
+    await patient.waitForSelector('#waiting', { state: 'visible', timeout: 20000 });
+    await provider.click(`#admit-${pat.participant_id}`, { timeout: 10000 });
+    await patient.waitForFunction(() => window.consult.state === 'in-call', null, { timeout: 10000 });
+
+    await until(() => inbound(patient, prov.participant_id, 'video'), decoded(60), 20000, "the provider's video over ICE-TCP");
+    await until(() => inbound(patient, prov.participant_id, 'audio'), heard, 5000, "the provider's audio over ICE-TCP");
+    await until(() => inbound(provider, pat.participant_id, 'video'), decoded(60), 20000, "the patient's video (sent over ICE-TCP) on the provider page");
+    assert.ok(stripped > 0, 'the server offered UDP candidates, and the test withheld them');
+
+    // The selected pair on the patient page is TCP, and the provider sees it in the roster.
+    const pair = await patient.evaluate(async () => {
+      const stats = await window.consult.pc.getStats();
+      let pair = null;
+      stats.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+      if (!pair) return null;
+      const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
+      return { local: local && local.protocol, remote: remote && remote.protocol, tcpType: local && local.tcpType };
+    });
+    assert.deepEqual(pair && [pair.local, pair.remote], ['tcp', 'tcp'], `selected pair ${JSON.stringify(pair)}`);
+    await provider.waitForSelector(`#stats-${pat.participant_id}:has-text("over TCP")`, { timeout: 10000 });
+    await patient.screenshot({ path: `${SHOTS}/consult-patient-tcp.png`, fullPage: true });
+    await provider.context().close();
+    await context.close();
+  } catch (err) { report(err); }
 });
