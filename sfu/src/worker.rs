@@ -9,7 +9,7 @@
 //! requests to publishers go through a [`KeyframeThrottle`]. Every call into a peer's `Rtc` is
 //! isolated with `catch_unwind`: a peer that trips a bug is disconnected, the others go on.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -291,6 +291,8 @@ struct TcpConn {
     alive: bool,
 }
 
+/// Most source addresses remembered; past it, those of departed peers are forgotten.
+const MAX_KNOWN_SOURCES: usize = 4096;
 /// Most ICE-TCP connections a worker holds; more are refused.
 const MAX_TCP_CONNS: usize = 512;
 /// A connection whose unsent data grows past this is too slow: packets are dropped for it.
@@ -306,6 +308,10 @@ struct Worker {
     throttle: KeyframeThrottle<(String, Mid, u8)>,
     last_stats: Instant,
     dropped_unknown: u64,
+    /// Source addresses some peer has accepted, and whose they are. A datagram from any other
+    /// address must be a STUN binding request (ICE comes first); anything else is dropped after
+    /// one hash lookup, without asking every peer.
+    known: HashMap<SocketAddr, String>,
     /// Peer events waiting to be handled. Every input is followed by draining that peer's
     /// output into this queue: in RTP mode str0m holds one received packet until polled, so a
     /// second input before a poll would drop the first.
@@ -340,6 +346,7 @@ impl Worker {
             throttle: KeyframeThrottle::new(Duration::from_millis(500)),
             last_stats: Instant::now(),
             dropped_unknown: 0,
+            known: HashMap::new(),
             events: VecDeque::new(),
         }
     }
@@ -539,6 +546,11 @@ impl Worker {
 
     /// Routes a packet to the peer whose ICE/DTLS/SRTP state accepts it; others are dropped.
     fn receive(&mut self, data: &[u8], source: SocketAddr, proto: Protocol) {
+        let stun = data.len() >= 20 && data[0] < 2 && data[4..8] == [0x21, 0x12, 0xa4, 0x42];
+        if !stun && !self.known.contains_key(&source) {
+            self.dropped_unknown += 1;
+            return;
+        }
         let Ok(contents) = data.try_into() else {
             self.dropped_unknown += 1;
             return;
@@ -564,6 +576,14 @@ impl Worker {
             self.dropped_unknown += 1;
             return;
         };
+        if stun && !self.known.contains_key(&source) {
+            if self.known.len() >= MAX_KNOWN_SOURCES {
+                let live: HashSet<&str> =
+                    self.peers.iter().map(|p| p.participant.as_str()).collect();
+                self.known.retain(|_, who| live.contains(who.as_str()));
+            }
+            self.known.insert(source, self.peers[i].participant.clone());
+        }
         self.peers[i].bytes_in += data.len() as u64;
         self.input(i, input);
     }
@@ -703,9 +723,19 @@ impl Worker {
                 }
             }
         }
-        let answer = catch_unwind(AssertUnwindSafe(|| peer.rtc.sdp_api().accept_offer(offer)))
-            .map_err(|_| SfuError::InvalidSdp("the offer could not be processed".into()))?
-            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer = match catch_unwind(AssertUnwindSafe(|| peer.rtc.sdp_api().accept_offer(offer)))
+        {
+            Ok(answer) => answer.map_err(|e| SfuError::InvalidSdp(e.to_string()))?,
+            // str0m 0.25 panics on some contradictory offers (e.g. a payload type bound twice):
+            // its state may be half-changed, so that session ends; the page can offer afresh.
+            Err(_) => {
+                tracing::warn!("str0m panicked on an offer; closing that media session");
+                peer.rtc.disconnect();
+                return Err(SfuError::InvalidSdp(
+                    "the offer could not be processed; the media session was closed".into(),
+                ));
+            }
+        };
         Ok(answer.to_sdp_string())
     }
 
@@ -794,6 +824,7 @@ impl Worker {
     fn remove_peer(&mut self, i: usize) {
         let mut gone = self.peers.remove(i);
         gone.rtc.disconnect();
+        self.known.retain(|_, who| *who != gone.participant);
         for peer in &mut self.peers {
             let Peer {
                 tracks_out,

@@ -343,6 +343,81 @@ mod tests {
         assert_eq!(parse(&huge).unwrap_err().code, "too_large");
     }
 
+    /// Thousands of mutations of valid frames (bytes flipped, cut, inserted, repeated; numbers
+    /// made huge; nesting made deep): every one parses or is refused with a known code, and
+    /// none panics.
+    #[test]
+    fn mutated_frames_never_panic() {
+        let seeds = [
+            r#"{"type":"join","v":1,"token":"v1.abc.def","device":{"user_agent":"UA","client_hints":{"sec-ch-ua":"x"}}}"#,
+            r#"{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}"#,
+            r#"{"type":"ice","candidate":"candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"}"#,
+            r#"{"type":"stats","report":{"rtt_ms":40.5,"fps":30}}"#,
+            r#"{"type":"media_state","audio":true,"video":false}"#,
+            r#"{"type":"layer_preference","preference":"normal"}"#,
+            r#"{"type":"ping","id":7}"#,
+        ];
+        let codes = [
+            "malformed",
+            "invalid_message",
+            "unsupported_version",
+            "invalid_sdp",
+            "invalid_candidate",
+            "too_large",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        let (mut ok, mut refused) = (0, 0);
+        for seed in seeds {
+            for _ in 0..3000 {
+                let mut b = seed.as_bytes().to_vec();
+                for _ in 0..1 + rnd(4) {
+                    let at = rnd(b.len());
+                    match rnd(7) {
+                        0 => {
+                            let i = at.min(b.len() - 1);
+                            b[i] ^= 1 << rnd(8);
+                        }
+                        1 => b.truncate(at),
+                        2 => b.insert(at, b"{}[]\",:0e9-\x00"[rnd(12)]),
+                        3 => {
+                            let end = (at + rnd(16)).min(b.len());
+                            let piece = b[at..end].to_vec();
+                            b.splice(at..at, piece.repeat(1 + rnd(50)));
+                        }
+                        4 => b.splice(at..at, b"1e999999".iter().copied()).for_each(drop),
+                        5 => b
+                            .splice(at..at, "[".repeat(200).into_bytes())
+                            .for_each(drop),
+                        _ => b
+                            .splice(at..at, r"\u0000\uffff\ud800".bytes())
+                            .for_each(drop),
+                    }
+                    if b.is_empty() {
+                        break;
+                    }
+                }
+                let frame = String::from_utf8_lossy(&b);
+                match parse(&frame) {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        assert!(codes.contains(&e.code), "{frame}: {e:?}");
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            refused > ok,
+            "most mutations are refused: {refused} refused, {ok} accepted"
+        );
+    }
+
     #[test]
     fn rate_limiter_allows_bursts_then_sustained_rate() {
         let t0 = Instant::now();
