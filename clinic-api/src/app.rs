@@ -31,6 +31,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Live consults on this node.
     pub consults: Arc<crate::consults::Hub>,
+    pub images: Arc<crate::images::Images>,
 }
 
 /// Every route of the API, each with its policy.
@@ -45,6 +46,7 @@ pub fn all_routes() -> Routes {
         .merge(reports::routes())
         .merge(audit::routes())
         .merge(consults::routes())
+        .merge(crate::images::routes())
 }
 
 /// The process-wide Prometheus recorder (installed once; later calls share it).
@@ -89,10 +91,12 @@ impl AppState {
         std::fs::create_dir_all(config.blob_dir())?;
         let keys = KeyRing::open_or_create(&config.key_file())?;
         let consults = consults::Hub::start(&keys, &config.sfu)?;
+        let images = Arc::new(crate::images::Images::open(&config, &keys).await?);
         Ok(Self {
             config: Arc::new(config),
             db,
             consults,
+            images,
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
             metrics: metrics_handle(),

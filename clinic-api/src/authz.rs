@@ -148,10 +148,12 @@ pub enum Permission {
     OwnRecordsWrite,
     /// A referring partner's referrals.
     ReferralsWrite,
+    /// Legal holds on records and deletion after the retention period.
+    RecordsRetention,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 24] = [
+    pub const ALL: [Permission; 25] = [
         Permission::PatientsRead,
         Permission::PatientsWrite,
         Permission::ClinicalRead,
@@ -176,6 +178,7 @@ impl Permission {
         Permission::OwnRecordsRead,
         Permission::OwnRecordsWrite,
         Permission::ReferralsWrite,
+        Permission::RecordsRetention,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -204,6 +207,7 @@ impl Permission {
             Permission::OwnRecordsRead => "own_records_read",
             Permission::OwnRecordsWrite => "own_records_write",
             Permission::ReferralsWrite => "referrals_write",
+            Permission::RecordsRetention => "records_retention",
         }
     }
 }
@@ -232,6 +236,7 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::UsersRead, Tenant),
             (P::AuditRead, Tenant),
             (P::AuditExport, Tenant),
+            (P::RecordsRetention, Tenant),
         ],
         Role::ClinicAdmin => &[
             (P::LocationsRead, Tenant),
@@ -242,6 +247,7 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::AuditExport, Tenant),
             (P::ReportsRead, Tenant),
             (P::ScheduleRead, Tenant),
+            (P::RecordsRetention, Tenant),
         ],
         Role::Provider => &[
             (P::PatientsRead, Loc),

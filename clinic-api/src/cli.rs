@@ -62,6 +62,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Wound images: storage tiers.
+    Imaging {
+        #[command(subcommand)]
+        command: ImagingCommand,
+    },
     /// Print the permission matrix as Markdown (docs/permissions.md).
     Permissions,
     /// Print the OpenAPI document.
@@ -108,6 +113,16 @@ enum UserCommand {
         clinic: String,
         #[arg(long)]
         username: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagingCommand {
+    /// Apply the tier policy now: move originals whose age calls for a colder tier; prints what
+    /// moved (exit 1 if any move failed).
+    Tier {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -254,6 +269,30 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Imaging {
+            command: ImagingCommand::Tier { json },
+        } => {
+            let db = admin_db(&config).await?;
+            let keys = KeyRing::open_or_create(&config.key_file())?;
+            let images = crate::images::Images::open(&config, &keys).await?;
+            let report = crate::images::apply_tiers(&db, &images, now).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} originals examined, {} moved, {} failed",
+                    report.examined,
+                    report.moved.values().sum::<u64>(),
+                    report.failed
+                );
+                for (step, n) in &report.moved {
+                    println!("  {step}: {n}");
+                }
+            }
+            if report.failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Permissions => print!(
             "{}",
             crate::authz::matrix_markdown(&app::all_routes().specs())
@@ -369,6 +408,7 @@ async fn serve(config: Config, seed_demo: bool) -> anyhow::Result<()> {
         }
     }
     spawn_checkpoints(state.clone());
+    spawn_tiering(state.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     println!("clinic listening on http://{}", listener.local_addr()?);
@@ -388,6 +428,34 @@ fn spawn_checkpoints(state: AppState) {
             match audit::checkpoint(&state.db, &state.keys, state.clock.now_ms(), &path).await {
                 Ok(written) => tracing::info!(count = written.len(), "audit checkpoints written"),
                 Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
+            }
+        }
+    });
+}
+
+/// Applies the image tier policy on the configured interval.
+fn spawn_tiering(state: AppState) {
+    let secs = state.config.imaging.tier_interval_secs;
+    if secs == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(secs.max(60)));
+        loop {
+            ticker.tick().await;
+            match crate::images::apply_tiers(&state.db, &state.images, state.clock.now_ms()).await {
+                Ok(r) => {
+                    let moved: u64 = r.moved.values().sum();
+                    if moved > 0 || r.failed > 0 {
+                        tracing::info!(
+                            moved,
+                            failed = r.failed,
+                            examined = r.examined,
+                            "image tiers applied"
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "image tiering failed"),
             }
         }
     });

@@ -25,6 +25,126 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub sfu: SfuConfig,
+    pub imaging: ImagingConfig,
+}
+
+/// Wound images: limits, where sealed objects go, which keys seal them, and tiering.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagingConfig {
+    pub limits: imaging::Limits,
+    /// `local` (the blob directory) or `s3`.
+    pub store: StoreKind,
+    /// `local` (the key file) or `kms`.
+    pub keys: KeyProviderKind,
+    pub s3: S3Config,
+    pub kms: KmsConfig,
+    pub tiers: imaging::tiering::TierPolicy,
+    /// How often `clinic serve` applies the tier policy (0: never; `clinic imaging tier` still
+    /// works).
+    pub tier_interval_secs: u64,
+    /// Lifetime of a signed image URL (thumbnails and previews).
+    pub url_ttl_secs: i64,
+    /// Lifetime of a signed URL for an original (an export).
+    pub export_url_ttl_secs: i64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    Local,
+    S3,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyProviderKind {
+    Local,
+    Kms,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:9000` for a local server; default: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Static credentials; without them the default AWS chain (environment, profile, instance
+    /// role) is used.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub bucket: String,
+    /// Prepended to `<tenant>/<key>`.
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as local S3 servers need.
+    pub force_path_style: bool,
+    /// SSE-KMS on top of our own envelope encryption, with this KMS key.
+    pub sse_kms_key_id: Option<String>,
+    /// Whether the server supports storage classes (tiering moves need them).
+    pub storage_classes: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            bucket: "clinic-images".into(),
+            prefix: "images/".into(),
+            force_path_style: false,
+            sse_kms_key_id: None,
+            storage_classes: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KmsConfig {
+    /// e.g. `http://127.0.0.1:9000` for a local server; default: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Static credentials; without them the default AWS chain (environment, profile, instance
+    /// role) is used.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// The KMS key (id, ARN or alias) that wraps data keys.
+    pub key_id: String,
+    /// Unwrapped data keys kept in memory, and for how long.
+    pub cache_entries: usize,
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            key_id: String::new(),
+            cache_entries: 4096,
+            cache_ttl_secs: 300,
+        }
+    }
+}
+
+impl Default for ImagingConfig {
+    fn default() -> Self {
+        Self {
+            limits: imaging::Limits::default(),
+            store: StoreKind::Local,
+            keys: KeyProviderKind::Local,
+            s3: S3Config::default(),
+            kms: KmsConfig::default(),
+            tiers: imaging::tiering::TierPolicy::default(),
+            tier_interval_secs: 3600,
+            url_ttl_secs: 300,
+            export_url_ttl_secs: 60,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -149,6 +269,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             log: LogConfig::default(),
             sfu: SfuConfig::default(),
+            imaging: ImagingConfig::default(),
         }
     }
 }

@@ -40,6 +40,10 @@ pub enum Purpose {
     AuditCheckpoint,
     /// Signing consult join tokens (HMAC-SHA256), verifiable by every node with the key file.
     ConsultToken,
+    /// Wrapping image data keys (the local key provider's key encryption keys).
+    ImageKek,
+    /// Signing short-lived image URLs (HMAC-SHA256).
+    ImageUrl,
 }
 
 impl Purpose {
@@ -48,6 +52,8 @@ impl Purpose {
             Purpose::MfaSecret => b"clinic/v1/mfa-secret",
             Purpose::AuditCheckpoint => b"clinic/v1/audit-checkpoint-ed25519",
             Purpose::ConsultToken => b"clinic/v1/consult-token-hmac",
+            Purpose::ImageKek => b"clinic/v1/image-kek",
+            Purpose::ImageUrl => b"clinic/v1/image-url-hmac",
         }
     }
 }
@@ -180,6 +186,17 @@ impl KeyRing {
     pub fn purpose_key(&self, purpose: Purpose) -> [u8; 32] {
         self.derive(&self.active, purpose)
             .expect("active key exists")
+    }
+
+    /// The `purpose` subkey of every key in the ring, by key id, and the active id: for
+    /// wrapping with the active key while still unwrapping with rotated-out ones.
+    pub fn purpose_keys(&self, purpose: Purpose) -> (String, BTreeMap<String, [u8; 32]>) {
+        let keys = self
+            .roots
+            .keys()
+            .map(|id| (id.clone(), self.derive(id, purpose).expect("key exists")))
+            .collect();
+        (self.active.clone(), keys)
     }
 
     /// Fills `buf` from the system's secure random source.

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod images;
 pub mod keys;
 pub mod locations;
 pub mod mfa;

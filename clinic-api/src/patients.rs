@@ -17,10 +17,10 @@ use crate::ids::{LocationId, PatientId};
 use crate::pii::Pii;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
-struct PatientRow {
-    id: String,
-    location_id: String,
-    user_id: Option<String>,
+pub(crate) struct PatientRow {
+    pub(crate) id: String,
+    pub(crate) location_id: String,
+    pub(crate) user_id: Option<String>,
     given_name: String,
     family_name: String,
     birth_date: String,
@@ -213,7 +213,7 @@ async fn fetch(tx: &mut Tx, caller: &Caller, id: &PatientId) -> sqlx::Result<Opt
 
 /// Loads a patient and checks the caller's reach. A refusal is audited as denied and committed
 /// in this same transaction (a second one would wait on SQLite's write lock).
-async fn reach(
+pub(crate) async fn reach(
     state: &AppState,
     mut tx: Tx,
     caller: &Caller,

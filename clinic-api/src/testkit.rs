@@ -169,10 +169,16 @@ impl TestApp {
         let clock = ManualClock::new(1_790_000_000_000);
         let keys = KeyRing::generate();
         let consults = crate::consults::Hub::start(&keys, &config.sfu).expect("media workers");
+        let images = std::sync::Arc::new(
+            crate::images::Images::open(&config, &keys)
+                .await
+                .expect("imaging services"),
+        );
         let state = AppState {
             config: std::sync::Arc::new(config),
             db,
             consults,
+            images,
             keys: std::sync::Arc::new(keys),
             clock: std::sync::Arc::new(clock.clone()),
             metrics: metrics_handle(),

@@ -1,0 +1,337 @@
+//! Validate → decode within limits → orient → derivatives. Pure functions over bytes: the API
+//! runs [`process`] on a blocking thread and hands the results to envelope encryption.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image as FirImage;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use crate::strip::{ExifFacts, read_exif, strip};
+use crate::{Format, ImagingError, sniff};
+
+/// Long side of the preview, in pixels.
+pub const PREVIEW_SIDE: u32 = 1280;
+/// Long side of the thumbnail, in pixels.
+pub const THUMBNAIL_SIDE: u32 = 256;
+/// JPEG quality of the derivatives.
+pub const DERIVATIVE_QUALITY: u8 = 82;
+
+/// What an upload may cost. Checked before any large allocation: the byte limit while the body
+/// streams in, the pixel limits from the image header before decoding, and `max_alloc` inside
+/// the decoders.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest upload, in bytes.
+    pub max_bytes: u64,
+    /// Most pixels (width × height).
+    pub max_pixels: u64,
+    /// Longest side, in pixels.
+    pub max_side: u32,
+    /// Most memory a decoder may allocate, in bytes.
+    pub max_alloc: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 30 * 1024 * 1024,
+            max_pixels: 64_000_000,
+            max_side: 20_000,
+            max_alloc: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// A JPEG derivative.
+#[derive(Clone, Debug)]
+pub struct Derivative {
+    pub bytes: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// How the derivatives' source pixels were decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodePath {
+    /// Decoded at full size (pure Rust decoders).
+    Full,
+    /// Decoded at 1/`n` of full size in the DCT domain (libjpeg-turbo, feature `turbojpeg`).
+    Shrunk { num: u8, denom: u8 },
+}
+
+/// A validated upload, ready to be sealed and stored.
+#[derive(Debug)]
+pub struct Processed {
+    pub format: Format,
+    /// Upright size (after orientation) of the full image.
+    pub width: u32,
+    pub height: u32,
+    /// EXIF orientation of the original (its pixels are stored as shot, without EXIF).
+    pub orientation: u8,
+    /// When the photo was taken, per the camera.
+    pub captured_at: Option<String>,
+    /// The original without metadata; its pixels are bit-exact.
+    pub original: Vec<u8>,
+    pub preview: Derivative,
+    pub thumbnail: Derivative,
+    pub decode_path: DecodePath,
+}
+
+/// Runs the whole pipeline over an upload.
+pub fn process(bytes: &[u8], limits: &Limits) -> Result<Processed, ImagingError> {
+    if bytes.is_empty() {
+        return Err(ImagingError::Empty);
+    }
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(ImagingError::TooLarge {
+            limit: limits.max_bytes,
+        });
+    }
+    let format = sniff(bytes)?;
+    let stripped = strip(format, bytes)?;
+    let facts = stripped
+        .exif
+        .as_deref()
+        .map(read_exif)
+        .unwrap_or(ExifFacts {
+            orientation: 1,
+            captured_at: None,
+        });
+    let decoded = decode(format, &stripped.bytes, limits)?;
+    let sideways = facts.orientation >= 5;
+    let (width, height) = if sideways {
+        (decoded.full_height, decoded.full_width)
+    } else {
+        (decoded.full_width, decoded.full_height)
+    };
+    // Resize in the stored frame, then orient the small result.
+    let (pw, ph) = fit(width, height, PREVIEW_SIDE);
+    let (sw, sh) = if sideways { (ph, pw) } else { (pw, ph) };
+    let small = resize(&decoded.rgb, sw, sh)?;
+    let mut preview = DynamicImage::ImageRgb8(small);
+    preview.apply_orientation(
+        Orientation::from_exif(facts.orientation).unwrap_or(Orientation::NoTransforms),
+    );
+    let preview = preview.into_rgb8();
+    let (tw, th) = fit(preview.width(), preview.height(), THUMBNAIL_SIDE);
+    let thumb = resize(&preview, tw, th)?;
+    let icc = decoded.icc.as_deref();
+    Ok(Processed {
+        format,
+        width,
+        height,
+        orientation: facts.orientation,
+        captured_at: facts.captured_at,
+        preview: encode_jpeg(&preview, icc)?,
+        thumbnail: encode_jpeg(&thumb, icc)?,
+        original: stripped.bytes,
+        decode_path: decoded.path,
+    })
+}
+
+/// The size that fits `side` on the long edge, keeping the aspect ratio; never enlarges.
+pub fn fit(width: u32, height: u32, side: u32) -> (u32, u32) {
+    let long = width.max(height);
+    if long <= side {
+        return (width.max(1), height.max(1));
+    }
+    let scale = side as f64 / long as f64;
+    (
+        ((width as f64 * scale).round() as u32).clamp(1, side),
+        ((height as f64 * scale).round() as u32).clamp(1, side),
+    )
+}
+
+struct Decoded {
+    rgb: RgbImage,
+    full_width: u32,
+    full_height: u32,
+    icc: Option<Vec<u8>>,
+    path: DecodePath,
+}
+
+fn check_dimensions(width: u32, height: u32, limits: &Limits) -> Result<(), ImagingError> {
+    if width == 0 || height == 0 {
+        return Err(ImagingError::Corrupt("the image has no pixels".into()));
+    }
+    if width.max(height) > limits.max_side || width as u64 * height as u64 > limits.max_pixels {
+        return Err(ImagingError::Dimensions {
+            width: width as u64,
+            height: height as u64,
+            max_pixels: limits.max_pixels,
+            max_side: limits.max_side,
+        });
+    }
+    Ok(())
+}
+
+fn image_error(e: image::ImageError) -> ImagingError {
+    match e {
+        image::ImageError::Limits(_) => ImagingError::Memory,
+        image::ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ImagingError::Corrupt("the image data is cut off".into())
+        }
+        other => ImagingError::Corrupt(other.to_string()),
+    }
+}
+
+fn decode(format: Format, bytes: &[u8], limits: &Limits) -> Result<Decoded, ImagingError> {
+    #[cfg(feature = "turbojpeg")]
+    if format == Format::Jpeg
+        && let Some(d) = crate::pipeline::turbo::decode_shrunk(bytes, limits)?
+    {
+        return Ok(d);
+    }
+    let image_format = match format {
+        Format::Jpeg => image::ImageFormat::Jpeg,
+        Format::Png => image::ImageFormat::Png,
+        Format::WebP => image::ImageFormat::WebP,
+        Format::Heic => return Err(ImagingError::HeicUnsupported),
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format);
+    let mut l = image::Limits::default();
+    l.max_image_width = None;
+    l.max_image_height = None;
+    l.max_alloc = Some(limits.max_alloc);
+    reader.limits(l);
+    let mut decoder = reader.into_decoder().map_err(image_error)?;
+    let (w, h) = decoder.dimensions();
+    check_dimensions(w, h, limits)?;
+    let icc = decoder.icc_profile().ok().flatten();
+    let img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    Ok(Decoded {
+        rgb: to_rgb(img),
+        full_width: w,
+        full_height: h,
+        icc,
+        path: DecodePath::Full,
+    })
+}
+
+/// 8-bit RGB; 16-bit samples are scaled, transparency is flattened onto white.
+fn to_rgb(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = RgbImage::new(w, h);
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = p[3] as u32;
+        for c in 0..3 {
+            o[c] = ((p[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    out
+}
+
+fn resize(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage, ImagingError> {
+    if src.width() == width && src.height() == height {
+        return Ok(src.clone());
+    }
+    let fail = |e: &dyn std::fmt::Display| ImagingError::Corrupt(format!("resize: {e}"));
+    let from = FirImage::from_vec_u8(
+        src.width(),
+        src.height(),
+        src.as_raw().clone(),
+        PixelType::U8x3,
+    )
+    .map_err(|e| fail(&e))?;
+    let mut to = FirImage::new(width, height, PixelType::U8x3);
+    Resizer::new()
+        .resize(
+            &from,
+            &mut to,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)),
+        )
+        .map_err(|e| fail(&e))?;
+    RgbImage::from_raw(width, height, to.into_vec()).ok_or_else(|| fail(&"buffer size"))
+}
+
+fn encode_jpeg(img: &RgbImage, icc: Option<&[u8]>) -> Result<Derivative, ImagingError> {
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, DERIVATIVE_QUALITY);
+    if let Some(icc) = icc {
+        // A profile too large for APP2 segments is left out rather than failing the upload.
+        let _ = enc.add_icc_profile(icc);
+    }
+    enc.encode(
+        img.as_raw(),
+        img.width() as u16,
+        img.height() as u16,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .map_err(|e| ImagingError::Corrupt(format!("encode: {e}")))?;
+    Ok(Derivative {
+        bytes: out,
+        width: img.width(),
+        height: img.height(),
+    })
+}
+
+#[cfg(feature = "turbojpeg")]
+mod turbo {
+    //! Shrink on load: libjpeg-turbo decodes at 1/2, 1/4 or 1/8 size in the DCT domain, the
+    //! smallest scale whose long side still covers the preview.
+    use super::*;
+
+    pub(super) fn decode_shrunk(
+        bytes: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<Decoded>, ImagingError> {
+        let Ok(header) = turbojpeg::read_header(bytes) else {
+            return Ok(None);
+        };
+        let (w, h) = (header.width as u32, header.height as u32);
+        check_dimensions(w, h, limits)?;
+        if matches!(
+            header.colorspace,
+            turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
+        ) {
+            return Ok(None);
+        }
+        let long = w.max(h);
+        let factor = [(1u8, 8u8), (1, 4), (1, 2)]
+            .into_iter()
+            .find(|(n, d)| long as u64 * *n as u64 / *d as u64 >= PREVIEW_SIDE as u64)
+            .unwrap_or((1, 1));
+        if factor == (1, 1) {
+            return Ok(None);
+        }
+        let sf = turbojpeg::ScalingFactor::new(factor.0 as usize, factor.1 as usize);
+        let mut dec =
+            turbojpeg::Decompressor::new().map_err(|e| ImagingError::Corrupt(e.to_string()))?;
+        dec.set_scaling_factor(sf)
+            .map_err(|e| ImagingError::Corrupt(e.to_string()))?;
+        let scaled = header.scaled(sf);
+        let mut image = turbojpeg::Image {
+            pixels: vec![0u8; scaled.width * scaled.height * 3],
+            width: scaled.width,
+            pitch: scaled.width * 3,
+            height: scaled.height,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        dec.decompress(bytes, image.as_deref_mut())
+            .map_err(|e| ImagingError::Corrupt(e.to_string()))?;
+        let rgb = RgbImage::from_raw(scaled.width as u32, scaled.height as u32, image.pixels)
+            .ok_or_else(|| ImagingError::Corrupt("decoded buffer size".into()))?;
+        // The ICC profile, for the derivatives: read with the pure-Rust decoder's header parser.
+        let icc = ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Jpeg)
+            .into_decoder()
+            .ok()
+            .and_then(|mut d| d.icc_profile().ok().flatten());
+        Ok(Some(Decoded {
+            rgb,
+            full_width: w,
+            full_height: h,
+            icc,
+            path: DecodePath::Shrunk {
+                num: factor.0,
+                denom: factor.1,
+            },
+        }))
+    }
+}

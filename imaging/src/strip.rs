@@ -1,0 +1,304 @@
+//! Metadata removal without re-encoding: what remains decodes to exactly the same pixels.
+//!
+//! - JPEG: APP1 (EXIF, XMP), APP2 other than ICC profiles (MPF, FlashPix), APP3–APP13 (IPTC,
+//!   Photoshop), APP15, comments, JFXX thumbnails and anything after the end-of-image marker
+//!   (phones append secondary images there, with EXIF of their own) are dropped. JFIF, ICC
+//!   profiles and Adobe's APP14 (it says how to read CMYK) are kept.
+//! - PNG: only the chunks that define pixels and colour are kept (IHDR, PLTE, IDAT, IEND, tRNS,
+//!   cHRM, gAMA, iCCP, sBIT, sRGB, cICP, bKGD, pHYs); text, eXIf, time and unknown chunks go.
+//! - WebP: EXIF, XMP and unknown chunks go, and VP8X's EXIF/XMP flags are cleared.
+//!
+//! The EXIF block found on the way is returned for reading orientation and capture time; it is
+//! never stored.
+
+use crate::{Format, ImagingError};
+
+/// The image without metadata, and the EXIF (TIFF structure) it carried.
+#[derive(Debug)]
+pub struct Stripped {
+    pub bytes: Vec<u8>,
+    pub exif: Option<Vec<u8>>,
+}
+
+/// What the EXIF block says that we keep as data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExifFacts {
+    /// EXIF orientation 1–8 (1 when absent or invalid).
+    pub orientation: u8,
+    /// DateTimeOriginal as `YYYY-MM-DDTHH:MM:SS`, with the offset (`+02:00`) when the camera
+    /// recorded one; the camera's local time otherwise.
+    pub captured_at: Option<String>,
+}
+
+fn corrupt(why: &str) -> ImagingError {
+    ImagingError::Corrupt(why.to_string())
+}
+
+/// Strips `bytes`, which [`crate::sniff`] found to be `format`.
+pub fn strip(format: Format, bytes: &[u8]) -> Result<Stripped, ImagingError> {
+    match format {
+        Format::Jpeg => strip_jpeg(bytes),
+        Format::Png => strip_png(bytes),
+        Format::WebP => strip_webp(bytes),
+        Format::Heic => Err(ImagingError::HeicUnsupported),
+    }
+}
+
+fn strip_jpeg(b: &[u8]) -> Result<Stripped, ImagingError> {
+    if !b.starts_with(&[0xff, 0xd8]) {
+        return Err(corrupt("not a JPEG stream"));
+    }
+    let n = b.len();
+    let mut out = Vec::with_capacity(n);
+    out.extend_from_slice(&[0xff, 0xd8]);
+    let mut exif = None;
+    let mut saw_frame = false;
+    let mut saw_scan = false;
+    let mut i = 2;
+    loop {
+        if i >= n {
+            return Err(corrupt("the JPEG ends before its end-of-image marker"));
+        }
+        if b[i] != 0xff {
+            return Err(corrupt("unexpected bytes between JPEG segments"));
+        }
+        while i < n && b[i] == 0xff {
+            i += 1;
+        }
+        if i >= n {
+            return Err(corrupt("the JPEG ends before its end-of-image marker"));
+        }
+        let marker = b[i];
+        i += 1;
+        match marker {
+            0xd9 => {
+                if !saw_frame || !saw_scan {
+                    return Err(corrupt("the JPEG has no image data"));
+                }
+                out.extend_from_slice(&[0xff, 0xd9]);
+                break;
+            }
+            0xd8 => return Err(corrupt("a JPEG start marker inside the image")),
+            0x01 | 0xd0..=0xd7 => {
+                out.extend_from_slice(&[0xff, marker]);
+                continue;
+            }
+            _ => {}
+        }
+        if i + 2 > n {
+            return Err(corrupt("a JPEG segment is cut off"));
+        }
+        let len = u16::from_be_bytes([b[i], b[i + 1]]) as usize;
+        if len < 2 || i + len > n {
+            return Err(corrupt("a JPEG segment is cut off"));
+        }
+        let seg = &b[i + 2..i + len];
+        let keep = match marker {
+            0xe0 => seg.starts_with(b"JFIF\0"),
+            0xe1 => {
+                if exif.is_none() && seg.starts_with(b"Exif\0\0") {
+                    exif = Some(seg[6..].to_vec());
+                }
+                false
+            }
+            0xe2 => seg.starts_with(b"ICC_PROFILE\0"),
+            0xe3..=0xed | 0xef | 0xfe => false,
+            0xee => seg.starts_with(b"Adobe"),
+            0xc0..=0xc3 | 0xc5..=0xc7 | 0xc9..=0xcb | 0xcd..=0xcf => {
+                saw_frame = true;
+                true
+            }
+            _ => true,
+        };
+        if keep {
+            out.extend_from_slice(&b[i - 2..i + len]);
+        }
+        i += len;
+        if marker == 0xda {
+            if !saw_frame {
+                return Err(corrupt("JPEG image data before its frame header"));
+            }
+            saw_scan = true;
+            // Entropy-coded data runs to the next marker that is not a stuffed 0xFF00 or a
+            // restart marker.
+            let start = i;
+            loop {
+                if i + 1 >= n {
+                    return Err(corrupt("the JPEG image data is cut off"));
+                }
+                if b[i] == 0xff {
+                    let m = b[i + 1];
+                    if m == 0x00 || (0xd0..=0xd7).contains(&m) {
+                        i += 2;
+                        continue;
+                    }
+                    if m != 0xff {
+                        break;
+                    }
+                }
+                i += 1;
+            }
+            out.extend_from_slice(&b[start..i]);
+        }
+    }
+    Ok(Stripped { bytes: out, exif })
+}
+
+const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
+const PNG_KEEP: [&[u8; 4]; 13] = [
+    b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"cHRM", b"gAMA", b"iCCP", b"sBIT", b"sRGB",
+    b"cICP", b"bKGD", b"pHYs",
+];
+
+fn strip_png(b: &[u8]) -> Result<Stripped, ImagingError> {
+    if !b.starts_with(PNG_SIGNATURE) {
+        return Err(corrupt("not a PNG stream"));
+    }
+    let mut out = Vec::with_capacity(b.len());
+    out.extend_from_slice(PNG_SIGNATURE);
+    let mut exif = None;
+    let mut i = 8;
+    let mut first = true;
+    loop {
+        if i + 8 > b.len() {
+            return Err(corrupt("the PNG ends before its IEND chunk"));
+        }
+        let len = u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+        let kind: [u8; 4] = [b[i + 4], b[i + 5], b[i + 6], b[i + 7]];
+        let end = i
+            .checked_add(12)
+            .and_then(|x| x.checked_add(len))
+            .filter(|&e| e <= b.len())
+            .ok_or_else(|| corrupt("a PNG chunk is cut off"))?;
+        if first && &kind != b"IHDR" {
+            return Err(corrupt("the PNG does not start with IHDR"));
+        }
+        first = false;
+        if &kind == b"eXIf" && exif.is_none() {
+            exif = Some(b[i + 8..i + 8 + len].to_vec());
+        }
+        if PNG_KEEP.iter().any(|k| **k == kind) {
+            out.extend_from_slice(&b[i..end]);
+        }
+        i = end;
+        if &kind == b"IEND" {
+            break;
+        }
+    }
+    Ok(Stripped { bytes: out, exif })
+}
+
+fn strip_webp(b: &[u8]) -> Result<Stripped, ImagingError> {
+    if b.len() < 12 || &b[..4] != b"RIFF" || &b[8..12] != b"WEBP" {
+        return Err(corrupt("not a WebP stream"));
+    }
+    let size = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+    let riff_end = size
+        .checked_add(8)
+        .filter(|&e| e <= b.len())
+        .ok_or_else(|| corrupt("the WebP file is cut off"))?;
+    let mut out = Vec::with_capacity(riff_end);
+    out.extend_from_slice(b"RIFF\0\0\0\0WEBP");
+    let mut exif = None;
+    let mut image_data = false;
+    let mut i = 12;
+    while i < riff_end {
+        if i + 8 > riff_end {
+            return Err(corrupt("a WebP chunk is cut off"));
+        }
+        let fourcc: [u8; 4] = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        let len = u32::from_le_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
+        let data_end = (i + 8)
+            .checked_add(len)
+            .filter(|&e| e <= riff_end)
+            .ok_or_else(|| corrupt("a WebP chunk is cut off"))?;
+        let data = &b[i + 8..data_end];
+        let next = (data_end + (len & 1)).min(riff_end);
+        match &fourcc {
+            b"EXIF" if exif.is_none() => {
+                exif = Some(data.strip_prefix(b"Exif\0\0").unwrap_or(data).to_vec());
+            }
+            b"VP8X" => {
+                if data.is_empty() {
+                    return Err(corrupt("an empty WebP VP8X chunk"));
+                }
+                out.extend_from_slice(&b[i..i + 8]);
+                out.push(data[0] & !(0x08 | 0x04));
+                out.extend_from_slice(&data[1..]);
+                if len & 1 == 1 {
+                    out.push(0);
+                }
+            }
+            b"VP8 " | b"VP8L" | b"ALPH" | b"ANIM" | b"ANMF" | b"ICCP" => {
+                if matches!(&fourcc, b"VP8 " | b"VP8L" | b"ANMF") {
+                    image_data = true;
+                }
+                out.extend_from_slice(&b[i..data_end]);
+                if len & 1 == 1 {
+                    out.push(0);
+                }
+            }
+            _ => {}
+        }
+        i = next;
+    }
+    if !image_data {
+        return Err(corrupt("the WebP file has no image data"));
+    }
+    let riff_size = (out.len() - 8) as u32;
+    out[4..8].copy_from_slice(&riff_size.to_le_bytes());
+    Ok(Stripped { bytes: out, exif })
+}
+
+/// Reads orientation and capture time from an EXIF block (TIFF structure). Unreadable EXIF
+/// yields the defaults: it is dropped anyway.
+pub fn read_exif(tiff: &[u8]) -> ExifFacts {
+    use exif::{In, Tag, Value};
+    let Ok(exif) = exif::Reader::new().read_raw(tiff.to_vec()) else {
+        return ExifFacts {
+            orientation: 1,
+            captured_at: None,
+        };
+    };
+    let orientation = exif
+        .get_field(Tag::Orientation, In::PRIMARY)
+        .and_then(|f| f.value.get_uint(0))
+        .filter(|o| (1..=8).contains(o))
+        .unwrap_or(1) as u8;
+    let ascii = |tag| match exif.get_field(tag, In::PRIMARY).map(|f| &f.value) {
+        Some(Value::Ascii(v)) => v
+            .first()
+            .map(|s| String::from_utf8_lossy(s).trim().to_string()),
+        _ => None,
+    };
+    let captured_at = ascii(Tag::DateTimeOriginal).and_then(|dt| {
+        // "YYYY:MM:DD HH:MM:SS"
+        let b = dt.as_bytes();
+        let shape_ok = b.len() == 19
+            && b.iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b':',
+                10 => *c == b' ',
+                13 | 16 => *c == b':',
+                _ => c.is_ascii_digit(),
+            });
+        if !shape_ok || dt.starts_with("0000") {
+            return None;
+        }
+        let mut s = format!("{}-{}-{}T{}", &dt[0..4], &dt[5..7], &dt[8..10], &dt[11..19]);
+        if let Some(off) = ascii(Tag::OffsetTimeOriginal) {
+            let o = off.as_bytes();
+            if o.len() == 6
+                && (o[0] == b'+' || o[0] == b'-')
+                && o[3] == b':'
+                && [1, 2, 4, 5].iter().all(|&k| o[k].is_ascii_digit())
+            {
+                s.push_str(&off);
+            }
+        }
+        Some(s)
+    });
+    ExifFacts {
+        orientation,
+        captured_at,
+    }
+}

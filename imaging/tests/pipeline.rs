@@ -1,0 +1,324 @@
+//! The pipeline over generated images: every bad input is refused with the right error, valid
+//! but unusual ones (16-bit PNG, CMYK JPEG) come out right, all eight EXIF orientations come out
+//! upright, and no metadata survives while the original's pixels stay bit-exact.
+
+use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
+use imaging::pipeline::{PREVIEW_SIDE, THUMBNAIL_SIDE};
+use imaging::testimages::{app1_exif, crc32, exif, jpeg_rgb, png, quadrants, with_segment};
+use imaging::{Format, ImagingError, Limits, process};
+
+fn near(p: &Rgb<u8>, want: [u8; 3], tol: i32) -> bool {
+    (0..3).all(|c| (p[c] as i32 - want[c] as i32).abs() <= tol)
+}
+
+fn decode(jpeg: &[u8]) -> RgbImage {
+    image::load_from_memory(jpeg).unwrap().into_rgb8()
+}
+
+fn assert_quadrants(img: &RgbImage, what: &str) {
+    let (w, h) = img.dimensions();
+    let at = |fx: f32, fy: f32| *img.get_pixel((w as f32 * fx) as u32, (h as f32 * fy) as u32);
+    for (fx, fy, want, name) in [
+        (0.25, 0.25, [255, 0, 0], "red top-left"),
+        (0.75, 0.25, [0, 255, 0], "green top-right"),
+        (0.25, 0.75, [0, 0, 255], "blue bottom-left"),
+        (0.75, 0.75, [255, 255, 255], "white bottom-right"),
+    ] {
+        let p = at(fx, fy);
+        assert!(near(&p, want, 48), "{what}: expected {name}, found {p:?}");
+    }
+}
+
+#[test]
+fn refuses_bad_inputs_with_clear_errors() {
+    let limits = Limits::default();
+    let good = jpeg_rgb(&quadrants(64, 48), 90);
+
+    assert!(matches!(process(b"", &limits), Err(ImagingError::Empty)));
+
+    let truncated = &good[..good.len() * 6 / 10];
+    assert!(
+        matches!(process(truncated, &limits), Err(ImagingError::Corrupt(_))),
+        "truncated"
+    );
+    assert!(
+        matches!(
+            process(&good[..good.len() - 2], &limits),
+            Err(ImagingError::Corrupt(_))
+        ),
+        "no EOI"
+    );
+
+    // A corrupt header: the frame header's length runs past the end of the file.
+    let mut bad_header = good.clone();
+    let sof = bad_header
+        .windows(2)
+        .position(|w| w == [0xff, 0xc0])
+        .unwrap();
+    bad_header[sof + 2] = 0xff;
+    bad_header[sof + 3] = 0xff;
+    assert!(
+        matches!(process(&bad_header, &limits), Err(ImagingError::Corrupt(_))),
+        "corrupt header"
+    );
+    // Garbage where the frame header's fields are.
+    let mut garbage = good.clone();
+    for b in &mut garbage[sof + 4..sof + 12] {
+        *b = 0;
+    }
+    assert!(process(&garbage, &limits).is_err(), "zeroed frame header");
+
+    // A header that claims 64250 × 64250 pixels: refused from the header, at once.
+    let mut huge = good.clone();
+    huge[sof + 5..sof + 7].copy_from_slice(&64250u16.to_be_bytes());
+    huge[sof + 7..sof + 9].copy_from_slice(&64250u16.to_be_bytes());
+    let t = std::time::Instant::now();
+    match process(&huge, &limits) {
+        Err(ImagingError::Dimensions { width, height, .. }) => {
+            assert_eq!((width, height), (64250, 64250))
+        }
+        other => panic!("64250×64250: {other:?}"),
+    }
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "refused before decoding"
+    );
+
+    // A PNG bomb: 100 bytes claiming 20000 × 20000 pixels.
+    let mut bomb = b"\x89PNG\r\n\x1a\n".to_vec();
+    let chunk = |out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc_in = kind.to_vec();
+        crc_in.extend_from_slice(data);
+        out.extend_from_slice(&crc_in);
+        out.extend_from_slice(&crc32(&crc_in).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&20000u32.to_be_bytes());
+    ihdr.extend_from_slice(&20000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    chunk(&mut bomb, b"IHDR", &ihdr);
+    chunk(
+        &mut bomb,
+        b"IDAT",
+        &[
+            0x78, 0xda, 0xed, 0xc1, 0x01, 0x0d, 0x00, 0x00, 0x00, 0xc2, 0xa0,
+        ],
+    );
+    chunk(&mut bomb, b"IEND", &[]);
+    assert!(
+        matches!(
+            process(&bomb, &limits),
+            Err(ImagingError::Dimensions { .. })
+        ),
+        "PNG bomb"
+    );
+
+    // Not images, whatever their names say.
+    for (what, bytes) in [
+        ("pdf", &b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj"[..]),
+        ("html", b"<!doctype html><script>alert(1)</script>"),
+        ("gif", b"GIF89a\x01\x00\x01\x00\x80\x00\x00"),
+        ("zip", b"PK\x03\x04\x14\x00\x00\x00"),
+    ] {
+        assert!(
+            matches!(process(bytes, &limits), Err(ImagingError::Unsupported)),
+            "{what}"
+        );
+    }
+    let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
+    assert!(matches!(
+        process(heic, &limits),
+        Err(ImagingError::HeicUnsupported)
+    ));
+
+    // Over the size limit.
+    let small = Limits {
+        max_bytes: 100,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        process(&good, &small),
+        Err(ImagingError::TooLarge { limit: 100 })
+    ));
+    assert!(process(&good, &limits).is_ok());
+}
+
+#[test]
+fn sixteen_bit_png_and_cmyk_jpeg_are_accepted_and_converted() {
+    let limits = Limits::default();
+    let img16: ImageBuffer<Rgb<u16>, Vec<u16>> =
+        ImageBuffer::from_pixel(40, 30, Rgb([65535, 32896, 0]));
+    let p = process(&png(&DynamicImage::ImageRgb16(img16)), &limits).unwrap();
+    assert_eq!(p.format, Format::Png);
+    let thumb = decode(&p.thumbnail.bytes);
+    assert!(
+        near(thumb.get_pixel(20, 15), [255, 128, 0], 6),
+        "16-bit orange: {:?}",
+        thumb.get_pixel(20, 15)
+    );
+
+    // CMYK as Photoshop writes it (Adobe APP14, samples stored inverted; jpeg-encoder takes
+    // 255 = full ink and inverts): pure red is C=0 M=100% Y=100% K=0.
+    let (w, h) = (40u16, 30u16);
+    let cmyk: Vec<u8> = (0..w as usize * h as usize)
+        .flat_map(|_| [0u8, 255, 255, 0])
+        .collect();
+    let mut jpeg = Vec::new();
+    jpeg_encoder::Encoder::new(&mut jpeg, 95)
+        .encode(&cmyk, w, h, jpeg_encoder::ColorType::Cmyk)
+        .unwrap();
+    let p = process(&jpeg, &limits).unwrap();
+    assert_eq!((p.width, p.height), (40, 30));
+    let thumb = decode(&p.thumbnail.bytes);
+    assert!(
+        near(thumb.get_pixel(20, 15), [255, 0, 0], 40),
+        "CMYK red: {:?}",
+        thumb.get_pixel(20, 15)
+    );
+    // The stored original keeps its Adobe segment: it still decodes as red.
+    let orig = decode(&p.original);
+    assert!(
+        near(orig.get_pixel(20, 15), [255, 0, 0], 40),
+        "stored CMYK original: {:?}",
+        orig.get_pixel(20, 15)
+    );
+}
+
+#[test]
+fn all_eight_orientations_come_out_upright() {
+    let upright = quadrants(64, 40);
+    let (wu, hu) = upright.dimensions();
+    for o in 1u16..=8 {
+        // Build the stored image so that EXIF orientation `o` displays it as `upright`.
+        let (ws, hs) = if o >= 5 { (hu, wu) } else { (wu, hu) };
+        let mut stored = RgbImage::new(ws, hs);
+        for y in 0..hu {
+            for x in 0..wu {
+                let (sx, sy) = match o {
+                    1 => (x, y),
+                    2 => (ws - 1 - x, y),
+                    3 => (ws - 1 - x, hs - 1 - y),
+                    4 => (x, hs - 1 - y),
+                    5 => (y, x),
+                    6 => (y, wu - 1 - x),
+                    7 => (hu - 1 - y, wu - 1 - x),
+                    _ => (hu - 1 - y, x),
+                };
+                stored.put_pixel(sx, sy, *upright.get_pixel(x, y));
+            }
+        }
+        let jpeg = with_segment(
+            &jpeg_rgb(&stored, 95),
+            0xe1,
+            &app1_exif(&exif(o, None, false)),
+        );
+        let p = process(&jpeg, &Limits::default()).unwrap();
+        assert_eq!(p.orientation, o as u8);
+        assert_eq!(
+            (p.width, p.height),
+            (wu, hu),
+            "orientation {o}: upright size"
+        );
+        for (name, d) in [("thumbnail", &p.thumbnail), ("preview", &p.preview)] {
+            let img = decode(&d.bytes);
+            assert_eq!(img.dimensions(), (wu, hu), "orientation {o} {name}");
+            assert_quadrants(&img, &format!("orientation {o} {name}"));
+        }
+        // The original is stored as shot (no EXIF), its orientation kept as data.
+        assert_eq!(decode(&p.original).dimensions(), (ws, hs));
+    }
+}
+
+#[test]
+fn metadata_is_stripped_and_original_pixels_stay_exact() {
+    let img = quadrants(300, 200);
+    let base = jpeg_rgb(&img, 90);
+    let mut photo = with_segment(
+        &base,
+        0xe1,
+        &app1_exif(&exif(6, Some("2026:11:20 14:03:09"), true)),
+    );
+    // XMP with a location, IPTC, a comment, and a secondary image with its own EXIF after EOI
+    // (as phones append for depth maps).
+    photo = with_segment(
+        &photo,
+        0xe1,
+        b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta><rdf:Description exif:GPSLatitude=\"39,57.6N\"/></x:xmpmeta>",
+    );
+    photo = with_segment(
+        &photo,
+        0xed,
+        b"Photoshop 3.0\08BIM\x04\x04\0\0\0\0\0\x0a\x1c\x02\x5a\0\x05Ohio!",
+    );
+    photo = with_segment(&photo, 0xfe, b"patient Robin Ellis, left heel");
+    photo = with_segment(&photo, 0xe2, b"MPF\0II*\0");
+    let mut trailer = with_segment(&base, 0xe1, &app1_exif(&exif(1, None, true)));
+    photo.append(&mut trailer);
+
+    let p = process(&photo, &Limits::default()).unwrap();
+    assert_eq!(p.captured_at.as_deref(), Some("2026-11-20T14:03:09-05:00"));
+    assert_eq!(p.orientation, 6);
+    assert_eq!((p.width, p.height), (200, 300));
+    for (name, bytes) in [
+        ("original", &p.original),
+        ("preview", &p.preview.bytes),
+        ("thumbnail", &p.thumbnail.bytes),
+    ] {
+        for needle in [
+            &b"Exif"[..],
+            b"GPS",
+            b"xap/1.0",
+            b"xmpmeta",
+            b"8BIM",
+            b"Robin",
+            b"MPF\0",
+            b"II*\0",
+        ] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{name} still holds {:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        assert_eq!(
+            bytes.windows(2).filter(|w| *w == [0xff, 0xd8]).count(),
+            1,
+            "{name}: one image only"
+        );
+    }
+    // Bit-exact pixels: the stored original decodes exactly as the upload did.
+    assert_eq!(decode(&p.original).as_raw(), decode(&base).as_raw());
+    assert!(p.original.len() < photo.len());
+
+    // PNG: text and eXIf chunks go, pixels stay.
+    let png_in = png(&DynamicImage::ImageRgb8(img.clone()));
+    let mut tagged = png_in[..33].to_vec();
+    let add = |out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend_from_slice(data);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(&crc32(&c).to_be_bytes());
+    };
+    add(&mut tagged, b"tEXt", b"Comment\0patient Robin Ellis");
+    add(&mut tagged, b"eXIf", &exif(1, None, true));
+    tagged.extend_from_slice(&png_in[33..]);
+    let p = process(&tagged, &Limits::default()).unwrap();
+    for needle in [&b"Robin"[..], b"eXIf", b"tEXt", b"II*\0"] {
+        assert!(!p.original.windows(needle.len()).any(|w| w == needle));
+    }
+    assert_eq!(decode(&p.original).as_raw(), img.as_raw());
+}
+
+#[test]
+fn derivatives_fit_their_sides() {
+    let p = process(&jpeg_rgb(&quadrants(3000, 2000), 80), &Limits::default()).unwrap();
+    assert_eq!((p.preview.width, p.preview.height), (PREVIEW_SIDE, 853));
+    assert_eq!(
+        (p.thumbnail.width, p.thumbnail.height),
+        (THUMBNAIL_SIDE, 171)
+    );
+    assert_quadrants(&decode(&p.preview.bytes), "preview");
+    assert_quadrants(&decode(&p.thumbnail.bytes), "thumbnail");
+}
