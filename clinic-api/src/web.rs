@@ -8,6 +8,7 @@ use crate::authz::{Policy, Routes};
 const INDEX: &str = include_str!("../../web/index.html");
 const CONSULT_JOIN: &str = include_str!("../../web/consult-join.html");
 const CONSULT_PROVIDER: &str = include_str!("../../web/consult-provider.html");
+const PHOTOS: &str = include_str!("../../web/photos.html");
 /// The consult pages' shared client (signaling, media, reconnect); plain ES2017, no build step.
 const CONSULT_JS: &str = include_str!("../../web/consult.js");
 
@@ -38,6 +39,13 @@ pub fn routes() -> Routes {
         )
         .add(
             Method::GET,
+            "/photos",
+            Policy::PUBLIC,
+            "The patient page for sending wound photos (signs in through `/`)",
+            photos,
+        )
+        .add(
+            Method::GET,
             "/consult/consult.js",
             Policy::PUBLIC,
             "The consult pages' script",
@@ -65,6 +73,10 @@ async fn consult_join() -> impl IntoResponse {
 
 async fn consult_provider() -> impl IntoResponse {
     page(CONSULT_PROVIDER)
+}
+
+async fn photos() -> impl IntoResponse {
+    page(PHOTOS)
 }
 
 async fn consult_js() -> impl IntoResponse {

@@ -378,7 +378,10 @@ async fn serve_demo_then_operator_commands() {
     assert!(ok, "{out}");
 
     let (ok, out) = run(dir.path(), &["imaging", "tier"]);
-    assert!(ok && out.contains("originals examined, 0 moved, 0 failed"), "{out}");
+    assert!(
+        ok && out.contains("originals examined, 0 moved, 0 failed"),
+        "{out}"
+    );
     let (ok, out) = run(dir.path(), &["audit", "checkpoint"]);
     assert!(ok && out.contains("1 checkpoints written"), "{out}");
     let (ok, out) = run(dir.path(), &["audit", "verify"]);

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Starts the AWS stand-ins the imaging tests use, on loopback: s3s-fs (a real S3 server over a
+# directory, SigV4-checked) and the moto emulator (KMS; its S3 keeps storage classes, which
+# s3s-fs refuses, for the tiering test). Prints the environment the tests read, for `eval`.
+# Usage: eval "$(.ci/aws.sh [s3-port] [moto-port])"
+set -euo pipefail
+s3_port=${1:-55501}
+moto_port=${2:-55502}
+dir=$(mktemp -d /tmp/clinic-aws.XXXXXX)
+mkdir -p "$dir/s3"
+nohup s3s-fs --host 127.0.0.1 --port "$s3_port" --access-key clinic-test \
+  --secret-key clinic-test-secret "$dir/s3" >"$dir/s3s-fs.log" 2>&1 &
+nohup moto_server -H 127.0.0.1 -p "$moto_port" >"$dir/moto.log" 2>&1 &
+for port in "$s3_port" "$moto_port"; do
+  for _ in $(seq 1 60); do
+    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then break; fi
+    sleep 0.5
+  done
+  curl -s -o /dev/null "http://127.0.0.1:$port/" || { echo "no server on port $port (logs in $dir)" >&2; exit 1; }
+done
+echo "export TEST_S3_URL=http://127.0.0.1:$s3_port TEST_MOTO_URL=http://127.0.0.1:$moto_port TEST_S3_ACCESS_KEY=clinic-test TEST_S3_SECRET_KEY=clinic-test-secret"
