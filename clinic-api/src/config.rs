@@ -47,6 +47,8 @@ pub struct ImagingConfig {
     pub url_ttl_secs: i64,
     /// Lifetime of a signed URL for an original (an export).
     pub export_url_ttl_secs: i64,
+    /// Objects no image refers to are removed by the tier job once this old.
+    pub orphan_grace_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -143,6 +145,7 @@ impl Default for ImagingConfig {
             tier_interval_secs: 3600,
             url_ttl_secs: 300,
             export_url_ttl_secs: 60,
+            orphan_grace_secs: 86_400,
         }
     }
 }

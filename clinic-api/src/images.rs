@@ -50,6 +50,7 @@ pub struct Images {
     url_key: ring::hmac::Key,
     url_ttl_ms: i64,
     export_ttl_ms: i64,
+    orphan_grace: std::time::Duration,
 }
 
 impl Images {
@@ -117,6 +118,7 @@ impl Images {
             ),
             url_ttl_ms: c.url_ttl_secs.max(1) * 1000,
             export_ttl_ms: c.export_url_ttl_secs.max(1) * 1000,
+            orphan_grace: std::time::Duration::from_secs(c.orphan_grace_secs),
         })
     }
 
@@ -986,6 +988,9 @@ pub struct TierReport {
     pub moved: BTreeMap<String, u64>,
     pub failed: u64,
     pub examined: u64,
+    /// Objects no image refers to (left by a crash between storing and recording an upload, or
+    /// by a failed removal), older than the grace period, removed.
+    pub orphans_removed: u64,
 }
 
 async fn clinic_ids(db: &Db) -> sqlx::Result<Vec<ClinicId>> {
@@ -1047,6 +1052,39 @@ pub async fn apply_tiers(db: &Db, images: &Images, now: i64) -> anyhow::Result<T
                 .entry(format!("{}->{}", from.as_str(), to.as_str()))
                 .or_default() += 1;
         }
+        report.orphans_removed += sweep_orphans(db, images, &clinic).await?;
     }
     Ok(report)
+}
+
+/// Removes a tenant's objects that no live image refers to and that are older than the grace
+/// period (younger ones may belong to an upload still being recorded).
+async fn sweep_orphans(db: &Db, images: &Images, clinic: &ClinicId) -> anyhow::Result<u64> {
+    let listed = images.store.list_modified(clinic.as_str()).await?;
+    if listed.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = db.tenant_tx(clinic).await?;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT original_key, preview_key, thumbnail_key FROM images \
+         WHERE clinic_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(clinic.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let live: std::collections::HashSet<String> =
+        rows.into_iter().flat_map(|(a, b, c)| [a, b, c]).collect();
+    let cutoff = std::time::SystemTime::now() - images.orphan_grace;
+    let mut removed = 0;
+    for (key, modified) in listed {
+        if !live.contains(key.as_str()) && modified <= cutoff {
+            images.store.delete(clinic.as_str(), &key).await?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::warn!(removed, "removed objects no image refers to");
+    }
+    Ok(removed)
 }

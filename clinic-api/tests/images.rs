@@ -676,6 +676,7 @@ async fn retention_and_legal_holds_refuse_deletion_then_tiers_move_originals() {
         patient,
         ..
     } = setup(|c| {
+        c.imaging.orphan_grace_secs = 0;
         c.imaging.tiers.warm_after_days = 30;
         c.imaging.tiers.cold_after_days = 90;
         c.imaging.tiers.min_retention_days = 365;
@@ -763,12 +764,27 @@ async fn retention_and_legal_holds_refuse_deletion_then_tiers_move_originals() {
         ObjectKey::parse(&keys.1).unwrap(),
     );
     let tenant = app.clinic.as_str();
+    // An object no image refers to (as a crash between storing and recording leaves) is swept;
+    // the image's own objects stay.
+    let orphan = ObjectKey::random();
+    app.state
+        .images
+        .store
+        .put(tenant, &orphan, b"CIE1 orphan".to_vec(), Tier::Hot)
+        .await
+        .unwrap();
     let day = 86_400;
     app.clock.advance_secs(31 * day);
     let report = clinic_api::images::apply_tiers(&app.state.db, &app.state.images, app.now())
         .await
         .unwrap();
     assert_eq!(report.moved.get("hot->warm"), Some(&1), "{report:?}");
+    assert_eq!(report.orphans_removed, 1, "{report:?}");
+    assert_eq!(
+        blob_files(&app).len(),
+        3,
+        "the image's three objects remain"
+    );
     assert_eq!(
         app.state.images.store.tier_of(tenant, &orig).await.unwrap(),
         Tier::Warm

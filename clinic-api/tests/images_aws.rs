@@ -177,11 +177,13 @@ async fn s3_tiers_are_storage_classes() {
         return;
     };
     let bucket = new_bucket(&url).await;
+    // With SSE-KMS on top of our own envelope encryption.
+    let sse_key = new_kms_key(&url).await;
     let store = BlobStore::S3(S3Store::new(
         s3_client(&settings(&url), true).await,
         &bucket,
         "",
-        None,
+        Some(sse_key.clone()),
         true,
     ));
     let key = ObjectKey::random();
@@ -203,6 +205,23 @@ async fn s3_tiers_are_storage_classes() {
     assert_eq!(
         store.get("t", &key, Tier::Cold).await.unwrap(),
         b"sealed original"
+    );
+    let head = s3_client(&settings(&url), true)
+        .await
+        .head_object()
+        .bucket(&bucket)
+        .key(format!("t/{}", key.as_str()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption().map(|e| e.as_str()),
+        Some("aws:kms")
+    );
+    assert!(
+        head.ssekms_key_id().is_some_and(|k| k.contains(&sse_key)),
+        "{:?}",
+        head.ssekms_key_id()
     );
 }
 

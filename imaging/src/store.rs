@@ -10,6 +10,7 @@
 //!   PutObject is atomic: no partial object is ever visible.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -159,8 +160,21 @@ impl BlobStore {
         }
     }
 
-    /// Every object key of a tenant (for the orphan sweep and tests).
+    /// Every object key of a tenant.
     pub async fn list(&self, tenant: &str) -> Result<Vec<ObjectKey>, ImagingError> {
+        Ok(self
+            .list_modified(tenant)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Every object key of a tenant with when it was last written (for the orphan sweep).
+    pub async fn list_modified(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(ObjectKey, SystemTime)>, ImagingError> {
         match self {
             BlobStore::Local(s) => s.list(tenant).await,
             BlobStore::S3(s) => s.list(tenant).await,
@@ -319,7 +333,7 @@ impl LocalStore {
         Err(ImagingError::NotFound)
     }
 
-    async fn list(&self, tenant: &str) -> Result<Vec<ObjectKey>, ImagingError> {
+    async fn list(&self, tenant: &str) -> Result<Vec<(ObjectKey, SystemTime)>, ImagingError> {
         let base = self.root.join(tenant_segment(tenant)?);
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
@@ -333,7 +347,11 @@ impl LocalStore {
                     };
                     for f in files.flatten() {
                         if let Some(k) = f.file_name().to_str().and_then(ObjectKey::parse) {
-                            out.push(k);
+                            let modified = f
+                                .metadata()
+                                .and_then(|m| m.modified())
+                                .unwrap_or(SystemTime::UNIX_EPOCH);
+                            out.push((k, modified));
                         }
                     }
                 }
@@ -536,7 +554,7 @@ impl S3Store {
         })
     }
 
-    async fn list(&self, tenant: &str) -> Result<Vec<ObjectKey>, ImagingError> {
+    async fn list(&self, tenant: &str) -> Result<Vec<(ObjectKey, SystemTime)>, ImagingError> {
         let prefix = format!("{}{}/", self.prefix, tenant_segment(tenant)?);
         let mut out = Vec::new();
         let mut token = None;
@@ -556,7 +574,11 @@ impl S3Store {
                     .and_then(|k| k.strip_prefix(&prefix))
                     .and_then(ObjectKey::parse)
                 {
-                    out.push(k);
+                    let modified = o
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    out.push((k, modified));
                 }
             }
             match page.next_continuation_token() {

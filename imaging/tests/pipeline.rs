@@ -322,3 +322,35 @@ fn derivatives_fit_their_sides() {
     assert_quadrants(&decode(&p.preview.bytes), "preview");
     assert_quadrants(&decode(&p.thumbnail.bytes), "thumbnail");
 }
+
+/// A large photo (the shrink-on-load path when built with `turbojpeg`): still upright and exact
+/// in size, and with the feature the derivatives come from a DCT-domain reduced decode.
+#[test]
+fn large_photos_use_the_fast_path_where_built_and_stay_upright() {
+    let upright = quadrants(2800, 1800);
+    // Orientation 6: stored rotated 90° counter-clockwise (display rotates it clockwise).
+    let (wu, hu) = upright.dimensions();
+    let mut stored = RgbImage::new(hu, wu);
+    for y in 0..hu {
+        for x in 0..wu {
+            stored.put_pixel(y, wu - 1 - x, *upright.get_pixel(x, y));
+        }
+    }
+    let jpeg = with_segment(
+        &jpeg_rgb(&stored, 85),
+        0xe1,
+        &app1_exif(&exif(6, None, true)),
+    );
+    let p = process(&jpeg, &Limits::default()).unwrap();
+    assert_eq!((p.width, p.height), (2800, 1800));
+    assert_eq!((p.preview.width, p.preview.height), (1280, 823));
+    assert_quadrants(&decode(&p.preview.bytes), "large preview");
+    assert_quadrants(&decode(&p.thumbnail.bytes), "large thumbnail");
+    #[cfg(feature = "turbojpeg")]
+    assert_eq!(
+        p.decode_path,
+        imaging::pipeline::DecodePath::Shrunk { num: 1, denom: 2 }
+    );
+    #[cfg(not(feature = "turbojpeg"))]
+    assert_eq!(p.decode_path, imaging::pipeline::DecodePath::Full);
+}
