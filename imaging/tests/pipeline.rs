@@ -354,3 +354,67 @@ fn large_photos_use_the_fast_path_where_built_and_stay_upright() {
     #[cfg(not(feature = "turbojpeg"))]
     assert_eq!(p.decode_path, imaging::pipeline::DecodePath::Full);
 }
+
+/// WebP in its extended form (VP8X) with EXIF (orientation 3, GPS) and XMP chunks: accepted,
+/// oriented, and stored without either chunk, the VP8X flags cleared, the pixels untouched.
+#[test]
+fn webp_metadata_is_stripped_and_orientation_applied() {
+    let img = quadrants(64, 40);
+    let mut simple = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut simple)
+        .encode(img.as_raw(), 64, 40, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    // RIFF size WEBP VP8L… → RIFF size WEBP VP8X EXIF XMP VP8L…
+    let chunk = |fourcc: &[u8; 4], data: &[u8]| {
+        let mut c = fourcc.to_vec();
+        c.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        c.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            c.push(0);
+        }
+        c
+    };
+    let mut vp8x = vec![0x08 | 0x04, 0, 0, 0];
+    vp8x.extend_from_slice(&63u32.to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&39u32.to_le_bytes()[..3]);
+    let mut body = b"WEBP".to_vec();
+    body.extend(chunk(b"VP8X", &vp8x));
+    body.extend_from_slice(&simple[12..]);
+    body.extend(chunk(b"EXIF", &exif(3, Some("2026:01:02 03:04:05"), true)));
+    body.extend(chunk(
+        b"XMP ",
+        b"<x:xmpmeta>GPSLatitude 39,57.6N</x:xmpmeta>",
+    ));
+    let mut webp = b"RIFF".to_vec();
+    webp.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    webp.extend(body);
+
+    let p = process(&webp, &Limits::default()).unwrap();
+    assert_eq!(p.format, Format::WebP);
+    assert_eq!(p.orientation, 3);
+    assert_eq!(p.captured_at.as_deref(), Some("2026-01-02T03:04:05-05:00"));
+    for needle in [&b"EXIF"[..], b"XMP ", b"GPS", b"II*\0"] {
+        assert!(
+            !p.original.windows(needle.len()).any(|w| w == needle),
+            "{needle:?} left in the WebP"
+        );
+    }
+    let vp8x_at = p.original.windows(4).position(|w| w == b"VP8X").unwrap();
+    assert_eq!(
+        p.original[vp8x_at + 8] & 0x0c,
+        0,
+        "EXIF and XMP flags cleared"
+    );
+    assert_eq!(
+        decode(&p.original).as_raw(),
+        img.as_raw(),
+        "lossless pixels untouched"
+    );
+    // Orientation 3 is a half turn: the upright thumbnail has the quadrants rotated.
+    let thumb = decode(&p.thumbnail.bytes);
+    let px = *thumb.get_pixel(48, 30);
+    assert!(
+        near(&px, [255, 0, 0], 48),
+        "red ends bottom-right after the half turn: {px:?}"
+    );
+}
