@@ -101,6 +101,16 @@ pub fn process(bytes: &[u8], limits: &Limits) -> Result<Processed, ImagingError>
             captured_at: None,
         });
     let decoded = decode(format, &stripped.bytes, limits)?;
+    // HEIF carries its own transformations, which the decoder has applied; EXIF orientation
+    // is informational there.
+    let facts = if format == Format::Heic {
+        ExifFacts {
+            orientation: 1,
+            ..facts
+        }
+    } else {
+        facts
+    };
     let sideways = facts.orientation >= 5;
     let (width, height) = if sideways {
         (decoded.full_height, decoded.full_width)
@@ -189,6 +199,9 @@ fn decode(format: Format, bytes: &[u8], limits: &Limits) -> Result<Decoded, Imag
         Format::Jpeg => image::ImageFormat::Jpeg,
         Format::Png => image::ImageFormat::Png,
         Format::WebP => image::ImageFormat::WebP,
+        #[cfg(feature = "heic")]
+        Format::Heic => return heif::decode(bytes, limits),
+        #[cfg(not(feature = "heic"))]
         Format::Heic => return Err(ImagingError::HeicUnsupported),
     };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format);
@@ -270,6 +283,50 @@ fn encode_jpeg(img: &RgbImage, icc: Option<&[u8]>) -> Result<Derivative, Imaging
         width: img.width(),
         height: img.height(),
     })
+}
+
+#[cfg(feature = "heic")]
+mod heif {
+    //! HEIC through libheif: the primary image, decoded to 8-bit RGB with its transformations
+    //! (rotation, mirroring) applied, as HEIF requires; EXIF orientation does not apply to it.
+    use super::*;
+    use libheif_rs::{ColorSpace, HeifContext, LibHeif, RgbChroma};
+
+    fn err(e: libheif_rs::HeifError) -> ImagingError {
+        ImagingError::Corrupt(format!("HEIC: {}", e.message))
+    }
+
+    pub(super) fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImagingError> {
+        let mut ctx = HeifContext::read_from_bytes(bytes).map_err(err)?;
+        let mut sec = ctx.security_limits();
+        sec.set_max_image_size_pixels(limits.max_pixels);
+        ctx.set_security_limits(&sec).map_err(err)?;
+        let handle = ctx.primary_image_handle().map_err(err)?;
+        let (w, h) = (handle.width(), handle.height());
+        check_dimensions(w, h, limits)?;
+        let icc = handle.color_profile_raw().map(|p| p.data);
+        let img = LibHeif::new()
+            .decode(&handle, ColorSpace::Rgb(RgbChroma::Rgb), None)
+            .map_err(err)?;
+        let planes = img.planes();
+        let plane = planes
+            .interleaved
+            .ok_or_else(|| ImagingError::Corrupt("HEIC: no interleaved RGB plane".into()))?;
+        let (pw, ph) = (plane.width, plane.height);
+        let mut rgb = Vec::with_capacity(pw as usize * ph as usize * 3);
+        for row in plane.data.chunks(plane.stride).take(ph as usize) {
+            rgb.extend_from_slice(&row[..pw as usize * 3]);
+        }
+        let rgb = RgbImage::from_raw(pw, ph, rgb)
+            .ok_or_else(|| ImagingError::Corrupt("HEIC: decoded buffer size".into()))?;
+        Ok(Decoded {
+            rgb,
+            full_width: w,
+            full_height: h,
+            icc,
+            path: DecodePath::Full,
+        })
+    }
 }
 
 #[cfg(feature = "turbojpeg")]

@@ -65,7 +65,11 @@ pub fn sniff(head: &[u8]) -> Result<Format, ImagingError> {
         .iter()
         .any(|b| brand == *b)
         {
-            return Err(ImagingError::HeicUnsupported);
+            return if cfg!(feature = "heic") {
+                Ok(Format::Heic)
+            } else {
+                Err(ImagingError::HeicUnsupported)
+            };
         }
     }
     Err(ImagingError::Unsupported)
@@ -86,10 +90,12 @@ mod tests {
             Format::Png
         );
         assert_eq!(sniff(b"RIFF\x10\0\0\0WEBPVP8 ").unwrap(), Format::WebP);
-        assert!(matches!(
-            sniff(b"\0\0\0\x18ftypheic\0\0\0\0"),
-            Err(ImagingError::HeicUnsupported)
-        ));
+        let heic = sniff(b"\0\0\0\x18ftypheic\0\0\0\0");
+        if cfg!(feature = "heic") {
+            assert_eq!(heic.unwrap(), Format::Heic);
+        } else {
+            assert!(matches!(heic, Err(ImagingError::HeicUnsupported)));
+        }
         assert!(matches!(sniff(b""), Err(ImagingError::Empty)));
         assert!(matches!(
             sniff(b"%PDF-1.7\n"),

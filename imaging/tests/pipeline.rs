@@ -127,10 +127,17 @@ fn refuses_bad_inputs_with_clear_errors() {
         );
     }
     let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
-    assert!(matches!(
-        process(heic, &limits),
-        Err(ImagingError::HeicUnsupported)
-    ));
+    if cfg!(feature = "heic") {
+        assert!(
+            matches!(process(heic, &limits), Err(ImagingError::Corrupt(_))),
+            "a broken HEIC"
+        );
+    } else {
+        assert!(matches!(
+            process(heic, &limits),
+            Err(ImagingError::HeicUnsupported)
+        ));
+    }
 
     // Over the size limit.
     let small = Limits {
@@ -417,4 +424,45 @@ fn webp_metadata_is_stripped_and_orientation_applied() {
         near(&px, [255, 0, 0], 48),
         "red ends bottom-right after the half turn: {px:?}"
     );
+}
+
+/// A HEIC photo (made by Debian's heif-enc from a JPEG with EXIF GPS and XMP, as an iPhone's
+/// would carry them): decoded, capture time read, metadata blanked in the stored original while
+/// its image data stays bit-exact.
+#[cfg(feature = "heic")]
+#[test]
+fn heic_photos_are_decoded_and_stripped() {
+    let heic = include_bytes!("fixtures/phone.heic");
+    assert!(heic.windows(4).any(|w| w == b"II*\0") && heic.windows(3).any(|w| w == b"GPS"));
+    let p = process(heic, &Limits::default()).unwrap();
+    assert_eq!(p.format, Format::Heic);
+    assert_eq!((p.width, p.height), (320, 240));
+    assert_eq!(p.captured_at.as_deref(), Some("2026-11-20T14:03:09-05:00"));
+    for needle in [&b"II*\0"[..], b"xmpmeta", b"GPS"] {
+        assert!(
+            !p.original.windows(needle.len()).any(|w| w == needle),
+            "{needle:?} left in the HEIC"
+        );
+    }
+    assert_eq!(
+        p.original.len(),
+        heic.len(),
+        "blanked in place, nothing moved"
+    );
+    assert_quadrants(&decode(&p.preview.bytes), "HEIC preview");
+    // The stored original still decodes, to the same pixels (same derivative bytes), and has no
+    // capture time left to read.
+    let again = process(&p.original, &Limits::default()).unwrap();
+    assert_eq!(again.captured_at, None);
+    assert_eq!(again.preview.bytes, p.preview.bytes);
+}
+
+#[cfg(not(feature = "heic"))]
+#[test]
+fn heic_photos_are_refused_clearly_without_the_feature() {
+    let heic = include_bytes!("fixtures/phone.heic");
+    assert!(matches!(
+        process(heic, &Limits::default()),
+        Err(ImagingError::HeicUnsupported)
+    ));
 }
