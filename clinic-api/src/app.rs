@@ -47,6 +47,8 @@ pub fn all_routes() -> Routes {
         .merge(audit::routes())
         .merge(consults::routes())
         .merge(crate::images::routes())
+        .merge(crate::scheduling::routes())
+        .merge(crate::outbox::routes())
 }
 
 /// The process-wide Prometheus recorder (installed once; later calls share it).

@@ -122,6 +122,10 @@ pub enum Permission {
     ScheduleRead,
     /// Book, move and cancel appointments.
     ScheduleWrite,
+    /// Set up scheduling: opening hours, rooms, appointment types, provider availability.
+    ScheduleManage,
+    /// A patient's own booking: see open slots of self-bookable types, hold, book and cancel.
+    SelfSchedule,
     /// Read submitted intake forms.
     IntakeRead,
     /// Route and complete intake.
@@ -153,7 +157,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 25] = [
+    pub const ALL: [Permission; 27] = [
         Permission::PatientsRead,
         Permission::PatientsWrite,
         Permission::ClinicalRead,
@@ -165,6 +169,8 @@ impl Permission {
         Permission::ConsultsRun,
         Permission::ScheduleRead,
         Permission::ScheduleWrite,
+        Permission::ScheduleManage,
+        Permission::SelfSchedule,
         Permission::IntakeRead,
         Permission::IntakeWrite,
         Permission::BreakGlass,
@@ -194,6 +200,8 @@ impl Permission {
             Permission::ConsultsRun => "consults_run",
             Permission::ScheduleRead => "schedule_read",
             Permission::ScheduleWrite => "schedule_write",
+            Permission::ScheduleManage => "schedule_manage",
+            Permission::SelfSchedule => "self_schedule",
             Permission::IntakeRead => "intake_read",
             Permission::IntakeWrite => "intake_write",
             Permission::BreakGlass => "break_glass",
@@ -247,6 +255,7 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::AuditExport, Tenant),
             (P::ReportsRead, Tenant),
             (P::ScheduleRead, Tenant),
+            (P::ScheduleManage, Tenant),
             (P::RecordsRetention, Tenant),
         ],
         Role::Provider => &[
@@ -260,6 +269,7 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::EpcsSign, Loc),
             (P::ConsultsRun, Loc),
             (P::ScheduleRead, Loc),
+            (P::ScheduleWrite, Loc),
             (P::IntakeRead, Loc),
             (P::BreakGlass, Tenant),
             (P::LocationsRead, Tenant),
@@ -271,6 +281,7 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::ClinicalWrite, Loc),
             (P::ImagesView, Loc),
             (P::ScheduleRead, Loc),
+            (P::ScheduleWrite, Loc),
             (P::IntakeRead, Loc),
             (P::IntakeWrite, Loc),
             (P::LocationsRead, Tenant),
@@ -290,7 +301,11 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::ImagesView, Loc),
             (P::LocationsRead, Tenant),
         ],
-        Role::Patient => &[(P::OwnRecordsRead, Own), (P::OwnRecordsWrite, Own)],
+        Role::Patient => &[
+            (P::OwnRecordsRead, Own),
+            (P::OwnRecordsWrite, Own),
+            (P::SelfSchedule, Own),
+        ],
         Role::ReferringPartner => &[(P::ReferralsWrite, Own)],
     }
 }

@@ -409,6 +409,10 @@ async fn serve(config: Config, seed_demo: bool) -> anyhow::Result<()> {
     }
     spawn_checkpoints(state.clone());
     spawn_tiering(state.clone());
+    crate::outbox::spawn(
+        state.clone(),
+        std::sync::Arc::new(crate::outbox::PortalChannel),
+    );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     println!("clinic listening on http://{}", listener.local_addr()?);

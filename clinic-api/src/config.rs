@@ -26,6 +26,41 @@ pub struct Config {
     pub log: LogConfig,
     pub sfu: SfuConfig,
     pub imaging: ImagingConfig,
+    pub scheduling: SchedulingConfig,
+}
+
+/// Scheduling: slot granularity, holds, the telemedicine join window, and the message outbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulingConfig {
+    /// Open slots start on this grid (minutes from the availability block's start).
+    pub slot_step_min: i64,
+    /// How long a patient's hold on a slot lasts.
+    pub hold_secs: i64,
+    /// Join links of a telemedicine appointment work from this long before its start…
+    pub join_early_secs: i64,
+    /// …until this long after its end.
+    pub join_late_secs: i64,
+    /// How often the outbox worker looks for due messages.
+    pub outbox_interval_secs: u64,
+    /// A claimed message is retried by another worker after this long without an answer.
+    pub outbox_lease_secs: i64,
+    /// Delivery attempts before a message is marked failed.
+    pub outbox_max_attempts: i64,
+}
+
+impl Default for SchedulingConfig {
+    fn default() -> Self {
+        Self {
+            slot_step_min: 15,
+            hold_secs: 300,
+            join_early_secs: 15 * 60,
+            join_late_secs: 30 * 60,
+            outbox_interval_secs: 5,
+            outbox_lease_secs: 60,
+            outbox_max_attempts: 8,
+        }
+    }
 }
 
 /// Wound images: limits, where sealed objects go, which keys seal them, and tiering.
@@ -49,6 +84,10 @@ pub struct ImagingConfig {
     pub export_url_ttl_secs: i64,
     /// Objects no image refers to are removed by the tier job once this old.
     pub orphan_grace_secs: u64,
+    /// Uploads decoded and resized at once (0: one per core). Further uploads of a burst wait
+    /// their turn with their (compressed) bytes, so memory stays bounded: a 12 MP photo needs
+    /// about 100 MB while it is being processed.
+    pub max_parallel: usize,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -146,6 +185,7 @@ impl Default for ImagingConfig {
             url_ttl_secs: 300,
             export_url_ttl_secs: 60,
             orphan_grace_secs: 86_400,
+            max_parallel: 0,
         }
     }
 }
@@ -273,6 +313,7 @@ impl Default for Config {
             log: LogConfig::default(),
             sfu: SfuConfig::default(),
             imaging: ImagingConfig::default(),
+            scheduling: SchedulingConfig::default(),
         }
     }
 }

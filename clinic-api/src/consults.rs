@@ -665,6 +665,8 @@ pub struct LinkOut {
     /// The page link; the one-time code rides in the fragment, which browsers never send to servers.
     pub url: String,
     pub expires_at: String,
+    /// For a scheduled consult: when the link starts to work.
+    pub not_before: Option<String>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -818,27 +820,31 @@ async fn create_link(
     }
     let (consult, patient) = reach_consult(&state, &caller, p.id.as_str()).await?;
     let now = state.clock.now_ms();
-    let mut raw = [0u8; 24];
-    state.keys.random(&mut raw);
-    let code = format!("{}.{}", caller.clinic_id, URL_SAFE_NO_PAD.encode(raw));
-    let participant = uuid::Uuid::new_v4().to_string();
-    let expires = now + LINK_TTL_SECS * 1000;
     let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    sqlx::query(
-        "INSERT INTO consult_links (id, clinic_id, consult_id, participant_id, role, display_name, code_hash, created_by, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    // A scheduled consult's links work only in its appointment's join window.
+    let window = appointment_window(&state, &mut tx, &consult).await?;
+    let (not_before, expires) = match window {
+        Some((opens, closes)) => (Some(opens), closes),
+        None => (None, now + LINK_TTL_SECS * 1000),
+    };
+    if expires <= now {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "join_closed",
+            "this appointment's join window has closed",
+        ));
+    }
+    let link = issue_link(
+        &state,
+        &mut tx,
+        &caller.clinic_id,
+        &consult,
+        role,
+        display,
+        caller.user_id.as_str(),
+        not_before,
+        expires,
     )
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(caller.clinic_id.as_str())
-    .bind(&consult)
-    .bind(&participant)
-    .bind(&body.role)
-    .bind(display)
-    .bind(sha256_hex(code.as_bytes()))
-    .bind(caller.user_id.as_str())
-    .bind(now)
-    .bind(expires)
-    .execute(&mut *tx)
     .await?;
     let mut event = caller
         .event(Action::Share, "consult_link")
@@ -847,16 +853,82 @@ async fn create_link(
     event.patient_id = patient;
     audit::record(&mut tx, state.db.backend, now, event).await?;
     tx.commit().await?;
+    Ok(Json(link))
+}
+
+/// The join window of a consult that belongs to an appointment: from `join_early_secs` before
+/// its start to `join_late_secs` after its end.
+pub(crate) async fn appointment_window(
+    state: &AppState,
+    tx: &mut crate::db::Tx,
+    consult: &str,
+) -> ApiResult<Option<(i64, i64)>> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT a.starts_at, a.ends_at FROM consults c JOIN appointments a ON a.id = c.appointment_id WHERE c.id = $1",
+    )
+    .bind(consult)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let cfg = &state.config.scheduling;
+    Ok(row.map(|(s, e)| {
+        (
+            s - cfg.join_early_secs * 1000,
+            e + cfg.join_late_secs * 1000,
+        )
+    }))
+}
+
+/// Stores a one-time join link for a participant and returns its page URL (the code rides in
+/// the fragment). Valid from `not_before` (if any) until `expires`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn issue_link(
+    state: &AppState,
+    tx: &mut crate::db::Tx,
+    clinic: &ClinicId,
+    consult: &str,
+    role: ConsultRole,
+    display: &str,
+    created_by: &str,
+    not_before: Option<i64>,
+    expires: i64,
+) -> ApiResult<LinkOut> {
+    let now = state.clock.now_ms();
+    let mut raw = [0u8; 24];
+    state.keys.random(&mut raw);
+    let code = format!("{}.{}", clinic, URL_SAFE_NO_PAD.encode(raw));
+    let participant = uuid::Uuid::new_v4().to_string();
+    let role_name = serde_json::to_value(role)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO consult_links (id, clinic_id, consult_id, participant_id, role, display_name, code_hash, created_by, created_at, expires_at, not_before) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(clinic.as_str())
+    .bind(consult)
+    .bind(&participant)
+    .bind(&role_name)
+    .bind(display)
+    .bind(sha256_hex(code.as_bytes()))
+    .bind(created_by)
+    .bind(now)
+    .bind(expires)
+    .bind(not_before)
+    .execute(&mut **tx)
+    .await?;
     let page = if role.is_host() {
         "/consult/provider"
     } else {
         "/consult/join"
     };
-    Ok(Json(LinkOut {
+    Ok(LinkOut {
         participant_id: participant,
         url: format!("{page}#{code}"),
         expires_at: rfc3339(expires),
-    }))
+        not_before: not_before.map(rfc3339),
+    })
 }
 
 #[derive(sqlx::FromRow)]
@@ -867,6 +939,7 @@ struct LinkRow {
     role: String,
     display_name: String,
     expires_at: i64,
+    not_before: Option<i64>,
     used_at: Option<i64>,
     status: String,
 }
@@ -890,7 +963,7 @@ async fn join(
     let now = state.clock.now_ms();
     let mut tx = state.db.tenant_tx(&clinic).await?;
     let row: Option<LinkRow> = sqlx::query_as(
-        "SELECT l.id, l.consult_id, l.participant_id, l.role, l.display_name, l.expires_at, l.used_at, c.status \
+        "SELECT l.id, l.consult_id, l.participant_id, l.role, l.display_name, l.expires_at, l.not_before, l.used_at, c.status \
          FROM consult_links l JOIN consults c ON c.id = l.consult_id WHERE l.code_hash = $1 AND l.clinic_id = $2",
     )
     .bind(sha256_hex(body.code.as_bytes()))
@@ -904,6 +977,19 @@ async fn join(
             "link_used",
             "this join link was already used; ask the practice for a new one",
         ));
+    }
+    if let Some(opens) = row.not_before
+        && now < opens
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "join_not_open",
+            format!(
+                "this consult opens at {}; use the link again then",
+                rfc3339(opens)
+            ),
+        )
+        .with_extra(serde_json::json!({ "opens_at": rfc3339(opens) })));
     }
     if now > row.expires_at {
         return Err(ApiError::new(

@@ -119,12 +119,129 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Option<Demo>> {
     for ((given, family, birth, loc), user) in patients.into_iter().zip(patient_users.iter()) {
         insert_patient(&mut tx, &clinic, loc, Some(user), given, family, birth, now).await?;
     }
+    seed_scheduling(&mut tx, &clinic, &main_st, &lakeside, now)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     tx.commit().await?;
     Ok(Some(Demo {
         clinic_id: clinic,
         locations: both.to_vec(),
         logins,
     }))
+}
+
+/// Appointment types, rooms and provider availability. Telemedicine hours are all day, every
+/// day, so the demo can be tried at any hour; in-person care follows the opening hours.
+async fn seed_scheduling(
+    tx: &mut crate::db::Tx,
+    clinic: &ClinicId,
+    main_st: &LocationId,
+    lakeside: &LocationId,
+    now: i64,
+) -> crate::error::ApiResult<()> {
+    use crate::scheduling::{CreateBlock, CreateType, FollowupRule, insert_block, insert_type};
+    let roles = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    insert_type(
+        tx,
+        clinic,
+        &CreateType {
+            name: "Telemedicine wound check".into(),
+            duration_min: 20,
+            buffer_min: 5,
+            modality: "telemedicine".into(),
+            needs_room: false,
+            bookable_by: roles(&["front_desk", "provider", "medical_assistant", "patient"]),
+            followups: vec![FollowupRule {
+                after_days: 3,
+                kind: "photo_prompt".into(),
+            }],
+        },
+        now,
+    )
+    .await?;
+    insert_type(
+        tx,
+        clinic,
+        &CreateType {
+            name: "Diabetic foot exam".into(),
+            duration_min: 30,
+            buffer_min: 10,
+            modality: "in_person".into(),
+            needs_room: true,
+            bookable_by: roles(&["front_desk", "provider", "medical_assistant", "patient"]),
+            followups: vec![],
+        },
+        now,
+    )
+    .await?;
+    insert_type(
+        tx,
+        clinic,
+        &CreateType {
+            name: "Minor procedure".into(),
+            duration_min: 60,
+            buffer_min: 15,
+            modality: "in_person".into(),
+            needs_room: true,
+            bookable_by: roles(&["front_desk", "provider"]),
+            followups: [(3, "checkin"), (7, "photo_prompt"), (14, "checkin")]
+                .into_iter()
+                .map(|(after_days, kind)| FollowupRule {
+                    after_days,
+                    kind: kind.into(),
+                })
+                .collect(),
+        },
+        now,
+    )
+    .await?;
+    for loc in [main_st, lakeside] {
+        for room in ["Room 1", "Room 2"] {
+            sqlx::query("INSERT INTO rooms (id, clinic_id, location_id, name, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(clinic.as_str())
+                .bind(loc.as_str())
+                .bind(room)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    let providers: Vec<(String, String)> = sqlx::query_as(
+        "SELECT u.id, ul.location_id FROM users u JOIN user_locations ul ON ul.user_id = u.id WHERE u.clinic_id = $1 AND u.role = 'provider'",
+    )
+    .bind(clinic.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    for (provider, location) in providers {
+        for weekday in 1..=7 {
+            let blocks: &[(&str, &str, &str)] = if weekday <= 5 {
+                &[
+                    ("08:00", "17:00", "in_person"),
+                    ("00:00", "24:00", "telemedicine"),
+                ]
+            } else {
+                &[("00:00", "24:00", "telemedicine")]
+            };
+            for (start, end, modality) in blocks {
+                insert_block(
+                    tx,
+                    clinic,
+                    &CreateBlock {
+                        provider_id: UserId::from_trusted(provider.clone()),
+                        location_id: LocationId::from_trusted(location.clone()),
+                        weekday,
+                        start: start.to_string(),
+                        end: end.to_string(),
+                        modality: modality.to_string(),
+                    },
+                    now,
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Inserts a patient row (seeding and tests; the API has its own audited path).

@@ -79,3 +79,8 @@ id_type!(
     /// A login session.
     SessionId
 );
+id_type!(
+    /// Any other record named in a path or body (appointments, appointment types, rooms,
+    /// availability blocks): a UUID, checked on the way in.
+    RecordId
+);

@@ -1,5 +1,5 @@
-//! The clinic API: tenants and locations, identity, MFA, sessions, RBAC, audit, and (in later
-//! modules) scheduling, intake and eRx; it wraps the signaling, SFU and imaging crates and builds
+//! The clinic API: tenants and locations, identity, MFA, sessions, RBAC, audit, scheduling and
+//! its patient-message outbox (intake and eRx come later); it wraps the signaling, SFU and imaging crates and builds
 //! the one `clinic` binary. See `docs/ARCHITECTURE.md`.
 
 pub mod access_review;
@@ -23,10 +23,12 @@ pub mod locations;
 pub mod mfa;
 pub mod openapi;
 pub mod ops;
+pub mod outbox;
 pub mod passwords;
 pub mod patients;
 pub mod pii;
 pub mod reports;
+pub mod scheduling;
 pub mod sessions;
 pub mod users;
 pub mod web;

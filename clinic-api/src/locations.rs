@@ -81,6 +81,7 @@ pub async fn create(
             err if err.code == "conflict" => ApiError::conflict("location_exists", "a location with that name exists"),
             err => err,
         })?;
+    crate::scheduling::set_hours(tx, clinic, &id, &crate::scheduling::DEFAULT_HOURS).await?;
     Ok(id)
 }
 

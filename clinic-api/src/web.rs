@@ -9,6 +9,8 @@ const INDEX: &str = include_str!("../../web/index.html");
 const CONSULT_JOIN: &str = include_str!("../../web/consult-join.html");
 const CONSULT_PROVIDER: &str = include_str!("../../web/consult-provider.html");
 const PHOTOS: &str = include_str!("../../web/photos.html");
+const SCHEDULE: &str = include_str!("../../web/schedule.html");
+const APPOINTMENTS: &str = include_str!("../../web/appointments.html");
 /// The consult pages' shared client (signaling, media, reconnect); plain ES2017, no build step.
 const CONSULT_JS: &str = include_str!("../../web/consult.js");
 
@@ -46,6 +48,20 @@ pub fn routes() -> Routes {
         )
         .add(
             Method::GET,
+            "/schedule",
+            Policy::PUBLIC,
+            "The staff scheduling page: a location's day, booking, check-in, joining video visits (signs in through `/`)",
+            schedule,
+        )
+        .add(
+            Method::GET,
+            "/appointments",
+            Policy::PUBLIC,
+            "The patient page for appointments: booking, joining video visits, messages (signs in through `/`)",
+            appointments,
+        )
+        .add(
+            Method::GET,
             "/consult/consult.js",
             Policy::PUBLIC,
             "The consult pages' script",
@@ -77,6 +93,14 @@ async fn consult_provider() -> impl IntoResponse {
 
 async fn photos() -> impl IntoResponse {
     page(PHOTOS)
+}
+
+async fn schedule() -> impl IntoResponse {
+    page(SCHEDULE)
+}
+
+async fn appointments() -> impl IntoResponse {
+    page(APPOINTMENTS)
 }
 
 async fn consult_js() -> impl IntoResponse {

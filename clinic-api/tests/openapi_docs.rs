@@ -71,3 +71,25 @@ fn docs_permissions_md_is_generated_from_the_matrix() {
         "docs/permissions.md is stale: run `cargo run -p clinic-api --bin clinic -- permissions > docs/permissions.md`"
     );
 }
+
+/// The README's configuration block names only keys that exist, each with its default value.
+#[test]
+fn the_readme_configuration_block_is_the_defaults() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme
+        .find("## Configuration")
+        .expect("configuration section")..];
+    let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").expect("block end")];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clinic.toml");
+    std::fs::write(&path, block).unwrap();
+    let loaded = clinic_api::Config::load_from(Some(&path), std::iter::empty())
+        .unwrap_or_else(|e| panic!("the README's configuration does not load: {e}"));
+    let as_json = |c: &clinic_api::Config| serde_json::to_value(c).unwrap();
+    assert_eq!(
+        as_json(&loaded),
+        as_json(&clinic_api::Config::default()),
+        "a value in the README's configuration block differs from the default"
+    );
+}
