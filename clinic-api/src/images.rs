@@ -51,6 +51,8 @@ pub struct Images {
     url_ttl_ms: i64,
     export_ttl_ms: i64,
     orphan_grace: std::time::Duration,
+    /// Bounds how many uploads are decoded at once (`imaging.max_parallel`).
+    processing: tokio::sync::Semaphore,
 }
 
 impl Images {
@@ -119,6 +121,10 @@ impl Images {
             url_ttl_ms: c.url_ttl_secs.max(1) * 1000,
             export_ttl_ms: c.export_url_ttl_secs.max(1) * 1000,
             orphan_grace: std::time::Duration::from_secs(c.orphan_grace_secs),
+            processing: tokio::sync::Semaphore::new(match c.max_parallel {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            }),
         })
     }
 
@@ -523,10 +529,16 @@ async fn store_upload(
 ) -> ApiResult<ImageRow> {
     let images = &state.images;
     let limits = images.limits.clone();
+    let permit = images
+        .processing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal())?;
     let processed = tokio::task::spawn_blocking(move || imaging::process(&bytes, &limits))
         .await
         .map_err(|_| ApiError::internal())?
         .map_err(imaging_error)?;
+    drop(permit);
     let id = uuid::Uuid::new_v4().to_string();
     let tenant = caller.clinic_id.as_str();
     let keys = [

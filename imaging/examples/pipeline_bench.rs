@@ -11,31 +11,9 @@
 
 use std::time::Instant;
 
-use image::{ImageBuffer, Rgb};
 use imaging::envelope::{Context, Header, seal};
+use imaging::testimages::{jpeg_rgb, photo_like};
 use imaging::{Limits, process};
-
-/// A photo-like image: smooth gradients plus fine texture (so the JPEG is of realistic size).
-fn photo(w: u32, h: u32) -> Vec<u8> {
-    let img = ImageBuffer::from_fn(w, h, |x, y| {
-        let n = ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503)) >> 7) & 31;
-        Rgb([
-            ((x * 255 / w) as u8).saturating_add(n as u8),
-            ((y * 255 / h) as u8).saturating_add(n as u8 / 2),
-            (((x + y) * 128 / (w + h)) as u8).saturating_add(n as u8),
-        ])
-    });
-    let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 90)
-        .encode(
-            img.as_raw(),
-            w as u16,
-            h as u16,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .unwrap();
-    out
-}
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -50,7 +28,7 @@ fn main() {
     };
     println!("build: {path}");
     for (w, h) in [(4000u32, 3000u32), (3000, 2000)] {
-        let jpeg = photo(w, h);
+        let jpeg = jpeg_rgb(&photo_like(w, h), 90);
         // The same fixture for the peer (sharp/libvips) in imaging/bench/sharp.mjs.
         let fixture = std::env::temp_dir().join(format!("clinic-bench-{w}x{h}.jpg"));
         std::fs::write(&fixture, &jpeg).unwrap();

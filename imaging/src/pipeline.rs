@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use fast_image_resize::images::Image as FirImage;
+use fast_image_resize::images::{Image as FirImage, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
@@ -100,7 +100,10 @@ pub fn process(bytes: &[u8], limits: &Limits) -> Result<Processed, ImagingError>
             orientation: 1,
             captured_at: None,
         });
-    let decoded = decode(format, &stripped.bytes, limits)?;
+    // Shrink on load only as far as the preview's long side still comes from real pixels.
+    let decoded = decode(format, &stripped.bytes, limits, &|w, h| {
+        w.max(h) >= PREVIEW_SIDE
+    })?;
     // HEIF carries its own transformations, which the decoder has applied; EXIF orientation
     // is informational there.
     let facts = if format == Format::Heic {
@@ -121,6 +124,8 @@ pub fn process(bytes: &[u8], limits: &Limits) -> Result<Processed, ImagingError>
     let (pw, ph) = fit(width, height, PREVIEW_SIDE);
     let (sw, sh) = if sideways { (ph, pw) } else { (pw, ph) };
     let small = resize(&decoded.rgb, sw, sh)?;
+    let (icc, path) = (decoded.icc, decoded.path);
+    drop(decoded.rgb);
     let mut preview = DynamicImage::ImageRgb8(small);
     preview.apply_orientation(
         Orientation::from_exif(facts.orientation).unwrap_or(Orientation::NoTransforms),
@@ -128,18 +133,40 @@ pub fn process(bytes: &[u8], limits: &Limits) -> Result<Processed, ImagingError>
     let preview = preview.into_rgb8();
     let (tw, th) = fit(preview.width(), preview.height(), THUMBNAIL_SIDE);
     let thumb = resize(&preview, tw, th)?;
-    let icc = decoded.icc.as_deref();
+    let icc = icc.as_deref();
     Ok(Processed {
         format,
         width,
         height,
         orientation: facts.orientation,
         captured_at: facts.captured_at,
-        preview: encode_jpeg(&preview, icc)?,
-        thumbnail: encode_jpeg(&thumb, icc)?,
+        preview: encode_jpeg(&preview, icc, DERIVATIVE_QUALITY)?,
+        thumbnail: encode_jpeg(&thumb, icc, DERIVATIVE_QUALITY)?,
         original: stripped.bytes,
-        decode_path: decoded.path,
+        decode_path: path,
     })
+}
+
+/// Decodes an image (JPEGs at reduced size in the DCT domain where the build has libjpeg-turbo),
+/// resizes it to exactly `width` × `height` with Lanczos3 and encodes a JPEG at `quality`: the
+/// fixed-size rendition of sharp's benchmark task, on the same decode, resize and encode code as
+/// [`process`]. The stored frame is used as is (no EXIF orientation), as in that task.
+pub fn resize_to(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    quality: u8,
+    limits: &Limits,
+) -> Result<Derivative, ImagingError> {
+    if width == 0 || height == 0 {
+        return Err(ImagingError::Corrupt(
+            "the target size has no pixels".into(),
+        ));
+    }
+    let format = sniff(bytes)?;
+    let decoded = decode(format, bytes, limits, &|w, h| w >= width && h >= height)?;
+    let out = resize(&decoded.rgb, width, height)?;
+    encode_jpeg(&out, decoded.icc.as_deref(), quality)
 }
 
 /// The size that fits `side` on the long edge, keeping the aspect ratio; never enlarges.
@@ -188,13 +215,22 @@ fn image_error(e: image::ImageError) -> ImagingError {
     }
 }
 
-fn decode(format: Format, bytes: &[u8], limits: &Limits) -> Result<Decoded, ImagingError> {
+/// Decodes within the limits. `fits(w, h)` says whether a reduced-size decode of w × h still
+/// has enough pixels for what is made from it (used by the shrink-on-load path only).
+fn decode(
+    format: Format,
+    bytes: &[u8],
+    limits: &Limits,
+    fits: &dyn Fn(u32, u32) -> bool,
+) -> Result<Decoded, ImagingError> {
     #[cfg(feature = "turbojpeg")]
     if format == Format::Jpeg
-        && let Some(d) = crate::pipeline::turbo::decode_shrunk(bytes, limits)?
+        && let Some(d) = crate::pipeline::turbo::decode_shrunk(bytes, limits, fits)?
     {
         return Ok(d);
     }
+    #[cfg(not(feature = "turbojpeg"))]
+    let _ = fits;
     let image_format = match format {
         Format::Jpeg => image::ImageFormat::Jpeg,
         Format::Png => image::ImageFormat::Png,
@@ -246,27 +282,47 @@ fn resize(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage, ImagingEr
         return Ok(src.clone());
     }
     let fail = |e: &dyn std::fmt::Display| ImagingError::Corrupt(format!("resize: {e}"));
-    let from = FirImage::from_vec_u8(
-        src.width(),
-        src.height(),
-        src.as_raw().clone(),
-        PixelType::U8x3,
-    )
-    .map_err(|e| fail(&e))?;
+    // Borrowed, not copied: the source can be tens of megabytes.
+    let from = ImageRef::new(src.width(), src.height(), src.as_raw(), PixelType::U8x3)
+        .map_err(|e| fail(&e))?;
     let mut to = FirImage::new(width, height, PixelType::U8x3);
-    Resizer::new()
-        .resize(
-            &from,
-            &mut to,
-            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)),
-        )
+    thread_local! {
+        // One resizer per thread keeps its work buffers between images.
+        static RESIZER: std::cell::RefCell<Resizer> = std::cell::RefCell::new(Resizer::new());
+    }
+    RESIZER
+        .with_borrow_mut(|r| {
+            r.resize(
+                &from,
+                &mut to,
+                &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)),
+            )
+        })
         .map_err(|e| fail(&e))?;
     RgbImage::from_raw(width, height, to.into_vec()).ok_or_else(|| fail(&"buffer size"))
 }
 
-fn encode_jpeg(img: &RgbImage, icc: Option<&[u8]>) -> Result<Derivative, ImagingError> {
+/// JPEG (4:2:0) with the source's ICC profile: libjpeg-turbo where the build has it, else the
+/// pure-Rust encoder.
+fn encode_jpeg(
+    img: &RgbImage,
+    icc: Option<&[u8]>,
+    quality: u8,
+) -> Result<Derivative, ImagingError> {
+    #[cfg(feature = "turbojpeg")]
+    return turbo::encode(img, icc, quality);
+    #[cfg(not(feature = "turbojpeg"))]
+    encode_jpeg_rust(img, icc, quality)
+}
+
+#[cfg_attr(feature = "turbojpeg", allow(dead_code))]
+fn encode_jpeg_rust(
+    img: &RgbImage,
+    icc: Option<&[u8]>,
+    quality: u8,
+) -> Result<Derivative, ImagingError> {
     let mut out = Vec::new();
-    let mut enc = jpeg_encoder::Encoder::new(&mut out, DERIVATIVE_QUALITY);
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
     if let Some(icc) = icc {
         // A profile too large for APP2 segments is left out rather than failing the upload.
         let _ = enc.add_icc_profile(icc);
@@ -332,14 +388,74 @@ mod heif {
 #[cfg(feature = "turbojpeg")]
 mod turbo {
     //! Shrink on load: libjpeg-turbo decodes at 1/2, 1/4 or 1/8 size in the DCT domain, the
-    //! smallest scale whose long side still covers the preview.
+    //! smallest scale that still covers what is made from it; and its encoder for derivatives.
     use super::*;
+
+    /// Most scans a progressive JPEG may have.
+    const MAX_SCANS: u32 = 500;
+
+    /// Encodes 4:2:0 JPEG; the ICC profile (if any) goes into APP2 segments afterwards.
+    pub(super) fn encode(
+        img: &RgbImage,
+        icc: Option<&[u8]>,
+        quality: u8,
+    ) -> Result<Derivative, ImagingError> {
+        let fail = |e: &dyn std::fmt::Display| ImagingError::Corrupt(format!("encode: {e}"));
+        let image = turbojpeg::Image {
+            pixels: img.as_raw().as_slice(),
+            width: img.width() as usize,
+            pitch: img.width() as usize * 3,
+            height: img.height() as usize,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        let buf = turbojpeg::compress(image, quality as i32, turbojpeg::Subsamp::Sub2x2)
+            .map_err(|e| fail(&e))?;
+        let bytes = match icc {
+            None => buf.to_vec(),
+            Some(icc) => {
+                use img_parts::ImageICC;
+                let mut jpeg =
+                    img_parts::jpeg::Jpeg::from_bytes(buf.to_vec().into()).map_err(|e| fail(&e))?;
+                jpeg.set_icc_profile(Some(img_parts::Bytes::copy_from_slice(icc)));
+                jpeg.encoder().bytes().to_vec()
+            }
+        };
+        Ok(Derivative {
+            bytes,
+            width: img.width(),
+            height: img.height(),
+        })
+    }
 
     pub(super) fn decode_shrunk(
         bytes: &[u8],
         limits: &Limits,
+        fits: &dyn Fn(u32, u32) -> bool,
     ) -> Result<Option<Decoded>, ImagingError> {
-        let Ok(header) = turbojpeg::read_header(bytes) else {
+        thread_local! {
+            // One decompressor per thread: libjpeg-turbo's state and buffers are reused.
+            static DECOMPRESSOR: std::cell::RefCell<Option<turbojpeg::Decompressor>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        DECOMPRESSOR.with_borrow_mut(|slot| {
+            let dec = match slot {
+                Some(d) => d,
+                None => slot.insert(
+                    turbojpeg::Decompressor::new()
+                        .map_err(|e| ImagingError::Corrupt(e.to_string()))?,
+                ),
+            };
+            decode_with(dec, bytes, limits, fits)
+        })
+    }
+
+    fn decode_with(
+        dec: &mut turbojpeg::Decompressor,
+        bytes: &[u8],
+        limits: &Limits,
+        fits: &dyn Fn(u32, u32) -> bool,
+    ) -> Result<Option<Decoded>, ImagingError> {
+        let Ok(header) = dec.read_header(bytes) else {
             return Ok(None);
         };
         let (w, h) = (header.width as u32, header.height as u32);
@@ -350,18 +466,21 @@ mod turbo {
         ) {
             return Ok(None);
         }
-        let long = w.max(h);
+        // libjpeg-turbo rounds scaled sizes up.
+        let scaled = |n: u8, d: u8, v: u32| (v as u64 * n as u64).div_ceil(d as u64) as u32;
         let factor = [(1u8, 8u8), (1, 4), (1, 2)]
             .into_iter()
-            .find(|(n, d)| long as u64 * *n as u64 / *d as u64 >= PREVIEW_SIDE as u64)
+            .find(|&(n, d)| fits(scaled(n, d, w), scaled(n, d, h)))
             .unwrap_or((1, 1));
         if factor == (1, 1) {
             return Ok(None);
         }
         let sf = turbojpeg::ScalingFactor::new(factor.0 as usize, factor.1 as usize);
-        let mut dec =
-            turbojpeg::Decompressor::new().map_err(|e| ImagingError::Corrupt(e.to_string()))?;
         dec.set_scaling_factor(sf)
+            .map_err(|e| ImagingError::Corrupt(e.to_string()))?;
+        // A progressive JPEG with thousands of tiny scans costs minutes to decode (libjpeg-turbo's
+        // advice: limit scans); real encoders write at most a few dozen.
+        dec.set_scan_limit(MAX_SCANS)
             .map_err(|e| ImagingError::Corrupt(e.to_string()))?;
         let scaled = header.scaled(sf);
         let mut image = turbojpeg::Image {
@@ -375,11 +494,8 @@ mod turbo {
             .map_err(|e| ImagingError::Corrupt(e.to_string()))?;
         let rgb = RgbImage::from_raw(scaled.width as u32, scaled.height as u32, image.pixels)
             .ok_or_else(|| ImagingError::Corrupt("decoded buffer size".into()))?;
-        // The ICC profile, for the derivatives: read with the pure-Rust decoder's header parser.
-        let icc = ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Jpeg)
-            .into_decoder()
-            .ok()
-            .and_then(|mut d| d.icc_profile().ok().flatten());
+        // The ICC profile, for the derivatives.
+        let icc = crate::strip::jpeg_icc(bytes);
         Ok(Some(Decoded {
             rgb,
             full_width: w,

@@ -180,6 +180,40 @@ fn strip_jpeg(b: &[u8]) -> Result<Stripped, ImagingError> {
     Ok(Stripped { bytes: out, exif })
 }
 
+/// The ICC profile of a JPEG, reassembled from its APP2 `ICC_PROFILE` chunks (in their sequence
+/// order), read from the segments before the first scan without decoding anything. `None` when
+/// there is none or its chunks do not add up.
+pub fn jpeg_icc(b: &[u8]) -> Option<Vec<u8>> {
+    let mut chunks: Vec<(u8, &[u8])> = Vec::new();
+    let mut total = 0u8;
+    let mut i = 2;
+    while i + 4 <= b.len() && b[i] == 0xff {
+        let marker = b[i + 1];
+        if marker == 0xda || marker == 0xd9 {
+            break;
+        }
+        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        let seg = b.get(i + 4..i + 2 + len)?;
+        if marker == 0xe2 && seg.len() > 14 && seg.starts_with(b"ICC_PROFILE\0") {
+            total = seg[13];
+            chunks.push((seg[12], &seg[14..]));
+        }
+        i += 2 + len;
+    }
+    if chunks.is_empty() || chunks.len() != total as usize {
+        return None;
+    }
+    chunks.sort_by_key(|c| c.0);
+    if chunks
+        .iter()
+        .enumerate()
+        .any(|(k, c)| c.0 as usize != k + 1)
+    {
+        return None;
+    }
+    Some(chunks.iter().flat_map(|c| c.1.iter().copied()).collect())
+}
+
 const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
 const PNG_KEEP: [&[u8; 4]; 13] = [
     b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"cHRM", b"gAMA", b"iCCP", b"sBIT", b"sRGB",

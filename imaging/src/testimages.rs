@@ -145,3 +145,34 @@ pub fn phone_photo(w: u32, h: u32, orientation: u16) -> Vec<u8> {
     photo.append(&mut trailer);
     photo
 }
+
+/// Photo-like pixels: smooth gradients, rings (edges at every angle) and fine luminance texture, so a JPEG
+/// of it has a realistic size and decoding cost (benchmarks).
+pub fn photo_like(w: u32, h: u32) -> RgbImage {
+    ImageBuffer::from_fn(w, h, |x, y| {
+        let n = ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503)) >> 7) & 31;
+        let ring = (((x as f32 - w as f32 / 2.0).hypot(y as f32 - h as f32 / 2.0) / 23.0).sin()
+            * 40.0) as i32;
+        let c = |base: u32, k: i32| (base as i32 + k).clamp(0, 255) as u8;
+        // Texture in luminance (the same in all three channels), little in chroma: as in a
+        // camera's photo, where chroma is smooth.
+        let n = n as i32;
+        Rgb([
+            c(x * 200 / w + 20, ring + n),
+            c(y * 200 / h + 20, ring / 2 + n),
+            c((x + y) * 128 / (w + h) + 40, n - ring / 4),
+        ])
+    })
+}
+
+/// A phone-sized photo with a phone's metadata (EXIF with GPS, XMP, a comment): photo-like
+/// pixels at q90 (benchmarks and load tests).
+pub fn phone_photo_like(w: u32, h: u32) -> Vec<u8> {
+    let base = jpeg_rgb(&photo_like(w, h), 90);
+    let photo = with_segment(
+        &base,
+        0xe1,
+        &app1_exif(&exif(1, Some("2026:11:20 14:03:09"), true)),
+    );
+    with_segment(&photo, 0xfe, b"patient Robin Ellis, left heel")
+}

@@ -466,3 +466,65 @@ fn heic_photos_are_refused_clearly_without_the_feature() {
         Err(ImagingError::HeicUnsupported)
     ));
 }
+
+/// An ICC profile in two APP2 chunks (as encoders split large ones) survives: the original keeps
+/// its chunks, and the preview, the thumbnail and a fixed-size rendition carry the whole profile.
+#[test]
+fn the_icc_profile_is_kept_in_the_original_and_every_derivative() {
+    use imaging::strip::jpeg_icc;
+    let profile: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let chunk = |seq: u8, part: &[u8]| {
+        let mut body = b"ICC_PROFILE\0".to_vec();
+        body.extend_from_slice(&[seq, 2]);
+        body.extend_from_slice(part);
+        body
+    };
+    // with_segment inserts right after SOI, so the second chunk goes in first.
+    let jpeg = with_segment(
+        &with_segment(
+            &jpeg_rgb(&quadrants(2000, 1600), 85),
+            0xe2,
+            &chunk(2, &profile[1000..]),
+        ),
+        0xe2,
+        &chunk(1, &profile[..1000]),
+    );
+    assert_eq!(jpeg_icc(&jpeg).as_deref(), Some(profile.as_slice()));
+    let p = process(&jpeg, &Limits::default()).unwrap();
+    for (what, bytes) in [
+        ("original", &p.original),
+        ("preview", &p.preview.bytes),
+        ("thumbnail", &p.thumbnail.bytes),
+    ] {
+        assert_eq!(
+            jpeg_icc(bytes).as_deref(),
+            Some(profile.as_slice()),
+            "{what} has the profile"
+        );
+    }
+    let r = imaging::pipeline::resize_to(&jpeg, 720, 576, 80, &Limits::default()).unwrap();
+    assert_eq!(jpeg_icc(&r.bytes).as_deref(), Some(profile.as_slice()));
+    // A profile with a chunk missing is no profile (never half of one).
+    let broken = with_segment(
+        &jpeg_rgb(&quadrants(64, 64), 85),
+        0xe2,
+        &chunk(1, &profile[..1000]),
+    );
+    assert_eq!(jpeg_icc(&broken), None);
+}
+
+/// sharp's benchmark task through `resize_to`: exactly the size asked for, the picture intact,
+/// from a DCT-domain reduced decode where the build has libjpeg-turbo.
+#[test]
+fn resize_to_gives_exactly_the_size_asked_for() {
+    let jpeg = jpeg_rgb(&quadrants(2725, 2225), 90);
+    let r = imaging::pipeline::resize_to(&jpeg, 720, 588, 80, &Limits::default()).unwrap();
+    assert_eq!((r.width, r.height), (720, 588));
+    let img = decode(&r.bytes);
+    assert_eq!(img.dimensions(), (720, 588));
+    assert_quadrants(&img, "rendition");
+    assert!(matches!(
+        imaging::pipeline::resize_to(b"GIF89a not a photo at all", 10, 10, 80, &Limits::default()),
+        Err(ImagingError::Unsupported)
+    ));
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# sharp's benchmark task (2725×2225 JPEG → Lanczos3 720×588 → JPEG q80) side by side in one run:
+# our pure-Rust build, our libjpeg-turbo build (shrink on load) and sharp from npm, at 1 and 2
+# threads, on the same fixtures, rounds interleaved so drift hits all alike. Prints the medians
+# and the ratios to sharp; the raw JSON lines go to $OUT (default target/sharp-task.jsonl).
+#
+#     imaging/bench/sharp-task.sh [seconds per run, default 8] [rounds, default 3]
+#
+# Two fixtures at sharp's size: `synthetic` (generated, photo-like with heavy fine texture: 2.2 MB,
+# about 3 bits per pixel, the upper end of phone photos, so entropy decoding dominates) and
+# `photo` (a real photograph, KDE's "Path" wallpaper from Debian's plasma-workspace-wallpapers,
+# cropped and scaled to 2725×2225 by sharp, q90), since sharp's own fixture is a photograph we
+# cannot fetch here. Needs cmake and nasm for the turbojpeg build (Debian packages), and npm.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-8}
+rounds=${2:-3}
+out=${OUT:-target/sharp-task.jsonl}
+bin=target/sharp-task-bin
+mkdir -p "$bin"
+cargo build --quiet --release -p imaging --example sharp_task
+cp target/release/examples/sharp_task "$bin/pure-rust"
+cargo build --quiet --release -p imaging --example sharp_task --features turbojpeg
+cp target/release/examples/sharp_task "$bin/turbojpeg"
+(cd imaging/bench && npm install --no-audit --no-fund --silent)
+fixtures=$(mktemp -d)
+"$bin/pure-rust" --fixture "$fixtures/synthetic.jpg" --seconds 0.2 >/dev/null
+(cd "$fixtures" && apt-get download plasma-workspace-wallpapers >/dev/null && dpkg -x plasma-workspace-wallpapers_*.deb x)
+node imaging/bench/sharp-task.mjs --make-fixture "$fixtures/x/usr/share/wallpapers/Path/contents/images/2560x1600.jpg" --fixture "$fixtures/photo.jpg"
+: > "$out"
+for round in $(seq "$rounds"); do
+  for name in synthetic photo; do
+    fixture=$fixtures/$name.jpg
+    tag() { sed "s/^{/{\"fixture\":\"$name\",/" | tee -a "$out"; }
+    for t in 1 2; do
+      "$bin/pure-rust" --fixture "$fixture" --threads "$t" --seconds "$secs" | tag
+      "$bin/turbojpeg" --fixture "$fixture" --threads "$t" --seconds "$secs" | tag
+      # sharp at t threads, both ways it can use them: t operations in flight with one libvips
+      # thread each, and (t > 1) one operation at a time with t libvips threads. Its best counts.
+      UV_THREADPOOL_SIZE=$t node imaging/bench/sharp-task.mjs --fixture "$fixture" --inflight "$t" --vips 1 --seconds "$secs" | tag
+      if [ "$t" -gt 1 ]; then
+        UV_THREADPOOL_SIZE=$t node imaging/bench/sharp-task.mjs --fixture "$fixture" --inflight 1 --vips "$t" --seconds "$secs" | tag
+      fi
+    done
+  done
+done
+python3 - "$out" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def key(r):
+    if r["impl"].startswith("sharp"):
+        return (r["fixture"], "sharp", r.get("threadpool", 1), f"inflight {r['inflight']}, vips {r['vips']}")
+    return (r["fixture"], r["impl"], r["threads"], "")
+runs = {}
+for r in rows:
+    runs.setdefault(key(r), []).append(r["ops_per_sec"])
+med = {k: statistics.median(v) for k, v in runs.items()}
+for fx in ("synthetic", "photo"):
+    size = next(r["input_bytes"] for r in rows if r["fixture"] == fx)
+    print(f"\n{fx} fixture, {size} bytes; medians of {max(len(v) for v in runs.values())} runs")
+    for t in (1, 2):
+        sharp = {k[3]: v for k, v in med.items() if k[0] == fx and k[1] == "sharp" and k[2] == t}
+        best_cfg, best = max(sharp.items(), key=lambda kv: kv[1])
+        print(f"threads {t}: sharp {best:.1f} ops/s ({best_cfg})" + "".join(
+            f"; {cfg} {v:.1f}" for cfg, v in sharp.items() if cfg != best_cfg))
+        for impl in ("turbojpeg", "pure-rust"):
+            v = med[(fx, impl, t, "")]
+            print(f"  {impl:9} {v:6.1f} ops/s = {v / best:.2f}x sharp")
+PY
