@@ -13,6 +13,8 @@ const SCHEDULE: &str = include_str!("../../web/schedule.html");
 const APPOINTMENTS: &str = include_str!("../../web/appointments.html");
 /// The consult pages' shared client (signaling, media, reconnect); plain ES2017, no build step.
 const CONSULT_JS: &str = include_str!("../../web/consult.js");
+/// The scheduling pages' shared helpers (dates, wall times, the API client); plain ES2017.
+const SCHEDULING_JS: &str = include_str!("../../web/scheduling.js");
 
 /// The pages' Content-Security-Policy: same-origin only, no framing. The pages are single files
 /// with inline script and style (no build step), hence 'unsafe-inline' for those two. The consult
@@ -67,6 +69,13 @@ pub fn routes() -> Routes {
             "The consult pages' script",
             consult_js,
         )
+        .add(
+            Method::GET,
+            "/schedule/scheduling.js",
+            Policy::PUBLIC,
+            "The scheduling pages' shared script",
+            scheduling_js,
+        )
 }
 
 fn page(body: &'static str) -> impl IntoResponse {
@@ -104,8 +113,16 @@ async fn appointments() -> impl IntoResponse {
 }
 
 async fn consult_js() -> impl IntoResponse {
+    script(CONSULT_JS)
+}
+
+async fn scheduling_js() -> impl IntoResponse {
+    script(SCHEDULING_JS)
+}
+
+fn script(body: &'static str) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        CONSULT_JS,
+        body,
     )
 }
