@@ -13,6 +13,7 @@
 # cannot fetch here. Needs cmake and nasm for the turbojpeg build (Debian packages), and npm.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+[ -x /usr/bin/time ] || apt-get install -y -qq time >/dev/null
 secs=${1:-8}
 rounds=${2:-3}
 out=${OUT:-target/sharp-task.jsonl}
@@ -31,15 +32,21 @@ node imaging/bench/sharp-task.mjs --make-fixture "$fixtures/x/usr/share/wallpape
 for round in $(seq "$rounds"); do
   for name in synthetic photo; do
     fixture=$fixtures/$name.jpg
-    tag() { sed "s/^{/{\"fixture\":\"$name\",/" | tee -a "$out"; }
+    # Each run's JSON line gains the fixture's name and the CPU time the process used (user +
+    # system, from /usr/bin/time), since sharp at "one thread" also runs node's main thread.
+    run() {
+      /usr/bin/time -o "$fixtures/cpu" -f "%U %S" "$@" > "$fixtures/line"
+      cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$fixtures/cpu")
+      sed "s/^{/{\"fixture\":\"$name\",\"cpu_s\":$cpu,/" "$fixtures/line" | tee -a "$out"
+    }
     for t in 1 2; do
-      "$bin/pure-rust" --fixture "$fixture" --threads "$t" --seconds "$secs" | tag
-      "$bin/turbojpeg" --fixture "$fixture" --threads "$t" --seconds "$secs" | tag
+      run "$bin/pure-rust" --fixture "$fixture" --threads "$t" --seconds "$secs"
+      run "$bin/turbojpeg" --fixture "$fixture" --threads "$t" --seconds "$secs"
       # sharp at t threads, both ways it can use them: t operations in flight with one libvips
       # thread each, and (t > 1) one operation at a time with t libvips threads. Its best counts.
-      UV_THREADPOOL_SIZE=$t node imaging/bench/sharp-task.mjs --fixture "$fixture" --inflight "$t" --vips 1 --seconds "$secs" | tag
+      run env UV_THREADPOOL_SIZE="$t" node imaging/bench/sharp-task.mjs --fixture "$fixture" --inflight "$t" --vips 1 --seconds "$secs"
       if [ "$t" -gt 1 ]; then
-        UV_THREADPOOL_SIZE=$t node imaging/bench/sharp-task.mjs --fixture "$fixture" --inflight 1 --vips "$t" --seconds "$secs" | tag
+        run env UV_THREADPOOL_SIZE="$t" node imaging/bench/sharp-task.mjs --fixture "$fixture" --inflight 1 --vips "$t" --seconds "$secs"
       fi
     done
   done
@@ -51,19 +58,22 @@ def key(r):
     if r["impl"].startswith("sharp"):
         return (r["fixture"], "sharp", r.get("threadpool", 1), f"inflight {r['inflight']}, vips {r['vips']}")
     return (r["fixture"], r["impl"], r["threads"], "")
-runs = {}
+runs, eff = {}, {}
 for r in rows:
     runs.setdefault(key(r), []).append(r["ops_per_sec"])
+    eff.setdefault(key(r), []).append(r["ops"] / r["cpu_s"])
 med = {k: statistics.median(v) for k, v in runs.items()}
+per_cpu = {k: statistics.median(v) for k, v in eff.items()}
 for fx in ("synthetic", "photo"):
     size = next(r["input_bytes"] for r in rows if r["fixture"] == fx)
     print(f"\n{fx} fixture, {size} bytes; medians of {max(len(v) for v in runs.values())} runs")
     for t in (1, 2):
         sharp = {k[3]: v for k, v in med.items() if k[0] == fx and k[1] == "sharp" and k[2] == t}
         best_cfg, best = max(sharp.items(), key=lambda kv: kv[1])
-        print(f"threads {t}: sharp {best:.1f} ops/s ({best_cfg})" + "".join(
-            f"; {cfg} {v:.1f}" for cfg, v in sharp.items() if cfg != best_cfg))
+        best_eff = per_cpu[(fx, "sharp", t, best_cfg)]
+        print(f"threads {t}: sharp {best:.1f} ops/s, {best_eff:.1f} per CPU-second ({best_cfg})" + "".join(
+            f"; {cfg} {v:.1f} ops/s" for cfg, v in sharp.items() if cfg != best_cfg))
         for impl in ("turbojpeg", "pure-rust"):
-            v = med[(fx, impl, t, "")]
-            print(f"  {impl:9} {v:6.1f} ops/s = {v / best:.2f}x sharp")
+            v, e = med[(fx, impl, t, "")], per_cpu[(fx, impl, t, "")]
+            print(f"  {impl:9} {v:6.1f} ops/s = {v / best:.2f}x sharp; {e:6.1f} per CPU-second = {e / best_eff:.2f}x")
 PY
