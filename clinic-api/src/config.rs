@@ -88,6 +88,11 @@ pub struct ImagingConfig {
     /// their turn with their (compressed) bytes, so memory stays bounded: a 12 MP photo needs
     /// about 100 MB while it is being processed.
     pub max_parallel: usize,
+    /// Upload bytes held in memory at once, across all uploads (at least `limits.max_bytes`).
+    /// An upload reserves its Content-Length (or `limits.max_bytes` when it sends none) before
+    /// its body is read, and keeps it until it is stored; past the cap, uploads wait their turn
+    /// and their bytes stay in the network's buffers.
+    pub max_inflight_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -186,6 +191,7 @@ impl Default for ImagingConfig {
             export_url_ttl_secs: 60,
             orphan_grace_secs: 86_400,
             max_parallel: 0,
+            max_inflight_bytes: 256 * 1024 * 1024,
         }
     }
 }

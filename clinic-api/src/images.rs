@@ -53,6 +53,8 @@ pub struct Images {
     orphan_grace: std::time::Duration,
     /// Bounds how many uploads are decoded at once (`imaging.max_parallel`).
     processing: tokio::sync::Semaphore,
+    /// Upload bytes in memory, in KiB permits (`imaging.max_inflight_bytes`).
+    inflight_kib: tokio::sync::Semaphore,
 }
 
 impl Images {
@@ -60,6 +62,12 @@ impl Images {
     pub async fn open(config: &Config, ring: &KeyRing) -> anyhow::Result<Self> {
         let c = &config.imaging;
         c.tiers.validate().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            c.max_inflight_bytes >= c.limits.max_bytes,
+            "imaging.max_inflight_bytes ({}) must hold at least one upload of imaging.limits.max_bytes ({})",
+            c.max_inflight_bytes,
+            c.limits.max_bytes
+        );
         let keys = match c.keys {
             KeyProviderKind::Local => {
                 let (active, keks) = ring.purpose_keys(Purpose::ImageKek);
@@ -125,7 +133,15 @@ impl Images {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             }),
+            inflight_kib: tokio::sync::Semaphore::new(
+                kib(c.max_inflight_bytes).min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize,
+            ),
         })
+    }
+
+    /// Upload bytes that may still be taken into memory now (of `imaging.max_inflight_bytes`).
+    pub fn inflight_free_bytes(&self) -> u64 {
+        self.inflight_kib.available_permits() as u64 * 1024
     }
 
     /// A signed path for one variant of an image, for `caller` only, expiring after `ttl_ms`.
@@ -426,20 +442,41 @@ fn imaging_error(e: ImagingError) -> ApiError {
 
 /// Reads the body up to the limit, refusing early: 413 past the limit (or a Content-Length over
 /// it), 415 as soon as the first bytes are not an image, 400 when empty or interrupted.
-async fn read_upload(headers: &HeaderMap, body: Body, limits: &Limits) -> ApiResult<Vec<u8>> {
+/// Bytes as KiB permits, rounded up.
+fn kib(bytes: u64) -> u64 {
+    bytes.div_ceil(1024)
+}
+
+/// An upload's share of `imaging.max_inflight_bytes`, held until it is stored.
+type InflightPermit<'a> = tokio::sync::SemaphorePermit<'a>;
+
+async fn read_upload<'a>(
+    headers: &HeaderMap,
+    body: Body,
+    images: &'a Images,
+) -> ApiResult<(Vec<u8>, InflightPermit<'a>)> {
+    let limits = &images.limits;
     let too_large = || {
         imaging_error(ImagingError::TooLarge {
             limit: limits.max_bytes,
         })
     };
-    if let Some(len) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
         && len > limits.max_bytes
     {
         return Err(too_large());
     }
+    // Reserve the upload's bytes before reading any: a burst waits here, its bodies unread.
+    let reserve = kib(declared.unwrap_or(limits.max_bytes).max(1)) as u32;
+    let permit = images
+        .inflight_kib
+        .acquire_many(reserve)
+        .await
+        .map_err(|_| ApiError::internal())?;
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     let mut sniffed = false;
@@ -462,7 +499,7 @@ async fn read_upload(headers: &HeaderMap, body: Body, limits: &Limits) -> ApiRes
     if !sniffed {
         imaging::sniff(&buf).map_err(imaging_error)?;
     }
-    Ok(buf)
+    Ok((buf, permit))
 }
 
 async fn upload_for_patient(
@@ -477,8 +514,9 @@ async fn upload_for_patient(
     let (tx, _, basis) =
         crate::patients::reach(&state, tx, &caller, &p.id, Permission::ClinicalWrite).await?;
     tx.commit().await?;
-    let bytes = read_upload(&headers, body, &state.images.limits).await?;
+    let (bytes, inflight) = read_upload(&headers, body, &state.images).await?;
     let row = store_upload(&state, &caller, &p.id, "staff", &basis, bytes).await?;
+    drop(inflight);
     let urls = crate::authz::scope_of(caller.role, Permission::ImagesView)
         .is_some()
         .then_some((&*state.images, &caller, state.clock.now_ms()));
@@ -505,8 +543,9 @@ async fn upload_own(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ImageOut>)> {
     let patient = own_patient(&state, &caller).await?;
-    let bytes = read_upload(&headers, body, &state.images.limits).await?;
+    let (bytes, inflight) = read_upload(&headers, body, &state.images).await?;
     let row = store_upload(&state, &caller, &patient, "patient", &Basis::Own, bytes).await?;
+    drop(inflight);
     let now = state.clock.now_ms();
     Ok((
         StatusCode::CREATED,

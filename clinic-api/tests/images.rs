@@ -866,3 +866,67 @@ async fn retention_and_legal_holds_refuse_deletion_then_tiers_move_originals() {
     );
     assert!(actions.iter().any(|(a, _)| a == "delete"));
 }
+
+/// A burst larger than `imaging.max_inflight_bytes` waits instead of failing: with room for one
+/// maximal upload only, uploads that declare no length each reserve the maximum, so they are
+/// taken in one at a time, and every one is stored. The reservation is given back afterwards,
+/// and a cap that cannot hold one maximal upload is refused at start-up.
+#[tokio::test]
+async fn an_upload_burst_past_the_memory_cap_waits_its_turn_and_all_are_stored() {
+    const MIB: u64 = 1024 * 1024;
+    let s = setup(|c| {
+        c.imaging.limits.max_bytes = MIB;
+        c.imaging.max_inflight_bytes = MIB;
+        c.imaging.max_parallel = 1;
+    })
+    .await;
+    let photo = jpeg_rgb(&imaging::testimages::photo_like(640, 480), 85);
+    assert_eq!(s.app.state.images.inflight_free_bytes(), MIB);
+    let path = format!("/api/v1/patients/{}/images", s.patient);
+    let uploads = (0..6).map(|_| upload(&s.app, &path, &s.cookie, photo.clone(), "image/jpeg"));
+    // Watch the reservations while the burst runs: the whole cap is taken at some point.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let burst = async {
+        let r = futures_util::future::join_all(uploads).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    };
+    let watch = async {
+        let mut least = u64::MAX;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            least = least.min(s.app.state.images.inflight_free_bytes());
+            tokio::task::yield_now().await;
+        }
+        least
+    };
+    let (replies, least_free) = tokio::join!(burst, watch);
+    assert_eq!(
+        least_free, 0,
+        "an upload without a length reserves the maximum"
+    );
+    for r in &replies {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    assert_eq!(
+        count(&s.app, "SELECT COUNT(*) FROM images").await,
+        6,
+        "every upload of the burst is stored"
+    );
+    assert_eq!(
+        s.app.state.images.inflight_free_bytes(),
+        MIB,
+        "reservations are given back"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = clinic_api::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..clinic_api::Config::default()
+    };
+    config.imaging.max_inflight_bytes = config.imaging.limits.max_bytes - 1;
+    let err = clinic_api::AppState::open(config)
+        .await
+        .err()
+        .expect("a cap below one upload is refused");
+    assert!(format!("{err:#}").contains("max_inflight_bytes"), "{err:#}");
+}

@@ -8,7 +8,8 @@
 //!
 //!     cargo run --release -p clinic-e2e --example upload_burst
 //!     cargo run --release -p clinic-e2e --example upload_burst --features turbojpeg
-//!     cargo run --release -p clinic-e2e --example upload_burst -- --parallel 50   # unbounded
+//!     cargo run --release -p clinic-e2e --example upload_burst -- --parallel 50   # decodes unbounded
+//!     cargo run --release -p clinic-e2e --example upload_burst -- --inflight-mib 64  # tighter memory cap
 //!
 //! Prints one JSON line last.
 
@@ -58,8 +59,16 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .map_or(Ok(0), |v| v.parse())?;
 
+    // Upload bytes in memory at once (imaging.max_inflight_bytes), in MiB; default 256.
+    let inflight_mib: u64 = args
+        .iter()
+        .position(|a| a == "--inflight-mib")
+        .and_then(|i| args.get(i + 1))
+        .map_or(Ok(256), |v| v.parse())?;
+
     let (mut config, dir) = config().await?;
     config.imaging.max_parallel = parallel;
+    config.imaging.max_inflight_bytes = inflight_mib * 1024 * 1024;
     let server = Server::start(config, dir).await?;
     let seeded = demo::seed(&server.state).await?.expect("fresh demo");
     let login = seeded
@@ -163,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
         "pure-rust"
     };
     println!(
-        "{{\"build\":\"{decode}\",\"uploads\":{uploads},\"max_parallel\":{parallel},\"photo_bytes\":{},\"cores\":{},\"wall_s\":{wall:.2},\"per_s\":{:.2},\"p50_ms\":{:.0},\"p90_ms\":{:.0},\"p99_ms\":{:.0},\"max_ms\":{:.0},\"rss_before_mib\":{},\"peak_rss_mib\":{}}}",
+        "{{\"build\":\"{decode}\",\"uploads\":{uploads},\"max_parallel\":{parallel},\"inflight_mib\":{inflight_mib},\"photo_bytes\":{},\"cores\":{},\"wall_s\":{wall:.2},\"per_s\":{:.2},\"p50_ms\":{:.0},\"p90_ms\":{:.0},\"p99_ms\":{:.0},\"max_ms\":{:.0},\"rss_before_mib\":{},\"peak_rss_mib\":{}}}",
         photo.len(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         uploads as f64 / wall,
