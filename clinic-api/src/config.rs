@@ -93,6 +93,9 @@ pub struct ImagingConfig {
     /// its body is read, and keeps it until it is stored; past the cap, uploads wait their turn
     /// and their bytes stay in the network's buffers.
     pub max_inflight_bytes: u64,
+    /// An upload that sends no data for this long is refused with 408 (and its reservation of
+    /// `max_inflight_bytes` is given back).
+    pub upload_idle_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -192,6 +195,7 @@ impl Default for ImagingConfig {
             orphan_grace_secs: 86_400,
             max_parallel: 0,
             max_inflight_bytes: 256 * 1024 * 1024,
+            upload_idle_secs: 30,
         }
     }
 }

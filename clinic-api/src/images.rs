@@ -55,6 +55,8 @@ pub struct Images {
     processing: tokio::sync::Semaphore,
     /// Upload bytes in memory, in KiB permits (`imaging.max_inflight_bytes`).
     inflight_kib: tokio::sync::Semaphore,
+    /// An upload that sends nothing for this long is refused (`imaging.upload_idle_secs`).
+    upload_idle: std::time::Duration,
 }
 
 impl Images {
@@ -133,6 +135,7 @@ impl Images {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             }),
+            upload_idle: std::time::Duration::from_secs(c.upload_idle_secs.max(1)),
             inflight_kib: tokio::sync::Semaphore::new(
                 kib(c.max_inflight_bytes).min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize,
             ),
@@ -480,7 +483,17 @@ async fn read_upload<'a>(
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     let mut sniffed = false;
-    while let Some(chunk) = stream.next().await {
+    // A client that stops sending gives its reservation back after `upload_idle`.
+    while let Some(chunk) = tokio::time::timeout(images.upload_idle, stream.next())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload_stalled",
+                "the upload stopped sending data; try again",
+            )
+        })?
+    {
         let chunk = chunk.map_err(|_| {
             ApiError::bad_request(
                 "upload_interrupted",

@@ -7,6 +7,7 @@ use axum::http::{Method, Request, StatusCode};
 use clinic_api::authz::Role;
 use clinic_api::sessions::Stage;
 use clinic_api::testkit::{Reply, TestApp, TestUser};
+use futures_util::StreamExt;
 use imaging::envelope::Context;
 use imaging::store::{ObjectKey, Tier};
 use imaging::testimages::{crc32, jpeg_rgb, phone_photo, png, quadrants};
@@ -929,4 +930,33 @@ async fn an_upload_burst_past_the_memory_cap_waits_its_turn_and_all_are_stored()
         .err()
         .expect("a cap below one upload is refused");
     assert!(format!("{err:#}").contains("max_inflight_bytes"), "{err:#}");
+}
+
+/// An upload that starts, then stops sending, is refused with 408 after `upload_idle_secs`: its
+/// reservation is given back and nothing is stored, so a stalled client cannot hold the cap.
+#[tokio::test]
+async fn a_stalled_upload_times_out_and_gives_its_reservation_back() {
+    let s = setup(|c| c.imaging.upload_idle_secs = 1).await;
+    let photo = jpeg_rgb(&quadrants(400, 300), 85);
+    let head = axum::body::Bytes::copy_from_slice(&photo[..4096]);
+    let cap = s.app.state.config.imaging.max_inflight_bytes;
+    // The first 4 KiB (enough to see a JPEG), then silence.
+    let stalled = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
+        .chain(futures_util::stream::pending());
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/api/v1/patients/{}/images", s.patient))
+        .header("cookie", &s.cookie)
+        .header("content-type", "image/jpeg")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    // (Bounded here, so a missing server-side timeout fails the test instead of hanging it.)
+    let r = tokio::time::timeout(std::time::Duration::from_secs(20), s.app.send(req))
+        .await
+        .expect("the server gives up on a stalled upload");
+    assert_eq!(r.status, StatusCode::REQUEST_TIMEOUT, "{}", r.text);
+    assert_eq!(r.code(), "upload_stalled");
+    assert_eq!(count(&s.app, "SELECT COUNT(*) FROM images").await, 0);
+    assert!(blob_files(&s.app).is_empty(), "nothing stored");
+    assert_eq!(s.app.state.images.inflight_free_bytes(), cap);
 }
