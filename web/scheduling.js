@@ -124,6 +124,19 @@
     finally { button.disabled = false; }
   }
 
+  // A function showing a message in element `id` (hidden when empty, scrolled into view when
+  // not): its class is `base`, plus `info` for the calm style; anything else reads as an alert.
+  function messenger(id, base) {
+    return function (text, kind) {
+      var m = document.getElementById(id);
+      var info = kind === 'info' ? 'info' : '';
+      m.textContent = text || '';
+      m.className = base && info ? base + ' ' + info : base || info;
+      m.hidden = !text;
+      if (text) try { m.scrollIntoView({ block: 'nearest' }); } catch (e) { /* old browsers */ }
+    };
+  }
+
   function el(tag, cls, text) {
     var e = document.createElement(tag);
     if (cls) e.className = cls;
@@ -136,6 +149,6 @@
   window.Scheduling = {
     pad: pad, clock: clock, longDate: longDate, shortDate: shortDate, addDays: addDays, todayIn: todayIn,
     validDate: validDate, wallShift: wallShift, friendly: friendly, randomKey: randomKey, qs: qs,
-    client: client, busy: busy, el: el, clear: clear
+    client: client, busy: busy, messenger: messenger, el: el, clear: clear
   };
 })();
