@@ -1,9 +1,25 @@
-//! `loadtest`: load against a running `clinic`. For now one scenario, `probe`: a bounded number of
-//! requests to the unauthenticated health and readiness endpoints at a fixed concurrency, with
-//! latency percentiles. The busy-clinic-morning scenarios (consults, intake, uploads, bookings)
-//! come with the load-test issue. Targets must be loopback addresses: this tool never sends load
-//! anywhere else.
+//! `loadtest`: bounded load against a clinic server on this machine.
+//!
+//! - `loadtest run SCENARIO`: a scenario (built-in `clinic-morning` or `clinic-morning-ci`, or a
+//!   TOML file) against a `clinic serve --demo` it starts itself: consults of synthetic str0m
+//!   peers (Opus-sized audio at 50 packets/s, VP8 simulcast), intake, bookings and photo bursts.
+//!   Writes `result.json` and `report.html` to `--out`.
+//! - `loadtest capacity`: consults ramped step by step (media only) until SFU p99 latency or
+//!   loss passes its limit; reports the highest level sustained.
+//! - `loadtest probe`: health and readiness latency of a running server.
+//!
+//! Targets are loopback only: this tool never sends load anywhere else.
 
+mod api;
+mod metrics;
+mod peer;
+mod report;
+mod results;
+mod run;
+mod scenario;
+mod server;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -14,7 +30,63 @@ use clap::Parser;
     name = "loadtest",
     about = "Bounded load against a clinic server on this machine"
 )]
-struct Args {
+enum Cli {
+    /// Run a scenario against a fresh `clinic serve --demo`.
+    Run(RunArgs),
+    /// Ramp consults until p99 latency or loss passes its limit.
+    Capacity(CapacityArgs),
+    /// Health and readiness latency of a running server.
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// The `clinic` binary (default: beside this one, or $CLINIC_BIN).
+    #[arg(long)]
+    clinic_bin: Option<PathBuf>,
+    /// Where result.json, report.html and server.log go (default target/loadtest/NAME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Exit non-zero if anything failed or any peer got no media.
+    #[arg(long)]
+    assert_clean: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A built-in scenario (clinic-morning, clinic-morning-ci) or a TOML file.
+    #[arg(default_value = "clinic-morning")]
+    scenario: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+struct CapacityArgs {
+    /// Consults at the first level.
+    #[arg(long, default_value_t = 4)]
+    from: u32,
+    /// Consults added per level.
+    #[arg(long, default_value_t = 4)]
+    step: u32,
+    /// Highest level tried.
+    #[arg(long, default_value_t = 200)]
+    max: u32,
+    /// Seconds each level is held (after a 2 s ramp).
+    #[arg(long, default_value_t = 10.0)]
+    step_s: f64,
+    /// p99 one-way latency limit, ms.
+    #[arg(long, default_value_t = 10.0)]
+    latency_ms: f64,
+    /// Loss limit, percent.
+    #[arg(long, default_value_t = 1.0)]
+    loss_pct: f64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
     /// Base URL of the server (loopback only), e.g. http://127.0.0.1:8080
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: String,
@@ -61,9 +133,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank - 1]
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     check_loopback(&args.target)?;
     let requests = args.requests.min(1_000_000);
     let concurrency = args.concurrency.clamp(1, 512);
@@ -130,6 +200,143 @@ async fn main() -> anyhow::Result<()> {
         bail!("{errors} of {} requests failed", all.len());
     }
     Ok(())
+}
+
+async fn scenario_run(
+    scenario: scenario::Scenario,
+    common: Common,
+    limits: Option<run::Limits>,
+) -> anyhow::Result<()> {
+    let out = common
+        .out
+        .unwrap_or_else(|| PathBuf::from("target/loadtest").join(&scenario.name));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let bin = server::find_binary(common.clinic_bin.as_deref())?;
+    eprintln!(
+        "loadtest: {} ({:.0} s) against {} serve --demo; output in {}",
+        scenario.name,
+        scenario.duration_s(),
+        bin.display(),
+        out.display()
+    );
+    let server = server::DemoServer::start(&bin, &out.join("server.log")).await?;
+    let result = run::run(&server, &scenario, limits).await;
+    server.stop().await;
+    let result = result?;
+    std::fs::write(
+        out.join("result.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    std::fs::write(
+        out.join("report.html"),
+        report::html(std::slice::from_ref(&result)),
+    )?;
+    print_summary(&result);
+    eprintln!("wrote {0}/result.json and {0}/report.html", out.display());
+    if common.assert_clean {
+        let joined: u64 = result.phases.iter().map(|p| p.join_ms.count).sum();
+        let media: u64 = result.phases.iter().map(|p| p.media_latency_ms.count).sum();
+        let uploads: u64 = result.phases.iter().map(|p| p.upload_ms.count).sum();
+        let wanted_uploads: u64 = scenario.phases.iter().map(|p| p.uploads as u64).sum();
+        let peers = 2 * scenario
+            .phases
+            .iter()
+            .map(|p| p.consults as u64)
+            .max()
+            .unwrap_or(0);
+        if !result.errors.is_empty() {
+            bail!("errors: {:?}", result.errors);
+        }
+        if joined < peers || media == 0 {
+            bail!("{joined} peers got media ({peers} expected at least), {media} packets timed");
+        }
+        if limits.is_none() && uploads != wanted_uploads {
+            bail!("{uploads} uploads stored, {wanted_uploads} sent");
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(r: &results::RunResult) {
+    println!(
+        "{:<16} {:>8} {:>22} {:>24} {:>9} {:>10} {:>8} {:>8} {:>7}",
+        "phase",
+        "consults",
+        "join p50/p99 ms",
+        "latency p50/p95/p99 ms",
+        "loss %",
+        "fwd pkt/s",
+        "cpu %",
+        "rss MiB",
+        "errors"
+    );
+    for p in &r.phases {
+        println!(
+            "{:<16} {:>8} {:>22} {:>24} {:>9} {:>10.0} {:>8.0} {:>8.0} {:>7}",
+            p.name,
+            p.consults,
+            format!("{:.0} / {:.0}", p.join_ms.p50, p.join_ms.p99),
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                p.media_latency_ms.p50, p.media_latency_ms.p95, p.media_latency_ms.p99
+            ),
+            format!("{:.3}", p.audio_loss.max(p.video_loss) * 100.0),
+            p.forwarded_pps,
+            p.server_cpu_pct,
+            p.server_rss_mib,
+            p.errors
+        );
+        for (e, v) in &p.api_ms {
+            println!(
+                "    {e:<40} n={:<5} p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms",
+                v.count, v.p50, v.p95, v.p99
+            );
+        }
+        if p.upload_ms.count > 0 {
+            println!(
+                "    {:<40} n={:<5} p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms",
+                "upload-to-stored",
+                p.upload_ms.count,
+                p.upload_ms.p50,
+                p.upload_ms.p95,
+                p.upload_ms.p99
+            );
+        }
+    }
+    if let Some(c) = &r.capacity {
+        println!(
+            "capacity: highest level sustained {} consults ({})",
+            c.highest_sustained, c.stopped_because
+        );
+    }
+    if r.errors.is_empty() {
+        println!("errors: none");
+    } else {
+        println!("errors: {:?}", r.errors);
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse() {
+        Cli::Probe(a) => probe(a).await,
+        Cli::Run(a) => scenario_run(scenario::Scenario::load(&a.scenario)?, a.common, None).await,
+        Cli::Capacity(a) => {
+            let s = scenario::Scenario::capacity(a.from, a.step, a.max, a.step_s);
+            let limits = run::Limits {
+                latency_p99_ms: a.latency_ms,
+                loss: a.loss_pct / 100.0,
+            };
+            scenario_run(s, a.common, Some(limits)).await
+        }
+    }
 }
 
 #[cfg(test)]
