@@ -13,6 +13,7 @@
 mod api;
 mod metrics;
 mod peer;
+mod relay;
 mod report;
 mod results;
 mod run;
@@ -37,6 +38,14 @@ enum Cli {
     Capacity(CapacityArgs),
     /// Health and readiness latency of a running server.
     Probe(ProbeArgs),
+    /// The raw UDP relay (started by `capacity --target relay`; prints its addresses).
+    #[command(hide = true)]
+    RelayServer {
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
 }
 
 #[derive(clap::Args)]
@@ -81,6 +90,10 @@ struct CapacityArgs {
     /// Loss limit, percent.
     #[arg(long, default_value_t = 1.0)]
     loss_pct: f64,
+    /// What to measure: `clinic` (our SFU), `relay` (the raw UDP ceiling), or `both` (in one
+    /// run, one after the other, in one report).
+    #[arg(long, default_value = "clinic")]
+    target: String,
     #[command(flatten)]
     common: Common,
 }
@@ -206,34 +219,49 @@ async fn scenario_run(
     scenario: scenario::Scenario,
     common: Common,
     limits: Option<run::Limits>,
+    targets: &[&str],
 ) -> anyhow::Result<()> {
     let out = common
         .out
         .unwrap_or_else(|| PathBuf::from("target/loadtest").join(&scenario.name));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let bin = server::find_binary(common.clinic_bin.as_deref())?;
-    eprintln!(
-        "loadtest: {} ({:.0} s) against {} serve --demo; output in {}",
-        scenario.name,
-        scenario.duration_s(),
-        bin.display(),
-        out.display()
-    );
-    let server = server::DemoServer::start(&bin, &out.join("server.log")).await?;
-    let result = run::run(&server, &scenario, limits).await;
-    server.stop().await;
-    let result = result?;
+    let mut results = Vec::new();
+    for &t in targets {
+        let result = match t {
+            "clinic" => {
+                let bin = server::find_binary(common.clinic_bin.as_deref())?;
+                eprintln!(
+                    "loadtest: {} ({:.0} s) against {} serve --demo; output in {}",
+                    scenario.name,
+                    scenario.duration_s(),
+                    bin.display(),
+                    out.display()
+                );
+                let server = server::DemoServer::start(&bin, &out.join("server.log")).await?;
+                let r = run::run(run::Target::Clinic(&server), &scenario, limits).await;
+                server.stop().await;
+                r?
+            }
+            "relay" => {
+                let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+                eprintln!("loadtest: {} against the raw UDP relay", scenario.name);
+                let relay = relay::RelayProcess::start(workers).await?;
+                let r = run::run(run::Target::Relay(&relay), &scenario, limits).await;
+                relay.stop().await;
+                r?
+            }
+            other => bail!("unknown target {other} (clinic, relay)"),
+        };
+        print_summary(&result);
+        results.push(result);
+    }
     std::fs::write(
         out.join("result.json"),
-        serde_json::to_string_pretty(&result)?,
+        serde_json::to_string_pretty(&results)?,
     )?;
-    std::fs::write(
-        out.join("report.html"),
-        report::html(std::slice::from_ref(&result)),
-    )?;
-    print_summary(&result);
+    std::fs::write(out.join("report.html"), report::html(&results))?;
     eprintln!("wrote {0}/result.json and {0}/report.html", out.display());
-    if common.assert_clean {
+    if let (true, Some(result)) = (common.assert_clean, results.first()) {
         let joined: u64 = result.phases.iter().map(|p| p.join_ms.count).sum();
         let media: u64 = result.phases.iter().map(|p| p.media_latency_ms.count).sum();
         let uploads: u64 = result.phases.iter().map(|p| p.upload_ms.count).sum();
@@ -244,8 +272,8 @@ async fn scenario_run(
             .map(|p| p.consults as u64)
             .max()
             .unwrap_or(0);
-        if !result.errors.is_empty() {
-            bail!("errors: {:?}", result.errors);
+        if let Some(r) = results.iter().find(|r| !r.errors.is_empty()) {
+            bail!("{}: errors: {:?}", r.target, r.errors);
         }
         if joined < peers || media == 0 {
             bail!("{joined} peers got media ({peers} expected at least), {media} packets timed");
@@ -258,6 +286,7 @@ async fn scenario_run(
 }
 
 fn print_summary(r: &results::RunResult) {
+    println!("== {} on {}", r.scenario, r.target);
     println!(
         "{:<16} {:>8} {:>22} {:>24} {:>9} {:>10} {:>8} {:>8} {:>7}",
         "phase",
@@ -327,14 +356,27 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse() {
         Cli::Probe(a) => probe(a).await,
-        Cli::Run(a) => scenario_run(scenario::Scenario::load(&a.scenario)?, a.common, None).await,
+        Cli::Run(a) => {
+            scenario_run(
+                scenario::Scenario::load(&a.scenario)?,
+                a.common,
+                None,
+                &["clinic"],
+            )
+            .await
+        }
+        Cli::RelayServer { workers, port } => relay::serve(workers, port),
         Cli::Capacity(a) => {
             let s = scenario::Scenario::capacity(a.from, a.step, a.max, a.step_s);
             let limits = run::Limits {
                 latency_p99_ms: a.latency_ms,
                 loss: a.loss_pct / 100.0,
             };
-            scenario_run(s, a.common, Some(limits)).await
+            let targets: Vec<&str> = match a.target.as_str() {
+                "both" => vec!["relay", "clinic"],
+                t => vec![t],
+            };
+            scenario_run(s, a.common, Some(limits), &targets).await
         }
     }
 }

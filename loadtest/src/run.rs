@@ -13,9 +13,42 @@ use tokio::sync::watch;
 use crate::api::{self, Practice, Staff};
 use crate::metrics::{Metrics, ProcSampler, loss, pcts};
 use crate::peer::{self, PeerPlan};
+use crate::relay::RelayProcess;
 use crate::results::{Capacity, CapacityStep, PhaseResult, RunResult};
 use crate::scenario::{Media, Scenario};
 use crate::server::DemoServer;
+
+/// What the synthetic consults run against.
+pub enum Target<'a> {
+    /// `clinic serve --demo`: our API, signaling and SFU.
+    Clinic(&'a DemoServer),
+    /// The raw UDP relay (media only).
+    Relay(&'a RelayProcess),
+}
+
+impl Target<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Clinic(_) => "clinic",
+            Target::Relay(_) => "relay",
+        }
+    }
+    fn pid(&self) -> u32 {
+        match self {
+            Target::Clinic(s) => s.pid,
+            Target::Relay(r) => r.pid,
+        }
+    }
+}
+
+/// The signed-in staff of a clinic run.
+struct ClinicSide {
+    provider: Staff,
+    desk: Staff,
+    ma: Staff,
+    practice: Arc<Practice>,
+    base: String,
+}
 
 /// Limits of the capacity search.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +58,8 @@ pub struct Limits {
 }
 
 struct LiveConsult {
-    id: String,
+    /// The consult's id on a clinic target.
+    id: Option<String>,
     stop: watch::Sender<bool>,
     peers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -60,90 +94,110 @@ fn level_at(s: &Scenario, t: f64) -> u32 {
     0
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start_consult(
-    provider: &Staff,
-    location: &str,
+    target: &Target<'_>,
+    clinic: Option<&ClinicSide>,
     media: &Arc<Media>,
     metrics: &Arc<Metrics>,
-    base: &str,
     next_peer: &mut u32,
+    number: u32,
     join_timeout: Duration,
 ) -> Option<LiveConsult> {
-    let tokens = api::open_consult(provider, location).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut peers = Vec::new();
-    for (token, host) in [(tokens.provider, true), (tokens.patient, false)] {
-        *next_peer += 1;
-        let plan = PeerPlan {
-            id: *next_peer,
-            ws_url: peer::ws_url(base),
-            token,
-            host,
-            media: media.clone(),
-            epoch: metrics.epoch,
-            metrics: metrics.clone(),
-            stop: stop_rx.clone(),
-            join_timeout,
-        };
-        peers.push(tokio::spawn(async move {
-            if let Err(e) = peer::run(plan).await {
-                tracing::warn!(error = %e, "peer ended with an error");
+    let id = match (target, clinic) {
+        (Target::Clinic(_), Some(c)) => {
+            let tokens = api::open_consult(&c.provider, &c.practice.location).await?;
+            for (token, host) in [(tokens.provider, true), (tokens.patient, false)] {
+                *next_peer += 1;
+                let plan = PeerPlan {
+                    id: *next_peer,
+                    ws_url: peer::ws_url(&c.base),
+                    token,
+                    host,
+                    media: media.clone(),
+                    epoch: metrics.epoch,
+                    metrics: metrics.clone(),
+                    stop: stop_rx.clone(),
+                    join_timeout,
+                };
+                peers.push(tokio::spawn(async move {
+                    if let Err(e) = peer::run(plan).await {
+                        tracing::warn!(error = %e, "peer ended with an error");
+                    }
+                }));
             }
-        }));
-    }
+            Some(tokens.id)
+        }
+        (Target::Relay(r), _) => {
+            let addr = r.addrs[number as usize % r.addrs.len()];
+            for _ in 0..2 {
+                *next_peer += 1;
+                let fut = crate::relay::peer(
+                    addr,
+                    number,
+                    *next_peer,
+                    media.clone(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                );
+                peers.push(tokio::spawn(fut));
+            }
+            None
+        }
+        _ => return None,
+    };
     metrics.consult_started();
-    Some(LiveConsult {
-        id: tokens.id,
-        stop,
-        peers,
-    })
+    Some(LiveConsult { id, stop, peers })
 }
 
-async fn end_consult(provider: &Staff, c: LiveConsult, metrics: &Metrics) {
+async fn end_consult(clinic: Option<&ClinicSide>, c: LiveConsult, metrics: &Metrics) {
     let _ = c.stop.send(true);
     for p in c.peers {
         let _ = p.await;
     }
-    api::end_consult(provider, &c.id).await;
+    if let (Some(side), Some(id)) = (clinic, &c.id) {
+        api::end_consult(&side.provider, id).await;
+    }
     metrics.consult_ended();
 }
 
 /// Runs `scenario`; with `limits`, as a capacity search that stops at the first phase past them.
 pub async fn run(
-    server: &DemoServer,
+    target: Target<'_>,
     scenario: &Scenario,
     limits: Option<Limits>,
 ) -> anyhow::Result<RunResult> {
     let started_at = chrono::Utc::now().to_rfc3339();
     let epoch = Instant::now();
     let metrics = Arc::new(Metrics::new(epoch));
-    let base = server.base.clone();
-    let provider = Staff::sign_in(
-        &base,
-        "dr.hartwell",
-        &server.login("dr.hartwell")?.password,
-        metrics.clone(),
-    )
-    .await?;
-    let desk = Staff::sign_in(
-        &base,
-        "frontdesk",
-        &server.login("frontdesk")?.password,
-        metrics.clone(),
-    )
-    .await?;
-    let ma = Staff::sign_in(
-        &base,
-        "ma.rivera",
-        &server.login("ma.rivera")?.password,
-        metrics.clone(),
-    )
-    .await?;
-    let practice = Arc::new(
-        Practice::discover(&desk, &provider)
-            .await
-            .context("the demo practice")?,
-    );
+    let clinic = match &target {
+        Target::Clinic(server) => {
+            let base = server.base.clone();
+            let sign_in = |user: &'static str| {
+                let (base, metrics) = (base.clone(), metrics.clone());
+                let password = server.login(user).map(|l| l.password.clone());
+                async move { Staff::sign_in(&base, user, &password?, metrics).await }
+            };
+            let provider = sign_in("dr.hartwell").await?;
+            let desk = sign_in("frontdesk").await?;
+            let ma = sign_in("ma.rivera").await?;
+            let practice = Arc::new(
+                Practice::discover(&desk, &provider)
+                    .await
+                    .context("the demo practice")?,
+            );
+            Some(ClinicSide {
+                provider,
+                desk,
+                ma,
+                practice,
+                base,
+            })
+        }
+        Target::Relay(_) => None,
+    };
     let media = Arc::new(scenario.media.clone());
     let join_timeout = Duration::from_secs_f64(scenario.join_timeout_s);
     let photo = bytes::Bytes::from(imaging::testimages::phone_photo_like(
@@ -161,10 +215,11 @@ pub async fn run(
         .progress_chars("=> "),
     );
 
-    let mut sampler = ProcSampler::new(server.pid);
+    let mut sampler = ProcSampler::new(target.pid());
     sampler.cpu_pct();
     let mut live: Vec<LiveConsult> = Vec::new();
     let mut next_peer = 0u32;
+    let mut consult_number = 0u32;
     let phase_bounds = bounds(scenario);
     let mut phase_idx = usize::MAX;
     let mut api_tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -213,11 +268,18 @@ pub async fn run(
             let _ = phase_stop_tx.send(idx);
             let phase = &scenario.phases[idx];
             bar.set_prefix(format!("{} ({} consults)", phase.name, phase.consults));
-            for (rate, kind) in [(phase.intake_per_min, 0u8), (phase.bookings_per_min, 1u8)] {
+            let api_work = match &clinic {
+                Some(c) => vec![
+                    (phase.intake_per_min, 0u8, c),
+                    (phase.bookings_per_min, 1u8, c),
+                ],
+                None => Vec::new(),
+            };
+            for (rate, kind, c) in api_work {
                 if rate <= 0.0 {
                     continue;
                 }
-                let (desk, practice) = (desk.clone(), practice.clone());
+                let (desk, practice) = (c.desk.clone(), c.practice.clone());
                 let mut rx = phase_stop_tx.subscribe();
                 let every = Duration::from_secs_f64(60.0 / rate);
                 api_tasks.push(tokio::spawn(async move {
@@ -243,8 +305,9 @@ pub async fn run(
                     }
                 }));
             }
-            for i in 0..phase.uploads {
-                let (ma, practice, photo) = (ma.clone(), practice.clone(), photo.clone());
+            for i in 0..clinic.as_ref().map_or(0, |_| phase.uploads) {
+                let Some(c) = &clinic else { break };
+                let (ma, practice, photo) = (c.ma.clone(), c.practice.clone(), photo.clone());
                 api_tasks.push(tokio::spawn(async move {
                     let patient = &practice.patients[i as usize % practice.patients.len()];
                     api::upload(&ma, patient, photo).await;
@@ -254,13 +317,14 @@ pub async fn run(
         // Follow the consult level, one change per pass so ramps stay smooth.
         let want = level_at(scenario, t) as usize;
         if live.len() < want {
+            consult_number += 1;
             match start_consult(
-                &provider,
-                &practice.location,
+                &target,
+                clinic.as_ref(),
                 &media,
                 &metrics,
-                &base,
                 &mut next_peer,
+                consult_number,
                 join_timeout,
             )
             .await
@@ -275,7 +339,7 @@ pub async fn run(
         } else if live.len() > want
             && let Some(c) = live.pop()
         {
-            end_consult(&provider, c, &metrics).await;
+            end_consult(clinic.as_ref(), c, &metrics).await;
         }
         if last_gauge.elapsed() >= Duration::from_secs(1) {
             last_gauge = Instant::now();
@@ -310,20 +374,29 @@ pub async fn run(
         && phase_idx != usize::MAX
     {
         let (_, ramped, end) = phase_bounds[phase_idx];
-        capacity_steps.push(capacity_step(
+        let step = capacity_step(
             &metrics,
             scenario.phases[phase_idx].consults,
             ramped + 1.0,
             end,
             lim,
-        ));
+        );
+        if !step.ok {
+            stopped_because = format!(
+                "{} consults (the last level) went past p99 {} ms or loss {:.1}%",
+                step.consults,
+                lim.latency_p99_ms,
+                lim.loss * 100.0
+            );
+        }
+        capacity_steps.push(step);
     }
     let _ = phase_stop_tx.send(usize::MAX);
     for t in api_tasks {
         let _ = t.await;
     }
     for c in live.drain(..) {
-        end_consult(&provider, c, &metrics).await;
+        end_consult(clinic.as_ref(), c, &metrics).await;
     }
     bar.finish_and_clear();
 
@@ -358,7 +431,14 @@ pub async fn run(
     notes.insert("scenario".into(), scenario.description.clone());
     notes.insert(
         "server".into(),
-        format!("clinic serve --demo at {base} (pid {})", server.pid),
+        match &target {
+            Target::Clinic(s) => format!("clinic serve --demo at {} (pid {})", s.base, s.pid),
+            Target::Relay(r) => format!(
+                "raw UDP relay, {} worker threads (pid {}): no ICE, DTLS, SRTP or RTCP",
+                r.addrs.len(),
+                r.pid
+            ),
+        },
     );
     notes.insert(
         "machine".into(),
@@ -394,7 +474,7 @@ pub async fn run(
     );
     Ok(RunResult {
         scenario: scenario.name.clone(),
-        target: "clinic".into(),
+        target: target.name().into(),
         started_at,
         duration_s,
         phases,

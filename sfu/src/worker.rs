@@ -271,6 +271,13 @@ struct Peer {
     nacks: Vec<(Mid, Option<Rid>, u64)>,
     bytes_in: u64,
     bytes_out: u64,
+    /// When str0m next wants a timeout input (its last `Output::Timeout`).
+    next_timeout: Instant,
+    /// Something was written into this peer's `Rtc` (media, a keyframe request, an SDP change)
+    /// since it was last drained: poll it even if its timeout is not due. Peers that are neither
+    /// dirty nor due are skipped, so a datagram costs work for the peers it concerns only, not
+    /// for every peer of the worker.
+    dirty: bool,
 }
 
 /// Layer index of a simulcast rid: `l`/`q` lowest, `m`/`h` above; no rid is layer 0.
@@ -361,13 +368,21 @@ impl Worker {
             loop {
                 match rx.try_recv() {
                     Ok(Command::Shutdown) | Err(smpsc::TryRecvError::Disconnected) => return,
-                    Ok(cmd) => self.command(cmd),
+                    Ok(cmd) => {
+                        self.command(cmd);
+                        self.peers.iter_mut().for_each(|p| p.dirty = true);
+                    }
                     Err(smpsc::TryRecvError::Empty) => break,
                 }
             }
             let now = Instant::now();
             let mut next = now + Duration::from_millis(20);
             for i in 0..self.peers.len() {
+                let peer = &self.peers[i];
+                if !peer.dirty && peer.next_timeout > now {
+                    next = next.min(peer.next_timeout);
+                    continue;
+                }
                 loop {
                     match self.poll(i) {
                         Step::Timeout(t) => {
@@ -408,7 +423,9 @@ impl Worker {
             }
             let now = Instant::now();
             for i in 0..self.peers.len() {
-                self.input(i, Input::Timeout(now));
+                if self.peers[i].next_timeout <= now {
+                    self.input(i, Input::Timeout(now));
+                }
             }
             if now.duration_since(self.last_stats) >= Duration::from_secs(1) {
                 self.stats(now);
@@ -443,7 +460,11 @@ impl Worker {
                 }
                 Step::Continue
             }
-            Ok(Ok(Output::Timeout(t))) => Step::Timeout(t),
+            Ok(Ok(Output::Timeout(t))) => {
+                peer.next_timeout = t;
+                peer.dirty = false;
+                Step::Timeout(t)
+            }
             Ok(Ok(Output::Event(e))) => Step::Event(e),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "peer failed; disconnecting it");
@@ -568,11 +589,17 @@ impl Worker {
                 contents,
             },
         );
-        let Some(i) = self
-            .peers
-            .iter()
-            .position(|p| p.rtc.is_alive() && p.rtc.accepts(&input))
-        else {
+        // A known source's peer is asked first; only STUN from new sources asks every peer.
+        let owner = self
+            .known
+            .get(&source)
+            .and_then(|who| self.peers.iter().position(|p| p.participant == *who))
+            .filter(|&i| self.peers[i].rtc.is_alive() && self.peers[i].rtc.accepts(&input));
+        let Some(i) = owner.or_else(|| {
+            self.peers
+                .iter()
+                .position(|p| p.rtc.is_alive() && p.rtc.accepts(&input))
+        }) else {
             self.dropped_unknown += 1;
             return;
         };
@@ -694,6 +721,8 @@ impl Worker {
                     nacks: Vec::new(),
                     bytes_in: 0,
                     bytes_out: 0,
+                    next_timeout: Instant::now(),
+                    dirty: true,
                 };
                 // Everything already published in the consult is to be sent to the newcomer.
                 for other in self
@@ -800,6 +829,7 @@ impl Worker {
                     t.state = OutState::Negotiating(mid);
                 }
             }
+            peer.dirty = true;
             if let Some((offer, pending)) = change.apply() {
                 peer.pending = Some(pending);
                 let _ = self.notices.send(Notice::Offer {
@@ -844,6 +874,9 @@ impl Worker {
     }
 
     fn event(&mut self, i: usize, e: Event) {
+        if let Some(p) = self.peers.get_mut(i) {
+            p.dirty = true;
+        }
         match e {
             Event::MediaAdded(m) if m.direction != Direction::SendOnly => {
                 let (consult, source) = (
@@ -943,6 +976,7 @@ impl Worker {
         if let Some(stream) = stream {
             stream.request_keyframe(KeyframeRequestKind::Pli);
         }
+        self.peers[s].dirty = true;
     }
 
     fn forward(&mut self, i: usize, pkt: RtpPacket) {
@@ -1060,6 +1094,7 @@ impl Worker {
                 continue;
             };
             stream.write_rtp(write);
+            sub.dirty = true;
             sub.stats.packets_out += 1;
         }
         for l in keyframe_wanted {

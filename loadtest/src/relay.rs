@@ -1,0 +1,294 @@
+//! The raw UDP relay ceiling: what this machine can forward at all, with the same packet sizes
+//! and rates as the synthetic consult peers and none of the WebRTC work (no ICE, DTLS, SRTP,
+//! RTCP, congestion control). The relay runs as its own process (`loadtest relay-server`) so
+//! its CPU is measured from /proc like the SFU's: one thread per core, each with one UDP
+//! socket read and written one datagram at a time, as the SFU's workers do. A peer says hello
+//! with its consult number, and from then on each datagram it sends goes to the other peers of
+//! that consult, as an SFU forwards: audio always, video only from the top simulcast layer (the
+//! relay receives every layer, as the SFU does, and drops the others).
+//!
+//! Datagram: `R` · kind (0 audio, 1–3 video layer) · sequence (u32, per sender and kind) ·
+//! payload ending in the [`Stamp`](crate::peer::Stamp). Hello: `H` · consult (u32).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::metrics::{Metrics, PeerTally};
+use crate::peer::{STAMP_LEN, Stamp};
+use crate::scenario::Media;
+
+/// Runs the relay: `workers` threads on consecutive ports from `port` (0: any); prints the
+/// addresses, one per line, then serves until killed.
+pub fn serve(workers: usize, port: u16) -> anyhow::Result<()> {
+    let mut handles = Vec::new();
+    for w in 0..workers.max(1) {
+        let p = if port == 0 { 0 } else { port + w as u16 };
+        let socket = UdpSocket::bind(("127.0.0.1", p))?;
+        println!("{}", socket.local_addr()?);
+        handles.push(std::thread::spawn(move || relay_loop(socket)));
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn relay_loop(socket: UdpSocket) {
+    let mut buf = [0u8; 2048];
+    // Peer address → consult; consult → its peers.
+    let mut consult_of: HashMap<SocketAddr, u32> = HashMap::new();
+    let mut members: HashMap<u32, Vec<SocketAddr>> = HashMap::new();
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let d = &buf[..n];
+        match d.first() {
+            Some(b'H') if n >= 5 => {
+                let consult = u32::from_be_bytes([d[1], d[2], d[3], d[4]]);
+                if let Some(old) = consult_of.insert(from, consult)
+                    && let Some(m) = members.get_mut(&old)
+                {
+                    m.retain(|a| *a != from);
+                }
+                let m = members.entry(consult).or_default();
+                if !m.contains(&from) {
+                    m.push(from);
+                }
+                let _ = socket.send_to(b"OK", from);
+            }
+            Some(b'B') => {
+                // Bye.
+                if let Some(c) = consult_of.remove(&from)
+                    && let Some(m) = members.get_mut(&c)
+                {
+                    m.retain(|a| *a != from);
+                    if m.is_empty() {
+                        members.remove(&c);
+                    }
+                }
+            }
+            Some(b'R') if n >= 6 => {
+                let kind = d[1];
+                // Audio, and the top video layer, as an SFU forwards to a well-connected peer.
+                if kind != 0 && kind != 3 {
+                    continue;
+                }
+                let Some(c) = consult_of.get(&from) else {
+                    continue;
+                };
+                if let Some(m) = members.get(c) {
+                    for to in m {
+                        if *to != from {
+                            let _ = socket.send_to(d, to);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One relay peer of consult `consult`, sending the scenario's media until `stop`.
+pub async fn peer(
+    relay: SocketAddr,
+    consult: u32,
+    id: u32,
+    media: Arc<Media>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tally = PeerTally::default();
+    let started = Instant::now();
+    let Ok(socket) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+        metrics.error("socket");
+        return;
+    };
+    let mut hello = vec![b'H'];
+    hello.extend_from_slice(&consult.to_be_bytes());
+    // Hello until acknowledged.
+    let mut buf = vec![0u8; 2048];
+    let mut ok = false;
+    for _ in 0..50 {
+        let _ = socket.send_to(&hello, relay).await;
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await
+            && &buf[..n] == b"OK"
+        {
+            ok = true;
+            break;
+        }
+    }
+    if !ok {
+        tally.error("relay_hello");
+        metrics.merge(&mut tally);
+        return;
+    }
+    // Streams: (kind, interval, bytes per frame, keyframe every n frames).
+    let mut streams: Vec<(u8, Duration, usize, u64, Instant, u64, u32)> = vec![(
+        0,
+        Duration::from_secs_f64(1.0 / media.audio_pps as f64),
+        media.audio_bytes,
+        0,
+        Instant::now(),
+        0,
+        0,
+    )];
+    for (i, l) in media.video_layers.iter().enumerate() {
+        let fps = l.fps.max(1) as f64;
+        streams.push((
+            (i + 1) as u8,
+            Duration::from_secs_f64(1.0 / fps),
+            (l.kbps as f64 * 125.0 / fps) as usize,
+            ((media.keyframe_interval_s * fps).round() as u64).max(1),
+            Instant::now(),
+            0,
+            0,
+        ));
+    }
+    // Received: (sender stamp peer, kind) → (first seq, last seq, count).
+    let mut rx: HashMap<(u32, u8), (u64, u64, u64, bool)> = HashMap::new();
+    let mut joined = false;
+    let mut flush = tokio::time::interval(Duration::from_secs(1));
+    let epoch = metrics.epoch;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if !joined && started.elapsed() > Duration::from_secs(20) {
+            tally.error("media_timeout");
+            break;
+        }
+        let next = streams
+            .iter()
+            .map(|s| s.4)
+            .min()
+            .unwrap_or_else(Instant::now);
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, _)) = r else { continue };
+                let d = &buf[..n];
+                if n < 6 + STAMP_LEN || d[0] != b'R' {
+                    continue;
+                }
+                let now = Instant::now();
+                if !joined {
+                    joined = true;
+                    tally.join_ms = Some(now.duration_since(started).as_secs_f64() * 1e3);
+                }
+                let kind = d[1];
+                let seq = u32::from_be_bytes([d[2], d[3], d[4], d[5]]) as u64;
+                if let Some(s) = Stamp::read(d) {
+                    tally.latency_us((now.duration_since(epoch).as_nanos() as u64).saturating_sub(s.sent_ns) / 1000);
+                    let e = rx.entry((s.peer, kind)).or_insert((seq, seq, 0, kind != 0));
+                    e.0 = e.0.min(seq);
+                    e.1 = e.1.max(seq);
+                    e.2 += 1;
+                }
+                tally.received(kind != 0, n);
+            }
+            _ = flush.tick() => {
+                totals(&mut tally, &rx);
+                metrics.merge(&mut tally);
+            }
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+        }
+        let now = Instant::now();
+        for s in streams.iter_mut() {
+            if now.duration_since(s.4) > s.1 * 4 {
+                s.4 = now;
+            }
+            while s.4 <= now {
+                let stamp = Stamp {
+                    peer: id,
+                    sent_ns: now.duration_since(epoch).as_nanos() as u64,
+                };
+                let key = s.0 != 0 && s.5.is_multiple_of(s.3);
+                let size = if key {
+                    s.2 * media.keyframe_factor as usize
+                } else {
+                    s.2
+                };
+                // The same packetization as the WebRTC peers: at most 1096 bytes per packet.
+                let count = if s.0 == 0 {
+                    1
+                } else {
+                    size.div_ceil(1096).max(1)
+                };
+                let per = if s.0 == 0 { size } else { size.div_ceil(count) };
+                for _ in 0..count {
+                    let mut p = vec![0u8; 6 + per.max(STAMP_LEN)];
+                    p[0] = b'R';
+                    p[1] = s.0;
+                    p[2..6].copy_from_slice(&s.6.to_be_bytes());
+                    stamp.write(&mut p);
+                    let _ = socket.send_to(&p, relay).await;
+                    s.6 = s.6.wrapping_add(1);
+                    tally.sent(s.0 != 0);
+                }
+                s.5 += 1;
+                s.4 += s.1;
+            }
+        }
+    }
+    let _ = socket.send_to(b"B", relay).await;
+    totals(&mut tally, &rx);
+    metrics.merge(&mut tally);
+    if joined {
+        metrics.peer_left();
+    }
+}
+
+fn totals(tally: &mut PeerTally, rx: &HashMap<(u32, u8), (u64, u64, u64, bool)>) {
+    let mut t = [(0u64, 0u64); 2];
+    for (first, last, n, video) in rx.values() {
+        let k = &mut t[*video as usize];
+        k.0 += last - first + 1;
+        k.1 += n;
+    }
+    tally.set_sequence_totals(t);
+}
+
+/// The relay process: `loadtest relay-server`, started for a run and killed after it.
+pub struct RelayProcess {
+    pub addrs: Vec<SocketAddr>,
+    pub pid: u32,
+    child: tokio::process::Child,
+}
+
+impl RelayProcess {
+    pub async fn start(workers: usize) -> anyhow::Result<RelayProcess> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["relay-server", "--workers", &workers.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("relay stdout"))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut addrs = Vec::new();
+        while addrs.len() < workers.max(1) {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await??
+                .ok_or_else(|| anyhow::anyhow!("the relay exited"))?;
+            addrs.push(line.trim().parse()?);
+        }
+        Ok(RelayProcess { addrs, pid, child })
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
