@@ -207,37 +207,38 @@ pub async fn open_consult(provider: &Staff, location: &str) -> Option<ConsultTok
         )
         .await?;
     let id = c["id"].as_str()?.to_string();
-    let mut tokens = Vec::new();
-    for role in ["provider", "patient"] {
-        let link = provider
-            .call(
-                "POST /api/v1/consults/{id}/links",
-                provider
-                    .post(&format!("/api/v1/consults/{id}/links"))
-                    .json(&json!({ "role": role, "display_name": format!("load {role}") })),
-                200,
-            )
-            .await?;
-        let code = link["url"].as_str()?.split_once('#')?.1.to_string();
-        // The join exchange is public: no session, as a patient's phone does it.
-        let joined = provider
-            .call(
-                "POST /api/v1/consults/join",
-                reqwest::Client::new()
-                    .post(format!("{}/api/v1/consults/join", provider.base))
-                    .json(&json!({ "code": code })),
-                200,
-            )
-            .await?;
-        tokens.push(joined["token"].as_str()?.to_string());
-    }
-    let patient = tokens.pop()?;
-    let provider_token = tokens.pop()?;
+    let provider_token = join_token(provider, &id, "provider").await?;
+    let patient = join_token(provider, &id, "patient").await?;
     Some(ConsultTokens {
         id,
         provider: provider_token,
         patient,
     })
+}
+
+/// A one-time join link for `role`, exchanged for its token as the joining device does.
+pub async fn join_token(provider: &Staff, consult: &str, role: &str) -> Option<String> {
+    let link = provider
+        .call(
+            "POST /api/v1/consults/{id}/links",
+            provider
+                .post(&format!("/api/v1/consults/{consult}/links"))
+                .json(&json!({ "role": role, "display_name": format!("load {role}") })),
+            200,
+        )
+        .await?;
+    let code = link["url"].as_str()?.split_once('#')?.1.to_string();
+    // The join exchange is public: no session, as a patient's phone does it.
+    let joined = provider
+        .call(
+            "POST /api/v1/consults/join",
+            reqwest::Client::new()
+                .post(format!("{}/api/v1/consults/join", provider.base))
+                .json(&json!({ "code": code })),
+            200,
+        )
+        .await?;
+    Some(joined["token"].as_str()?.to_string())
 }
 
 pub async fn end_consult(provider: &Staff, id: &str) {

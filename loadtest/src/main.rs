@@ -11,6 +11,8 @@
 //! Targets are loopback only: this tool never sends load anywhere else.
 
 mod api;
+mod churn;
+mod janus;
 mod metrics;
 mod peer;
 mod relay;
@@ -36,6 +38,8 @@ enum Cli {
     Run(RunArgs),
     /// Ramp consults until p99 latency or loss passes its limit.
     Capacity(CapacityArgs),
+    /// Patients joining and leaving consults, over and over; the server's memory on the way.
+    Churn(ChurnArgs),
     /// Health and readiness latency of a running server.
     Probe(ProbeArgs),
     /// The raw UDP relay (started by `capacity --target relay`; prints its addresses).
@@ -90,10 +94,25 @@ struct CapacityArgs {
     /// Loss limit, percent.
     #[arg(long, default_value_t = 1.0)]
     loss_pct: f64,
-    /// What to measure: `clinic` (our SFU), `relay` (the raw UDP ceiling), or `both` (in one
-    /// run, one after the other, in one report).
+    /// What to measure: `clinic` (our SFU), `janus` (Janus VideoRoom), `relay` (the raw UDP
+    /// ceiling), or `all` (the three in one run, one after the other, in one report).
     #[arg(long, default_value = "clinic")]
     target: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+struct ChurnArgs {
+    /// Join/leave cycles (at most 100,000).
+    #[arg(long, default_value_t = 10_000)]
+    cycles: u64,
+    /// Consults the patients churn through (two patients at a time each).
+    #[arg(long, default_value_t = 6)]
+    consults: u32,
+    /// Sample the server's memory every this many cycles.
+    #[arg(long, default_value_t = 500)]
+    every: u64,
     #[command(flatten)]
     common: Common,
 }
@@ -250,7 +269,14 @@ async fn scenario_run(
                 relay.stop().await;
                 r?
             }
-            other => bail!("unknown target {other} (clinic, relay)"),
+            "janus" => {
+                eprintln!("loadtest: {} against Janus VideoRoom", scenario.name);
+                let janus = janus::JanusProcess::start(&out.join("janus.log")).await?;
+                let r = run::run(run::Target::Janus(&janus), &scenario, limits).await;
+                janus.stop().await;
+                r?
+            }
+            other => bail!("unknown target {other} (clinic, relay, janus)"),
         };
         print_summary(&result);
         results.push(result);
@@ -366,6 +392,28 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Cli::RelayServer { workers, port } => relay::serve(workers, port),
+        Cli::Churn(a) => {
+            let out = a.common.out.unwrap_or_else(|| PathBuf::from("target/loadtest/churn"));
+            std::fs::create_dir_all(&out)?;
+            let bin = server::find_binary(a.common.clinic_bin.as_deref())?;
+            let server = server::DemoServer::start(&bin, &out.join("server.log")).await?;
+            let r = churn::churn(
+                &server,
+                a.cycles.min(100_000),
+                a.consults.clamp(1, 50),
+                a.every.max(1),
+            )
+            .await;
+            server.stop().await;
+            let r = r?;
+            let text = serde_json::to_string_pretty(&r)?;
+            std::fs::write(out.join("churn.json"), &text)?;
+            println!("{text}");
+            if a.common.assert_clean && r.failed > 0 {
+                bail!("{} of {} cycles failed", r.failed, r.cycles);
+            }
+            Ok(())
+        }
         Cli::Capacity(a) => {
             let s = scenario::Scenario::capacity(a.from, a.step, a.max, a.step_s);
             let limits = run::Limits {
@@ -373,7 +421,7 @@ async fn main() -> anyhow::Result<()> {
                 loss: a.loss_pct / 100.0,
             };
             let targets: Vec<&str> = match a.target.as_str() {
-                "both" => vec!["relay", "clinic"],
+                "all" => vec!["relay", "clinic", "janus"],
                 t => vec![t],
             };
             scenario_run(s, a.common, Some(limits), &targets).await

@@ -122,10 +122,12 @@ pub struct PeerPlan {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Give up when no remote media arrived within this long.
     pub join_timeout: Duration,
+    /// Leave as soon as the first remote media packet arrives (join/leave churn).
+    pub leave_after_media: bool,
 }
 
 /// One outgoing stream's pacing state.
-struct Sender {
+pub(crate) struct Sender {
     mid: Mid,
     rid: Option<Rid>,
     pt: str0m::media::Pt,
@@ -175,6 +177,7 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
         metrics,
         mut stop,
         join_timeout,
+        leave_after_media,
     } = plan;
     let started = Instant::now();
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
@@ -196,6 +199,9 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
 
     let mut tally = PeerTally::default();
     let mut admitted = false;
+    let mut welcomed = false;
+    // Participants this host has admitted (waiting_room messages repeat the waiting list).
+    let mut admitting: std::collections::HashSet<String> = Default::default();
     let mut pending: Option<SdpPendingOffer> = None;
     let mut senders: Vec<Sender> = Vec::new();
     let mut offered = false;
@@ -211,7 +217,7 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
     let mut rtc_timeout;
 
     let result: Result<(), PeerError> = 'run: loop {
-        if *stop.borrow() {
+        if *stop.borrow() || (leave_after_media && first_media.is_some()) {
             break Ok(());
         }
         if first_media.is_none() && started.elapsed() > join_timeout {
@@ -262,6 +268,7 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
                         break 'run Err(fail("ice_disconnected", "ICE disconnected"));
                     }
                     Event::Connected => {
+                        tracing::debug!(peer = id, host, "connected");
                         connected = true;
                         let now = Instant::now();
                         senders = make_senders(&mut rtc, &media, &mine, now);
@@ -296,7 +303,7 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
         if !rtc.is_alive() {
             break Err(fail("rtc", "peer connection closed"));
         }
-        let next_send = senders.iter().map(|s| s.next).min();
+        let next_send = senders.iter().map(next_due).min();
         let wake = next_send.map_or(rtc_timeout, |n| n.min(rtc_timeout));
         let wake = tokio::time::Instant::from_std(wake.max(Instant::now()));
         tokio::select! {
@@ -315,12 +322,20 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
                 let Some(Ok(msg)) = msg else { break Err(fail("signaling_closed", "the server closed signaling")) };
                 let Message::Text(text) = msg else { continue };
                 let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
+                tracing::debug!(peer = id, host, kind = m["type"].as_str().unwrap_or("?"), "signaling message");
                 match m["type"].as_str() {
-                    Some("welcome") => admitted = m["admitted"] != false,
+                    Some("welcome") => {
+                        welcomed = true;
+                        admitted = m["admitted"] != false;
+                    }
                     Some("admitted") => admitted = true,
                     Some("waiting_room") if host => {
+                        // Each waiting_room message lists everyone still waiting: admit each once.
                         for w in m["waiting"].as_array().cloned().unwrap_or_default() {
-                            ws_send(&mut ws, json!({ "type": "admit", "participant": w["id"] })).await?;
+                            let Some(who) = w["id"].as_str() else { continue };
+                            if admitting.insert(who.to_string()) {
+                                ws_send(&mut ws, json!({ "type": "admit", "participant": who })).await?;
+                            }
                         }
                     }
                     Some("answer") => {
@@ -337,8 +352,13 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
                     }
                     Some("error") => {
                         let code = m["code"].as_str().unwrap_or("error").to_string();
-                        let kind = if code.contains("token") || code.contains("full") || code.contains("refused") { "join_refused" } else { "signaling_error" };
-                        break Err(fail(kind, code));
+                        if !welcomed {
+                            // Before the welcome an error is the server refusing the join.
+                            break Err(fail("join_refused", code));
+                        }
+                        // After it, an answer to one of our messages: counted, not fatal.
+                        tracing::warn!(peer = id, code, message = %m, "signaling error");
+                        tally.error("signaling_error");
                     }
                     Some("ended") | Some("removed") => break Ok(()),
                     _ => {}
@@ -367,6 +387,8 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
     if first_media.is_some() {
         metrics.peer_left();
     }
+    // Leave for good, so the room frees the place at once instead of holding it for a reconnect.
+    let _ = ws_send(&mut ws, json!({ "type": "leave" })).await;
     let _ = ws.close(None).await;
     result
 }
@@ -384,7 +406,7 @@ fn finish_loss(tally: &mut PeerTally, rx: &HashMap<Ssrc, (u64, u64, u64, bool)>)
     tally.set_sequence_totals(t);
 }
 
-fn make_senders(
+pub(crate) fn make_senders(
     rtc: &mut Rtc,
     media: &Media,
     mine: &[(Mid, MediaKind)],
@@ -438,7 +460,7 @@ fn make_senders(
     out
 }
 
-fn send_due(
+pub(crate) fn send_due(
     rtc: &mut Rtc,
     senders: &mut [Sender],
     media: &Media,
@@ -488,6 +510,11 @@ fn send_due(
             s.next += s.every;
         }
     }
+}
+
+/// When this stream's next frame is due.
+pub(crate) fn next_due(s: &Sender) -> Instant {
+    s.next
 }
 
 /// The socket address a URL's host and port name (loopback checks happen before this).

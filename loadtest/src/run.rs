@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::api::{self, Practice, Staff};
 use crate::metrics::{Metrics, ProcSampler, loss, pcts};
 use crate::peer::{self, PeerPlan};
+use crate::janus::JanusProcess;
 use crate::relay::RelayProcess;
 use crate::results::{Capacity, CapacityStep, PhaseResult, RunResult};
 use crate::scenario::{Media, Scenario};
@@ -24,6 +25,8 @@ pub enum Target<'a> {
     Clinic(&'a DemoServer),
     /// The raw UDP relay (media only).
     Relay(&'a RelayProcess),
+    /// Janus VideoRoom (media only).
+    Janus(&'a JanusProcess),
 }
 
 impl Target<'_> {
@@ -31,12 +34,14 @@ impl Target<'_> {
         match self {
             Target::Clinic(_) => "clinic",
             Target::Relay(_) => "relay",
+            Target::Janus(_) => "janus",
         }
     }
     fn pid(&self) -> u32 {
         match self {
             Target::Clinic(s) => s.pid,
             Target::Relay(r) => r.pid,
+            Target::Janus(j) => j.pid,
         }
     }
 }
@@ -121,6 +126,7 @@ async fn start_consult(
                     metrics: metrics.clone(),
                     stop: stop_rx.clone(),
                     join_timeout,
+                    leave_after_media: false,
                 };
                 peers.push(tokio::spawn(async move {
                     if let Err(e) = peer::run(plan).await {
@@ -137,6 +143,28 @@ async fn start_consult(
                 let fut = crate::relay::peer(
                     addr,
                     number,
+                    *next_peer,
+                    media.clone(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                );
+                peers.push(tokio::spawn(fut));
+            }
+            None
+        }
+        (Target::Janus(j), _) => {
+            let room = number as u64;
+            if let Err(e) = crate::janus::create_room(&j.base, room).await {
+                tracing::warn!(error = %format!("{e:#}"), "janus room");
+                return None;
+            }
+            for k in 0..2u64 {
+                *next_peer += 1;
+                let fut = crate::janus::participant(
+                    j.base.clone(),
+                    room,
+                    room * 10 + 1 + k,
+                    room * 10 + 2 - k,
                     *next_peer,
                     media.clone(),
                     metrics.clone(),
@@ -196,7 +224,7 @@ pub async fn run(
                 base,
             })
         }
-        Target::Relay(_) => None,
+        Target::Relay(_) | Target::Janus(_) => None,
     };
     let media = Arc::new(scenario.media.clone());
     let join_timeout = Duration::from_secs_f64(scenario.join_timeout_s);
@@ -437,6 +465,10 @@ pub async fn run(
                 "raw UDP relay, {} worker threads (pid {}): no ICE, DTLS, SRTP or RTCP",
                 r.addrs.len(),
                 r.pid
+            ),
+            Target::Janus(j) => format!(
+                "Janus VideoRoom (Debian janus 1.1.2), loopback-only configuration, at {} (pid {})",
+                j.base, j.pid
             ),
         },
     );
