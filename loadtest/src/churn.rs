@@ -50,8 +50,13 @@ pub async fn churn(
         metrics.clone(),
     )
     .await?;
-    let desk = Staff::sign_in(&server.base, "frontdesk", &login("frontdesk")?, metrics.clone())
-        .await?;
+    let desk = Staff::sign_in(
+        &server.base,
+        "frontdesk",
+        &login("frontdesk")?,
+        metrics.clone(),
+    )
+    .await?;
     let practice = Practice::discover(&desk, &provider).await?;
     // Audio and the lowest layer only: the point is sessions coming and going, not bandwidth.
     let media = Arc::new(Media {
@@ -96,8 +101,12 @@ pub async fn churn(
                 let visits = Arc::new(AtomicU64::new(0));
                 let mut patients = Vec::new();
                 for seat in 0..2u32 {
-                    let (provider, media, metrics, stop_rx) =
-                        (provider.clone(), media.clone(), metrics.clone(), stop_rx.clone());
+                    let (provider, media, metrics, stop_rx) = (
+                        provider.clone(),
+                        media.clone(),
+                        metrics.clone(),
+                        stop_rx.clone(),
+                    );
                     let (done, failed, next, visits) =
                         (done.clone(), failed.clone(), next.clone(), visits.clone());
                     let (base, consult) = (base.clone(), t.id.clone());

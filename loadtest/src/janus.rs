@@ -62,7 +62,10 @@ fn ensure_interface() -> anyhow::Result<()> {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            bail!("ip {} failed (Janus needs a non-loopback local address; run as root)", args.join(" "));
+            bail!(
+                "ip {} failed (Janus needs a non-loopback local address; run as root)",
+                args.join(" ")
+            );
         }
     }
     Ok(())
@@ -78,7 +81,9 @@ impl JanusProcess {
         )?;
         ensure_interface()?;
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let other_plugins = [
             "audiobridge",
             "duktape",
@@ -159,11 +164,19 @@ events: {{
                 break;
             }
             if Instant::now() > deadline {
-                bail!("janus did not answer on {base} within 20 s (see {})", log.display());
+                bail!(
+                    "janus did not answer on {base} within 20 s (see {})",
+                    log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let info: Value = http.get(format!("{base}/info")).send().await?.json().await?;
+        let info: Value = http
+            .get(format!("{base}/info"))
+            .send()
+            .await?
+            .json()
+            .await?;
         tracing::info!(version = %info["version_string"], "janus up");
         Ok(JanusProcess {
             base,
@@ -223,7 +236,9 @@ impl Session {
                 let Ok(r) = poll_http.get(format!("{poll_url}?maxev=10")).send().await else {
                     break;
                 };
-                let Ok(v) = r.json::<Value>().await else { break };
+                let Ok(v) = r.json::<Value>().await else {
+                    break;
+                };
                 let list = match v {
                     Value::Array(a) => a,
                     other => vec![other],
@@ -268,7 +283,12 @@ impl Session {
     }
 
     /// A plugin message; the synchronous reply's plugin data.
-    async fn message(&self, handle: u64, body: Value, jsep: Option<Value>) -> anyhow::Result<Value> {
+    async fn message(
+        &self,
+        handle: u64,
+        body: Value,
+        jsep: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut m = json!({ "janus": "message", "transaction": tx_id(), "body": body });
         if let Some(j) = jsep {
             m["jsep"] = j;
@@ -402,11 +422,15 @@ async fn participant_inner(
     pub_rtc.add_local_candidate(Candidate::host(pub_addr, "udp")?);
     let mut api = pub_rtc.sdp_api();
     let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    // Janus ranks simulcast layers by the order of the rids, highest first (its rid names mean
+    // nothing to it), so they are offered h, m, l; its subscribers ask for substream 2, the top,
+    // which is the `h` layer our SFU also forwards when the estimate allows.
     let mut sim = Simulcast::new();
-    for l in &media.video_layers {
+    for l in media.video_layers.iter().rev() {
         sim.add_send_layer(SimulcastLayer::new(&l.rid));
     }
-    let video = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim));
+    let sim = (media.video_layers.len() > 1).then_some(sim);
+    let video = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, sim);
     let (offer, pending) = api.apply().context("nothing to offer")?;
     s.message(
         pub_h,
@@ -464,7 +488,8 @@ async fn participant_inner(
             if r.is_ok() {
                 match s
                     .wait(sub_h, Duration::from_secs(3), |e| {
-                        e["jsep"]["type"] == "offer" || e["plugindata"]["data"]["error_code"].is_u64()
+                        e["jsep"]["type"] == "offer"
+                            || e["plugindata"]["data"]["error_code"].is_u64()
                     })
                     .await
                 {
@@ -487,7 +512,9 @@ async fn participant_inner(
             }
         }
         if first_media.is_none() && started.elapsed() > Duration::from_secs(30) {
-            break Err(anyhow::anyhow!("media_timeout: no media from Janus within 30 s"));
+            break Err(anyhow::anyhow!(
+                "media_timeout: no media from Janus within 30 s"
+            ));
         }
         // Drain both.
         loop {
@@ -522,7 +549,9 @@ async fn participant_inner(
                     }
                     let video = pkt.payload.first() != Some(&0xfc);
                     let ext = *pkt.seq_no;
-                    let e = rx_seq.entry(pkt.header.ssrc).or_insert((ext, ext, 0, video));
+                    let e = rx_seq
+                        .entry(pkt.header.ssrc)
+                        .or_insert((ext, ext, 0, video));
                     e.0 = e.0.min(ext);
                     e.1 = e.1.max(ext);
                     e.2 += 1;
@@ -556,7 +585,7 @@ async fn participant_inner(
                 }
             }
             _ = flush.tick() => {
-                totals(tally, &rx_seq);
+                peer::finish_loss(tally, &rx_seq);
                 metrics.merge(tally);
             }
             _ = stop.changed() => {}
@@ -569,7 +598,7 @@ async fn participant_inner(
             peer::send_due(&mut pub_rtc, &mut senders, media, id, epoch, now, tally);
         }
     };
-    totals(tally, &rx_seq);
+    peer::finish_loss(tally, &rx_seq);
     for (ssrc, (first, last, n, video)) in &rx_seq {
         tracing::debug!(%ssrc, video, first, last, n, "janus stream received");
     }
@@ -578,14 +607,4 @@ async fn participant_inner(
     }
     s.destroy().await;
     result
-}
-
-fn totals(tally: &mut PeerTally, rx: &HashMap<Ssrc, (u64, u64, u64, bool)>) {
-    let mut t = [(0u64, 0u64); 2];
-    for (first, last, n, video) in rx.values() {
-        let k = &mut t[*video as usize];
-        k.0 += last - first + 1;
-        k.1 += n;
-    }
-    tally.set_sequence_totals(t);
 }

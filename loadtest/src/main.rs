@@ -393,7 +393,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Cli::RelayServer { workers, port } => relay::serve(workers, port),
         Cli::Churn(a) => {
-            let out = a.common.out.unwrap_or_else(|| PathBuf::from("target/loadtest/churn"));
+            let out = a
+                .common
+                .out
+                .unwrap_or_else(|| PathBuf::from("target/loadtest/churn"));
             std::fs::create_dir_all(&out)?;
             let bin = server::find_binary(a.common.clinic_bin.as_deref())?;
             let server = server::DemoServer::start(&bin, &out.join("server.log")).await?;

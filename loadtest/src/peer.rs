@@ -235,7 +235,8 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
             for l in &media.video_layers {
                 sim.add_send_layer(SimulcastLayer::new(&l.rid));
             }
-            let sim = (!media.video_layers.is_empty()).then_some(sim);
+            // One layer is sent without simulcast.
+            let sim = (media.video_layers.len() > 1).then_some(sim);
             let video = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, sim);
             mine.push((video, MediaKind::Video));
             match api.apply() {
@@ -360,6 +361,7 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
                         tracing::warn!(peer = id, code, message = %m, "signaling error");
                         tally.error("signaling_error");
                     }
+                    Some("stats") => tracing::debug!(peer = id, stats = %m["participants"], "sfu stats"),
                     Some("ended") | Some("removed") => break Ok(()),
                     _ => {}
                 }
@@ -395,7 +397,7 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
 
 /// The per-SSRC sequence ranges as cumulative expected/received counts; the tally turns them
 /// into per-window deltas.
-fn finish_loss(tally: &mut PeerTally, rx: &HashMap<Ssrc, (u64, u64, u64, bool)>) {
+pub(crate) fn finish_loss<K>(tally: &mut PeerTally, rx: &HashMap<K, (u64, u64, u64, bool)>) {
     // [audio, video] × (expected, received)
     let mut t = [(0u64, 0u64); 2];
     for (first, last, n, video) in rx.values() {
@@ -442,7 +444,7 @@ pub(crate) fn make_senders(
                     let fps = l.fps.max(1) as f64;
                     out.push(Sender {
                         mid,
-                        rid: Some(Rid::from(l.rid.as_str())),
+                        rid: (media.video_layers.len() > 1).then(|| Rid::from(l.rid.as_str())),
                         pt: vp8,
                         clock: 90_000,
                         every: Duration::from_secs_f64(1.0 / fps),

@@ -7,7 +7,7 @@
 //! that consult, as an SFU forwards: audio always, video only from the top simulcast layer (the
 //! relay receives every layer, as the SFU does, and drops the others).
 //!
-//! Datagram: `R` · kind (0 audio, 1–3 video layer) · sequence (u32, per sender and kind) ·
+//! Datagram: `R` · kind (0 audio, 1–3 video layer, 0x80 on the top layer) · sequence (u32, per sender and kind) ·
 //! payload ending in the [`Stamp`](crate::peer::Stamp). Hello: `H` · consult (u32).
 
 use std::collections::HashMap;
@@ -75,9 +75,9 @@ fn relay_loop(socket: UdpSocket) {
                 }
             }
             Some(b'R') if n >= 6 => {
-                let kind = d[1];
-                // Audio, and the top video layer, as an SFU forwards to a well-connected peer.
-                if kind != 0 && kind != 3 {
+                // Audio, and the top video layer (flag 0x80), as an SFU forwards to a
+                // well-connected peer.
+                if d[1] != 0 && d[1] & 0x80 == 0 {
                     continue;
                 }
                 let Some(c) = consult_of.get(&from) else {
@@ -131,6 +131,7 @@ pub async fn peer(
         metrics.merge(&mut tally);
         return;
     }
+    let layers = media.video_layers.len();
     // Streams: (kind, interval, bytes per frame, keyframe every n frames).
     let mut streams: Vec<(u8, Duration, usize, u64, Instant, u64, u32)> = vec![(
         0,
@@ -183,7 +184,7 @@ pub async fn peer(
                     joined = true;
                     tally.join_ms = Some(now.duration_since(started).as_secs_f64() * 1e3);
                 }
-                let kind = d[1];
+                let kind = d[1] & 0x7f;
                 let seq = u32::from_be_bytes([d[2], d[3], d[4], d[5]]) as u64;
                 if let Some(s) = Stamp::read(d) {
                     tally.latency_us((now.duration_since(epoch).as_nanos() as u64).saturating_sub(s.sent_ns) / 1000);
@@ -195,7 +196,7 @@ pub async fn peer(
                 tally.received(kind != 0, n);
             }
             _ = flush.tick() => {
-                totals(&mut tally, &rx);
+                crate::peer::finish_loss(&mut tally, &rx);
                 metrics.merge(&mut tally);
             }
             _ = stop.changed() => {}
@@ -227,7 +228,7 @@ pub async fn peer(
                 for _ in 0..count {
                     let mut p = vec![0u8; 6 + per.max(STAMP_LEN)];
                     p[0] = b'R';
-                    p[1] = s.0;
+                    p[1] = s.0 | if s.0 as usize == layers { 0x80 } else { 0 };
                     p[2..6].copy_from_slice(&s.6.to_be_bytes());
                     stamp.write(&mut p);
                     let _ = socket.send_to(&p, relay).await;
@@ -240,21 +241,11 @@ pub async fn peer(
         }
     }
     let _ = socket.send_to(b"B", relay).await;
-    totals(&mut tally, &rx);
+    crate::peer::finish_loss(&mut tally, &rx);
     metrics.merge(&mut tally);
     if joined {
         metrics.peer_left();
     }
-}
-
-fn totals(tally: &mut PeerTally, rx: &HashMap<(u32, u8), (u64, u64, u64, bool)>) {
-    let mut t = [(0u64, 0u64); 2];
-    for (first, last, n, video) in rx.values() {
-        let k = &mut t[*video as usize];
-        k.0 += last - first + 1;
-        k.1 += n;
-    }
-    tally.set_sequence_totals(t);
 }
 
 /// The relay process: `loadtest relay-server`, started for a run and killed after it.

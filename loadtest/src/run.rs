@@ -11,9 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
 use crate::api::{self, Practice, Staff};
+use crate::janus::JanusProcess;
 use crate::metrics::{Metrics, ProcSampler, loss, pcts};
 use crate::peer::{self, PeerPlan};
-use crate::janus::JanusProcess;
 use crate::relay::RelayProcess;
 use crate::results::{Capacity, CapacityStep, PhaseResult, RunResult};
 use crate::scenario::{Media, Scenario};
@@ -54,6 +54,10 @@ struct ClinicSide {
     practice: Arc<Practice>,
     base: String,
 }
+
+/// Seconds after a level's ramp before the capacity search starts judging it (joins, first
+/// keyframes and layer choices settle).
+const SETTLE_S: f64 = 2.0;
 
 /// Limits of the capacity search.
 #[derive(Clone, Copy, Debug)]
@@ -275,7 +279,7 @@ pub async fn run(
                 let step = capacity_step(
                     &metrics,
                     scenario.phases[phase_idx].consults,
-                    ramped + 1.0,
+                    ramped + SETTLE_S,
                     end,
                     lim,
                 );
@@ -405,7 +409,7 @@ pub async fn run(
         let step = capacity_step(
             &metrics,
             scenario.phases[phase_idx].consults,
-            ramped + 1.0,
+            ramped + SETTLE_S,
             end,
             lim,
         );
@@ -432,7 +436,8 @@ pub async fn run(
     let phases = phase_bounds
         .iter()
         .zip(&scenario.phases)
-        .filter(|((start, _, _), _)| *start < end_s)
+        // A level the capacity search stopped at as it began has no numbers of its own.
+        .filter(|((start, _, _), _)| *start + 1.0 < end_s)
         .map(|(&(start, _, end), p)| {
             phase_result(&metrics, &p.name, p.consults, start, end.min(end_s))
         })

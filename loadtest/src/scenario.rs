@@ -238,6 +238,10 @@ impl Scenario {
             description: "consults ramped until SFU-added p99 latency or loss passes its limit"
                 .into(),
             join_timeout_s: 20.0,
+            // The same simulcast media as clinic-morning. Each target forwards the layer it
+            // chooses: the relay the top one by rule, Janus the one its subscribers ask for (the
+            // top), our SFU the highest that fits its bandwidth estimate. Forwarded packets/s
+            // are counted as received, whatever the layer.
             media: Media::default(),
             api: Api::default(),
             phases,
