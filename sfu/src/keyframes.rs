@@ -34,6 +34,20 @@ impl<K: std::hash::Hash + Eq> KeyframeThrottle<K> {
     pub fn forget(&mut self, source: &K) {
         self.last.remove(source);
     }
+
+    /// Forgets every source `gone` says has left (a publisher's layers and tracks at once).
+    pub fn forget_where(&mut self, gone: impl Fn(&K) -> bool) {
+        self.last.retain(|k, _| !gone(k));
+    }
+
+    /// Sources remembered.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +65,22 @@ mod tests {
         assert!(k.allow(t, ("pub", 0u8)), "layers are throttled separately");
         k.forget(&("pub", 2u8));
         assert!(k.allow(t + Duration::from_millis(991), ("pub", 2u8)));
+    }
+
+    #[test]
+    fn a_departed_publisher_is_forgotten_whole() {
+        let t = Instant::now();
+        let mut k = KeyframeThrottle::new(Duration::from_millis(500));
+        for layer in 0..3u8 {
+            assert!(k.allow(t, ("gone", layer)));
+            assert!(k.allow(t, ("stays", layer)));
+        }
+        k.forget_where(|(who, _)| *who == "gone");
+        assert_eq!(k.len(), 3, "only the departed publisher's layers go");
+        assert!(
+            k.allow(t, ("gone", 1)),
+            "and it would be asked at once if it came back"
+        );
+        assert!(!k.allow(t, ("stays", 1)));
     }
 }

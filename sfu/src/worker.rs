@@ -855,6 +855,9 @@ impl Worker {
         let mut gone = self.peers.remove(i);
         gone.rtc.disconnect();
         self.known.retain(|_, who| *who != gone.participant);
+        // Its keyframe-request times too: kept, they grow by a few entries per visitor forever.
+        self.throttle
+            .forget_where(|(source, _, _)| *source == gone.participant);
         for peer in &mut self.peers {
             let Peer {
                 tracks_out,
