@@ -92,14 +92,27 @@ impl Staff {
         req: reqwest::RequestBuilder,
         want: u16,
     ) -> Option<Value> {
+        self.call_expecting(endpoint, req, &[want])
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// One timed call where any of `wanted` is an expected outcome; any other status counts as
+    /// an error. Returns the status and JSON body of an expected outcome.
+    pub async fn call_expecting(
+        &self,
+        endpoint: &'static str,
+        req: reqwest::RequestBuilder,
+        wanted: &[u16],
+    ) -> Option<(u16, Value)> {
         let t = Instant::now();
         let r = req.send().await;
         let body = match r {
             Ok(r) => {
                 let status = r.status().as_u16();
                 let body = r.json::<Value>().await.unwrap_or(Value::Null);
-                if status == want {
-                    Some(body)
+                if wanted.contains(&status) {
+                    Some((status, body))
                 } else {
                     let kind = if status >= 500 { "api_5xx" } else { "api_4xx" };
                     tracing::warn!(endpoint, status, code = %body["code"], "unexpected status");
@@ -298,32 +311,20 @@ pub async fn book(desk: &Staff, practice: &Practice, patient: &str, n: u64) -> b
     }
     // Spread bookings over the list so concurrent bookers rarely race for one slot.
     let slot = &slots[(n as usize * 7919) % slots.len()];
-    let t = Instant::now();
-    let r = desk
-        .post("/api/v1/appointments")
-        .json(&json!({
-            "type_id": practice.tele_type,
-            "location_id": practice.location,
-            "provider_id": practice.provider,
-            "patient_id": patient,
-            "start": slot["start"],
-        }))
-        .send()
+    let booked = desk
+        .call_expecting(
+            "POST /api/v1/appointments",
+            desk.post("/api/v1/appointments").json(&json!({
+                "type_id": practice.tele_type,
+                "location_id": practice.location,
+                "provider_id": practice.provider,
+                "patient_id": patient,
+                "start": slot["start"],
+            })),
+            &[201, 409],
+        )
         .await;
-    let status = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-    if status != 201 && status != 409 {
-        desk.metrics.error(&format!(
-            "{} POST /api/v1/appointments",
-            if status >= 500 || status == 0 {
-                "api_5xx"
-            } else {
-                "api_4xx"
-            }
-        ));
-    }
-    desk.metrics
-        .api("POST /api/v1/appointments", t.elapsed().as_micros() as u64);
-    status == 201
+    matches!(booked, Some((201, _)))
 }
 
 /// A wound photo uploaded by a medical assistant; upload-to-stored is request sent → 201.

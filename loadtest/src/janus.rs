@@ -5,7 +5,6 @@
 //! str0m `Rtc` sending Opus-sized audio and VP8 simulcast, as to our SFU) and a subscriber handle
 //! (a second `Rtc` receiving the other participant's feed), which is how VideoRoom works.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,12 +14,12 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::Ssrc;
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Event, Input, Output};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{Metrics, PeerTally};
-use crate::peer::{self, Stamp};
+use crate::peer;
 use crate::scenario::Media;
 
 pub struct JanusProcess {
@@ -413,13 +412,7 @@ async fn participant_inner(
     // Publisher: the same offer as to our SFU.
     let pub_sock = UdpSocket::bind(CLIENT_ADDR).await?;
     let pub_addr = pub_sock.local_addr()?;
-    let mut pub_rtc = Rtc::builder()
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .build(Instant::now());
-    pub_rtc.add_local_candidate(Candidate::host(pub_addr, "udp")?);
+    let mut pub_rtc = peer::new_rtc(pub_addr)?;
     let mut api = pub_rtc.sdp_api();
     let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     // Janus ranks simulcast layers by the order of the rids, highest first (its rid names mean
@@ -453,20 +446,13 @@ async fn participant_inner(
     let sub_h = s.attach().await?;
     let sub_sock = UdpSocket::bind(CLIENT_ADDR).await?;
     let sub_addr = sub_sock.local_addr()?;
-    let mut sub_rtc = Rtc::builder()
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .build(Instant::now());
-    sub_rtc.add_local_candidate(Candidate::host(sub_addr, "udp")?);
+    let mut sub_rtc = peer::new_rtc(sub_addr)?;
     let mut subscribed = false;
     let mut sub_deadline = Instant::now();
 
     let mut senders = Vec::new();
     let mine = [(audio, MediaKind::Audio), (video, MediaKind::Video)];
-    let mut rx_seq: HashMap<Ssrc, (u64, u64, u64, bool)> = HashMap::new();
-    let mut first_media: Option<Instant> = None;
+    let mut rx: peer::Reception<Ssrc> = peer::Reception::new(started, epoch);
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let (mut pub_buf, mut sub_buf) = (vec![0u8; 2000], vec![0u8; 2000]);
     let mut pub_timeout;
@@ -511,7 +497,7 @@ async fn participant_inner(
                 sub_deadline = Instant::now() + Duration::from_millis(300);
             }
         }
-        if first_media.is_none() && started.elapsed() > Duration::from_secs(30) {
+        if rx.first_media.is_none() && started.elapsed() > Duration::from_secs(30) {
             break Err(anyhow::anyhow!(
                 "media_timeout: no media from Janus within 30 s"
             ));
@@ -542,24 +528,8 @@ async fn participant_inner(
                     break;
                 }
                 Output::Event(Event::RtpPacket(pkt)) => {
-                    let now = Instant::now();
-                    if first_media.is_none() {
-                        first_media = Some(now);
-                        tally.join_ms = Some(now.duration_since(started).as_secs_f64() * 1e3);
-                    }
-                    let video = pkt.payload.first() != Some(&0xfc);
-                    let ext = *pkt.seq_no;
-                    let e = rx_seq
-                        .entry(pkt.header.ssrc)
-                        .or_insert((ext, ext, 0, video));
-                    e.0 = e.0.min(ext);
-                    e.1 = e.1.max(ext);
-                    e.2 += 1;
-                    if let Some(st) = Stamp::read(&pkt.payload) {
-                        let now_ns = now.duration_since(epoch).as_nanos() as u64;
-                        tally.latency_us(now_ns.saturating_sub(st.sent_ns) / 1000);
-                    }
-                    tally.received(video, pkt.payload.len());
+                    let video = peer::is_video(&pkt.payload);
+                    rx.packet(tally, pkt.header.ssrc, *pkt.seq_no, video, &pkt.payload);
                 }
                 Output::Event(_) => {}
             }
@@ -585,7 +555,7 @@ async fn participant_inner(
                 }
             }
             _ = flush.tick() => {
-                peer::finish_loss(tally, &rx_seq);
+                rx.totals(tally);
                 metrics.merge(tally);
             }
             _ = stop.changed() => {}
@@ -598,11 +568,8 @@ async fn participant_inner(
             peer::send_due(&mut pub_rtc, &mut senders, media, id, epoch, now, tally);
         }
     };
-    peer::finish_loss(tally, &rx_seq);
-    for (ssrc, (first, last, n, video)) in &rx_seq {
-        tracing::debug!(%ssrc, video, first, last, n, "janus stream received");
-    }
-    if first_media.is_some() {
+    rx.totals(tally);
+    if rx.first_media.is_some() {
         metrics.peer_left();
     }
     s.destroy().await;

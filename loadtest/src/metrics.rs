@@ -288,25 +288,34 @@ impl Metrics {
             .seconds
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                let lat = pcts(&s.latency);
-                let api = pcts(&s.api);
-                Sample {
-                    t_s: i as f64,
-                    consults_live: s.consults_live,
-                    peers_connected: s.peers_connected,
-                    media_pps: s.rx_packets as f64,
-                    latency_p50_ms: lat.p50,
-                    latency_p99_ms: lat.p99,
-                    loss: loss(s.seq[0].0 + s.seq[1].0, s.seq[0].1 + s.seq[1].1),
-                    api_rps: api.count as f64,
-                    api_p99_ms: api.p99,
-                    server_cpu_pct: s.server_cpu_pct,
-                    server_rss_mib: s.server_rss_mib,
-                    errors: s.errors,
-                }
-            })
+            .map(|(i, s)| sample(i, s))
             .collect()
+    }
+
+    /// The second before the current one (for the progress line), without the whole timeline.
+    pub fn last_complete_second(&self) -> Option<Sample> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let i = inner.seconds.len().checked_sub(2)?;
+        Some(sample(i, &inner.seconds[i]))
+    }
+}
+
+fn sample(i: usize, s: &Second) -> Sample {
+    let lat = pcts(&s.latency);
+    let api = pcts(&s.api);
+    Sample {
+        t_s: i as f64,
+        consults_live: s.consults_live,
+        peers_connected: s.peers_connected,
+        media_pps: s.rx_packets as f64,
+        latency_p50_ms: lat.p50,
+        latency_p99_ms: lat.p99,
+        loss: loss(s.seq[0].0 + s.seq[1].0, s.seq[0].1 + s.seq[1].1),
+        api_rps: api.count as f64,
+        api_p99_ms: api.p99,
+        server_cpu_pct: s.server_cpu_pct,
+        server_rss_mib: s.server_rss_mib,
+        errors: s.errors,
     }
 }
 

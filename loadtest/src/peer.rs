@@ -189,13 +189,7 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
         .await
         .map_err(|e| fail("socket", e))?;
     let local = socket.local_addr().map_err(|e| fail("socket", e))?;
-    let mut rtc = Rtc::builder()
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| fail("socket", e))?);
+    let mut rtc = new_rtc(local).map_err(|e| fail("socket", e))?;
 
     let mut tally = PeerTally::default();
     let mut admitted = false;
@@ -207,20 +201,18 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
     let mut offered = false;
     // Our own send-only m-lines.
     let mut mine: Vec<(Mid, MediaKind)> = Vec::new();
-    let mut first_media: Option<Instant> = None;
     let mut connected = false;
-    // Highest and first extended sequence number, and count, per received SSRC.
-    let mut rx_seq: HashMap<Ssrc, (u64, u64, u64, bool)> = HashMap::new();
+    let mut rx: Reception<Ssrc> = Reception::new(started, epoch);
     let mut buf = vec![0u8; 2000];
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rtc_timeout;
 
     let result: Result<(), PeerError> = 'run: loop {
-        if *stop.borrow() || (leave_after_media && first_media.is_some()) {
+        if *stop.borrow() || (leave_after_media && rx.first_media.is_some()) {
             break Ok(());
         }
-        if first_media.is_none() && started.elapsed() > join_timeout {
+        if rx.first_media.is_none() && started.elapsed() > join_timeout {
             break Err(fail(
                 "media_timeout",
                 format!("no remote media within {join_timeout:?}"),
@@ -275,26 +267,14 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
                         senders = make_senders(&mut rtc, &media, &mine, now);
                     }
                     Event::RtpPacket(pkt) => {
-                        let now = Instant::now();
-                        if first_media.is_none() {
-                            first_media = Some(now);
-                            tally.join_ms = Some(now.duration_since(started).as_secs_f64() * 1e3);
-                        }
-                        // Our synthetic payloads say what they are: Opus starts with its TOC
-                        // byte 0xfc, VP8 with a descriptor (X bit set).
-                        let video = pkt.payload.first() != Some(&0xfc);
-                        let ext = *pkt.seq_no;
-                        let e = rx_seq
-                            .entry(pkt.header.ssrc)
-                            .or_insert((ext, ext, 0, video));
-                        e.0 = e.0.min(ext);
-                        e.1 = e.1.max(ext);
-                        e.2 += 1;
-                        if let Some(stamp) = Stamp::read(&pkt.payload) {
-                            let now_ns = now.duration_since(epoch).as_nanos() as u64;
-                            tally.latency_us(now_ns.saturating_sub(stamp.sent_ns) / 1000);
-                        }
-                        tally.received(video, pkt.payload.len());
+                        let video = is_video(&pkt.payload);
+                        rx.packet(
+                            &mut tally,
+                            pkt.header.ssrc,
+                            *pkt.seq_no,
+                            video,
+                            &pkt.payload,
+                        );
                     }
                     _ => {}
                 },
@@ -367,7 +347,7 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
                 }
             }
             _ = flush.tick() => {
-                finish_loss(&mut tally, &rx_seq);
+                rx.totals(&mut tally);
                 metrics.merge(&mut tally);
             }
             _ = stop.changed() => {}
@@ -381,12 +361,12 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
             send_due(&mut rtc, &mut senders, &media, id, epoch, now, &mut tally);
         }
     };
-    finish_loss(&mut tally, &rx_seq);
+    rx.totals(&mut tally);
     if let Err(PeerError::Failed { kind, .. }) = &result {
         tally.error(kind);
     }
     metrics.merge(&mut tally);
-    if first_media.is_some() {
+    if rx.first_media.is_some() {
         metrics.peer_left();
     }
     // Leave for good, so the room frees the place at once instead of holding it for a reconnect.
@@ -395,17 +375,74 @@ pub async fn run(plan: PeerPlan) -> Result<(), PeerError> {
     result
 }
 
-/// The per-SSRC sequence ranges as cumulative expected/received counts; the tally turns them
-/// into per-window deltas.
-pub(crate) fn finish_loss<K>(tally: &mut PeerTally, rx: &HashMap<K, (u64, u64, u64, bool)>) {
-    // [audio, video] × (expected, received)
-    let mut t = [(0u64, 0u64); 2];
-    for (first, last, n, video) in rx.values() {
-        let k = &mut t[*video as usize];
-        k.0 += last - first + 1;
-        k.1 += n;
+/// What one participant has received: when its first media came (its join time), and per
+/// received stream (key `K`) the first and highest sequence number and the count, for loss.
+pub(crate) struct Reception<K> {
+    started: Instant,
+    epoch: Instant,
+    pub first_media: Option<Instant>,
+    streams: HashMap<K, (u64, u64, u64, bool)>,
+}
+
+impl<K: std::hash::Hash + Eq> Reception<K> {
+    /// `started`: when this participant began joining; `epoch`: the stamps' time base.
+    pub fn new(started: Instant, epoch: Instant) -> Self {
+        Self {
+            started,
+            epoch,
+            first_media: None,
+            streams: HashMap::new(),
+        }
     }
-    tally.set_sequence_totals(t);
+
+    /// Counts one received media payload of stream `key` with (extended) sequence number `seq`.
+    pub fn packet(&mut self, tally: &mut PeerTally, key: K, seq: u64, video: bool, payload: &[u8]) {
+        let now = Instant::now();
+        if self.first_media.is_none() {
+            self.first_media = Some(now);
+            tally.join_ms = Some(now.duration_since(self.started).as_secs_f64() * 1e3);
+        }
+        let e = self.streams.entry(key).or_insert((seq, seq, 0, video));
+        e.0 = e.0.min(seq);
+        e.1 = e.1.max(seq);
+        e.2 += 1;
+        if let Some(stamp) = Stamp::read(payload) {
+            let now_ns = now.duration_since(self.epoch).as_nanos() as u64;
+            tally.latency_us(now_ns.saturating_sub(stamp.sent_ns) / 1000);
+        }
+        tally.received(video, payload.len());
+    }
+
+    /// The sequence ranges as cumulative expected/received counts of [audio, video]; the tally
+    /// turns them into per-window deltas.
+    pub fn totals(&self, tally: &mut PeerTally) {
+        let mut t = [(0u64, 0u64); 2];
+        for (first, last, n, video) in self.streams.values() {
+            let k = &mut t[*video as usize];
+            k.0 += last - first + 1;
+            k.1 += n;
+        }
+        tally.set_sequence_totals(t);
+    }
+}
+
+/// Our synthetic payloads say what they are: Opus starts with its TOC byte 0xfc, VP8 with a
+/// descriptor (X bit set).
+pub(crate) fn is_video(payload: &[u8]) -> bool {
+    payload.first() != Some(&0xfc)
+}
+
+/// A str0m `Rtc` as every synthetic peer uses it (RTP mode, full ICE, Opus and VP8) with a host
+/// candidate at `local`.
+pub(crate) fn new_rtc(local: std::net::SocketAddr) -> Result<Rtc, str0m::RtcError> {
+    let mut rtc = Rtc::builder()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    Ok(rtc)
 }
 
 pub(crate) fn make_senders(

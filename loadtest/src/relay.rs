@@ -155,15 +155,16 @@ pub async fn peer(
         ));
     }
     // Received: (sender stamp peer, kind) → (first seq, last seq, count).
-    let mut rx: HashMap<(u32, u8), (u64, u64, u64, bool)> = HashMap::new();
-    let mut joined = false;
+    // Streams are told apart by their sender and kind.
+    let mut rx: crate::peer::Reception<(u32, u8)> =
+        crate::peer::Reception::new(started, metrics.epoch);
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let epoch = metrics.epoch;
     loop {
         if *stop.borrow() {
             break;
         }
-        if !joined && started.elapsed() > Duration::from_secs(20) {
+        if rx.first_media.is_none() && started.elapsed() > Duration::from_secs(20) {
             tally.error("media_timeout");
             break;
         }
@@ -179,24 +180,13 @@ pub async fn peer(
                 if n < 6 + STAMP_LEN || d[0] != b'R' {
                     continue;
                 }
-                let now = Instant::now();
-                if !joined {
-                    joined = true;
-                    tally.join_ms = Some(now.duration_since(started).as_secs_f64() * 1e3);
-                }
                 let kind = d[1] & 0x7f;
                 let seq = u32::from_be_bytes([d[2], d[3], d[4], d[5]]) as u64;
-                if let Some(s) = Stamp::read(d) {
-                    tally.latency_us((now.duration_since(epoch).as_nanos() as u64).saturating_sub(s.sent_ns) / 1000);
-                    let e = rx.entry((s.peer, kind)).or_insert((seq, seq, 0, kind != 0));
-                    e.0 = e.0.min(seq);
-                    e.1 = e.1.max(seq);
-                    e.2 += 1;
-                }
-                tally.received(kind != 0, n);
+                let sender = Stamp::read(d).map_or(0, |s| s.peer);
+                rx.packet(&mut tally, (sender, kind), seq, kind != 0, d);
             }
             _ = flush.tick() => {
-                crate::peer::finish_loss(&mut tally, &rx);
+                rx.totals(&mut tally);
                 metrics.merge(&mut tally);
             }
             _ = stop.changed() => {}
@@ -241,9 +231,9 @@ pub async fn peer(
         }
     }
     let _ = socket.send_to(b"B", relay).await;
-    crate::peer::finish_loss(&mut tally, &rx);
+    rx.totals(&mut tally);
     metrics.merge(&mut tally);
-    if joined {
+    if rx.first_media.is_some() {
         metrics.peer_left();
     }
 }

@@ -260,6 +260,17 @@ pub async fn run(
     let mut stopped_because = String::from("reached the scenario's last level");
     let mut last_gauge = Instant::now() - Duration::from_secs(2);
     let mut end_s = total;
+    // A capacity search judges each level once it has ended, from its settled part.
+    let judge = |i: usize, lim: Limits| {
+        let (_, ramped, end) = phase_bounds[i];
+        capacity_step(
+            &metrics,
+            scenario.phases[i].consults,
+            ramped + SETTLE_S,
+            end,
+            lim,
+        )
+    };
     loop {
         let t = epoch.elapsed().as_secs_f64();
         if t >= total {
@@ -271,27 +282,16 @@ pub async fn run(
             .position(|b| t < b.2)
             .unwrap_or(phase_bounds.len() - 1);
         if idx != phase_idx {
-            // A capacity search judges each level once it has ended.
             if let Some(lim) = limits
                 && phase_idx != usize::MAX
             {
-                let (_, ramped, end) = phase_bounds[phase_idx];
-                let step = capacity_step(
-                    &metrics,
-                    scenario.phases[phase_idx].consults,
-                    ramped + SETTLE_S,
-                    end,
-                    lim,
-                );
+                let step = judge(phase_idx, lim);
                 let ok = step.ok;
+                if !ok {
+                    stopped_because = past_limits(&step, lim);
+                }
                 capacity_steps.push(step);
                 if !ok {
-                    stopped_because = format!(
-                        "{} consults went past p99 {} ms or loss {:.1}%",
-                        scenario.phases[phase_idx].consults,
-                        lim.latency_p99_ms,
-                        lim.loss * 100.0
-                    );
                     end_s = t;
                     break;
                 }
@@ -376,13 +376,8 @@ pub async fn run(
         if last_gauge.elapsed() >= Duration::from_secs(1) {
             last_gauge = Instant::now();
             metrics.gauge(sampler.cpu_pct(), sampler.rss_mib());
-            let tl = metrics.timeline();
-            let prev = tl
-                .len()
-                .checked_sub(2)
-                .and_then(|i| tl.get(i))
-                .cloned()
-                .unwrap_or_default();
+            // The last complete second.
+            let prev = metrics.last_complete_second().unwrap_or_default();
             bar.set_position(t as u64);
             bar.set_message(format!(
                 "consults {} · {:.0} pkt/s · p99 {:.1} ms · loss {:.2}% · server {:.0}% CPU {:.0} MiB · errors {}",
@@ -405,21 +400,9 @@ pub async fn run(
         && end_s >= total
         && phase_idx != usize::MAX
     {
-        let (_, ramped, end) = phase_bounds[phase_idx];
-        let step = capacity_step(
-            &metrics,
-            scenario.phases[phase_idx].consults,
-            ramped + SETTLE_S,
-            end,
-            lim,
-        );
+        let step = judge(phase_idx, lim);
         if !step.ok {
-            stopped_because = format!(
-                "{} consults (the last level) went past p99 {} ms or loss {:.1}%",
-                step.consults,
-                lim.latency_p99_ms,
-                lim.loss * 100.0
-            );
+            stopped_because = past_limits(&step, lim);
         }
         capacity_steps.push(step);
     }
@@ -525,6 +508,15 @@ pub async fn run(
 /// Seconds of the run as (first, last+1) indexes.
 fn range(from_s: f64, to_s: f64) -> std::ops::Range<usize> {
     (from_s.max(0.0) as usize)..(to_s.max(0.0) as usize)
+}
+
+fn past_limits(step: &CapacityStep, lim: Limits) -> String {
+    format!(
+        "{} consults went past p99 {} ms or loss {:.1}%",
+        step.consults,
+        lim.latency_p99_ms,
+        lim.loss * 100.0
+    )
 }
 
 fn capacity_step(m: &Metrics, consults: u32, from_s: f64, to_s: f64, lim: Limits) -> CapacityStep {
