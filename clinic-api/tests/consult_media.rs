@@ -65,6 +65,8 @@ struct Received {
     sent_audio: AtomicU64,
     /// `stats` entries a host received.
     stats: Mutex<Vec<Value>>,
+    /// The SFU's offers to this participant (new tracks to receive), as received.
+    offers: Mutex<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -505,6 +507,7 @@ async fn participant(
                         }
                     }
                     Some("offer") => {
+                        received.offers.lock().unwrap().push(m["sdp"].as_str().unwrap_or("").to_owned());
                         let sdp = remote_sdp(m["sdp"].as_str().unwrap());
                         pc.set_remote_description(RTCSessionDescription::offer(sdp)?).await?;
                         let answer = pc.create_answer(None).await?;
@@ -741,6 +744,82 @@ async fn exchange(patient: Who) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_webrtc_peers_exchange_audio_and_video_through_the_sfu() {
     exchange(Who::default()).await;
+}
+
+/// A patient on a bad network comes back again and again with a new media session (a reload, a
+/// new RTCPeerConnection): each time, the provider gets the patient's new audio and video on the
+/// m-lines that carried the old ones, so the provider's session never grows. (Before, every
+/// return added two m-lines and stopped two; after some fifteen returns the SFU's offer passed
+/// the signaling limit and the consult lost its media.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_back_with_a_new_session_takes_its_old_m_lines_back() {
+    let c = consult(&["provider", "patient"]).await;
+    let (stop_all, stop_rx) = tokio::sync::watch::channel(false);
+    let dr_rx = Arc::new(Received::default());
+    let dr = tokio::spawn(participant(
+        c.addr,
+        c.tokens[0].clone(),
+        Who {
+            host: true,
+            ssrc_base: 0x1000,
+            ..Default::default()
+        },
+        dr_rx.clone(),
+        stop_rx,
+    ));
+    const RETURNS: u32 = 8;
+    for visit in 0..=RETURNS {
+        let (base_audio, base_video) = counts(&dr_rx);
+        let pat_rx = Arc::new(Received::default());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let pat = tokio::spawn(participant(
+            c.addr,
+            c.tokens[1].clone(),
+            Who {
+                ssrc_base: 0x2000 + 0x10 * visit,
+                ..Default::default()
+            },
+            pat_rx.clone(),
+            stop_rx,
+        ));
+        let got = wait_for(20, &[&dr, &pat], || {
+            let (a, v) = counts(&dr_rx);
+            a >= base_audio + 50 && v >= base_video + 50 && enough(&pat_rx)
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        pat.await.unwrap().expect("patient peer");
+        assert!(
+            got,
+            "visit {visit}: the provider received the patient's new media ({:?} after {:?}) and the patient the provider's ({:?})",
+            counts(&dr_rx),
+            (base_audio, base_video),
+            counts(&pat_rx)
+        );
+    }
+    let _ = stop_all.send(true);
+    dr.await.unwrap().expect("provider peer");
+    let offers = dr_rx.offers.lock().unwrap().clone();
+    assert!(!offers.is_empty(), "the SFU offered the patient's tracks");
+    for (n, sdp) in offers.iter().enumerate() {
+        let m_lines: Vec<&str> = sdp.lines().filter(|l| l.starts_with("m=")).collect();
+        // The provider's own audio and video, and the patient's audio and video: never more.
+        assert!(
+            m_lines.len() <= 4,
+            "offer {n} of {} has {} m-lines: {m_lines:?}",
+            offers.len(),
+            m_lines.len()
+        );
+        assert!(
+            !m_lines.iter().any(|l| l.split(' ').nth(1) == Some("0")),
+            "offer {n}: no m-line is stopped: {m_lines:?}"
+        );
+    }
+    eprintln!(
+        "{} SFU offers to the provider over {RETURNS} returns, the largest {} bytes",
+        offers.len(),
+        offers.iter().map(String::len).max().unwrap_or(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

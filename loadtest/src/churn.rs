@@ -17,9 +17,10 @@ use crate::peer::{self, PeerPlan};
 use crate::scenario::Media;
 use crate::server::DemoServer;
 
-/// Patient visits per consult before it ends and the next one starts (the SFU adds m-lines to
-/// the provider's session for every visitor's tracks and does not recycle them, so one consult
-/// cannot take thousands of visitors: its SDP would outgrow the signaling limit).
+/// Patient visits per consult before it ends and the next one starts. Every visit here is a new
+/// link, so a new participant, and the SFU adds two m-lines to the provider's session for each
+/// distinct participant (it takes them back only when the same participant returns): one
+/// consult cannot take thousands of distinct visitors, its SDP would outgrow the signaling limit.
 const PER_CONSULT: u64 = 10;
 
 #[derive(Serialize)]

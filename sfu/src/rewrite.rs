@@ -52,6 +52,17 @@ impl Rewriter {
         }
     }
 
+    /// The source behind the outgoing stream changes (a participant back with a new media
+    /// session): nothing maps until the next [`Rewriter::switch`], which continues the numbering
+    /// where it stopped.
+    pub fn new_source(&mut self) {
+        self.mapping = None;
+    }
+
+    pub fn clock_rate(&self) -> u32 {
+        self.clock_rate
+    }
+
     /// The layer currently forwarded.
     pub fn layer(&self) -> Option<u8> {
         self.mapping.map(|m| m.layer)
@@ -227,6 +238,28 @@ mod tests {
         let after = vp8(&low).unwrap();
         assert_eq!(after.picture_id.unwrap().0, (out_pid + 1) & 0x7fff);
         assert_eq!(after.tl0picidx.unwrap().0, out_tl0.wrapping_add(1));
+    }
+
+    #[test]
+    fn a_new_source_continues_the_numbering_after_the_switch() {
+        let t = Instant::now();
+        let mut r = Rewriter::new(48_000);
+        r.switch(t, 0, 100, 0, None);
+        r.map(t, 0, 100, 0, None).unwrap();
+        let last = r.map(t, 0, 101, 960, None).unwrap();
+        // The participant is back with a new session: new SSRC, numbering from elsewhere.
+        r.new_source();
+        assert_eq!(r.layer(), None, "nothing maps until the switch");
+        assert!(r.map(t, 0, 40_000, 7, None).is_none());
+        let at = t + Duration::from_secs(3);
+        r.switch(at, 0, 40_000, 7, None);
+        let first = r.map(at, 0, 40_000, 7, None).unwrap();
+        assert_eq!(first.seq, last.seq + 1);
+        let dt = first.timestamp.wrapping_sub(last.timestamp);
+        assert!(
+            (143_000..=145_000).contains(&dt),
+            "the timestamp advances by the 3 s away: {dt}"
+        );
     }
 
     #[test]

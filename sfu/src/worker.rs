@@ -241,6 +241,21 @@ enum OutState {
     Open(Mid),
 }
 
+/// An m-line that carried a departed source's track to this peer. When the same participant comes
+/// back with a new media session (a reload, a new device, a reconnect after the network changed),
+/// its new track of the same kind takes this m-line again instead of a new one: the page keeps
+/// its transceiver and tile, and the session's SDP does not grow with every return. (str0m
+/// cannot recycle a stopped m-line, and each one stays in every later offer; without this,
+/// some fifteen returns in one consult pushed the SDP past the signaling limit.) The m-line's
+/// `msid` names the source, which is why only that source may take it.
+struct Parked {
+    mid: Mid,
+    kind: MediaKind,
+    source: String,
+    /// Where its outgoing numbering stopped: the returning source continues from there.
+    rewriter: Rewriter,
+}
+
 /// Another participant's track, sent to this peer.
 struct TrackOut {
     source: String,
@@ -260,8 +275,10 @@ struct Peer {
     /// renegotiating it.
     origin: String,
     pending: Option<SdpPendingOffer>,
-    /// M-lines of sources that went away, to be stopped at the next negotiation.
-    to_stop: Vec<Mid>,
+    /// M-lines of sources that went away, to be made inactive at the next negotiation.
+    to_park: Vec<Mid>,
+    /// Inactive m-lines of sources that went away, kept for the same source's return.
+    parked: Vec<Parked>,
     tracks_in: Vec<TrackIn>,
     tracks_out: Vec<TrackOut>,
     preference: Preference,
@@ -712,7 +729,8 @@ impl Worker {
                     rtc,
                     origin,
                     pending: None,
-                    to_stop: Vec::new(),
+                    to_park: Vec::new(),
+                    parked: Vec::new(),
                     tracks_in: Vec::new(),
                     tracks_out: Vec::new(),
                     preference: Preference::Normal,
@@ -745,10 +763,26 @@ impl Worker {
         };
         let peer = &mut self.peers[i];
         // An offer from the peer while ours is pending: theirs wins (glare), ours is redone later.
+        // A taken-back m-line goes back to the parked ones, to be taken back again.
         if peer.pending.take().is_some() {
-            for t in &mut peer.tracks_out {
-                if let OutState::Negotiating(_) = t.state {
+            let Peer {
+                rtc,
+                tracks_out,
+                parked,
+                ..
+            } = peer;
+            for t in tracks_out.iter_mut() {
+                if let OutState::Negotiating(mid) = t.state {
                     t.state = OutState::ToOpen;
+                    if rtc.media(mid).is_some() {
+                        let fresh = Rewriter::new(t.rewriter.clock_rate());
+                        parked.push(Parked {
+                            mid,
+                            kind: t.kind,
+                            source: t.source.clone(),
+                            rewriter: std::mem::replace(&mut t.rewriter, fresh),
+                        });
+                    }
                 }
             }
         }
@@ -803,21 +837,71 @@ impl Worker {
         Ok(())
     }
 
-    /// Offers pending outgoing tracks to peers with none in flight.
+    /// Offers pending outgoing tracks to peers with none in flight: a returning source's track
+    /// takes its parked m-line back, any other gets a new one; departed sources' m-lines go
+    /// inactive.
     fn negotiate(&mut self) {
+        let mut keyframes = Vec::new();
         for peer in &mut self.peers {
             if peer.pending.is_some()
                 || !peer.rtc.is_alive()
-                || (peer.to_stop.is_empty()
+                || (peer.to_park.is_empty()
                     && !peer.tracks_out.iter().any(|t| t.state == OutState::ToOpen))
             {
                 continue;
             }
-            let mut change = peer.rtc.sdp_api();
-            for mid in peer.to_stop.drain(..) {
-                change.stop_media(mid);
+            let Peer {
+                rtc,
+                to_park,
+                parked,
+                tracks_out,
+                ..
+            } = peer;
+            // A parked m-line whose negotiation never completed (an offer lost to glare) does
+            // not exist in the session: it cannot be taken back.
+            parked.retain(|p| rtc.media(p.mid).is_some());
+            let mut reactivate = Vec::new();
+            for t in tracks_out
+                .iter_mut()
+                .filter(|t| t.state == OutState::ToOpen)
+            {
+                let Some(at) = parked
+                    .iter()
+                    .position(|p| p.kind == t.kind && p.source == t.source)
+                else {
+                    continue;
+                };
+                let slot = parked.swap_remove(at);
+                t.rewriter = slot.rewriter;
+                t.rewriter.new_source();
+                if let Some(k) = to_park.iter().position(|m| *m == slot.mid) {
+                    // Not made inactive yet: the m-line still sends, nothing to negotiate.
+                    to_park.swap_remove(k);
+                    t.state = OutState::Open(slot.mid);
+                    if t.kind == MediaKind::Video {
+                        keyframes.push((t.source.clone(), t.source_mid));
+                    }
+                } else {
+                    // Already sending locally (an offer that lost to glare set it): made inactive
+                    // and sending again in the same change, so the next offer carries it.
+                    let sending = rtc
+                        .media(slot.mid)
+                        .is_some_and(|m| m.direction() == Direction::SendOnly);
+                    reactivate.push((slot.mid, sending));
+                    t.state = OutState::Negotiating(slot.mid);
+                }
             }
-            for t in &mut peer.tracks_out {
+            let mut change = rtc.sdp_api();
+            for mid in to_park.drain(..) {
+                change.set_direction(mid, Direction::Inactive);
+            }
+            for (mid, sending) in reactivate {
+                if sending {
+                    change.set_direction(mid, Direction::Inactive);
+                }
+                change.set_direction(mid, Direction::SendOnly);
+            }
+            for t in tracks_out.iter_mut() {
                 if t.state == OutState::ToOpen {
                     let mid = change.add_media(
                         t.kind,
@@ -839,6 +923,12 @@ impl Worker {
                 });
             }
         }
+        let now = Instant::now();
+        for (source, mid) in keyframes {
+            for layer in 0..3 {
+                self.request_keyframe(now, &source, mid, layer);
+            }
+        }
     }
 
     /// Removes dead peers, and the tracks others received from them.
@@ -849,8 +939,8 @@ impl Worker {
     }
 
     /// Removes a peer (its session closed). The others stop forwarding its tracks, and the
-    /// m-lines that carried them are stopped at their next negotiation, so their pages see the
-    /// tracks end instead of going silent.
+    /// m-lines that carried them go inactive at their next negotiation, so their pages see the
+    /// tracks pause instead of going silent; they are kept for the participant's return.
     fn remove_peer(&mut self, i: usize) {
         let mut gone = self.peers.remove(i);
         gone.rtc.disconnect();
@@ -861,18 +951,27 @@ impl Worker {
         for peer in &mut self.peers {
             let Peer {
                 tracks_out,
-                to_stop,
+                to_park,
+                parked,
                 ..
             } = peer;
-            tracks_out.retain(|t| {
-                if t.source != gone.participant {
-                    return true;
+            let mut k = 0;
+            while k < tracks_out.len() {
+                if tracks_out[k].source != gone.participant {
+                    k += 1;
+                    continue;
                 }
-                if let OutState::Open(m) | OutState::Negotiating(m) = t.state {
-                    to_stop.push(m);
+                let t = tracks_out.remove(k);
+                if let OutState::Open(mid) | OutState::Negotiating(mid) = t.state {
+                    to_park.push(mid);
+                    parked.push(Parked {
+                        mid,
+                        kind: t.kind,
+                        source: t.source,
+                        rewriter: t.rewriter,
+                    });
                 }
-                false
-            });
+            }
         }
     }
 
