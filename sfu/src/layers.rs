@@ -77,6 +77,20 @@ impl LayerSelector {
         }
     }
 
+    /// The bitrate this subscriber would need for the layer it would like most (the top layer
+    /// seen, the lowest for low data, nothing for audio only), headroom included: what the
+    /// bandwidth estimator is asked to probe for, so a subscriber on a fast link climbs to the
+    /// top layer instead of staying at the layer its first estimate allowed.
+    pub fn wanted_bps(&self, bitrates: &[u64]) -> u64 {
+        let mut seen = bitrates.iter().copied().filter(|&b| b > 0);
+        let rate = match self.pref {
+            Preference::AudioOnly => 0,
+            Preference::LowData => seen.next().unwrap_or(0),
+            Preference::Normal => seen.max().unwrap_or(0),
+        };
+        (rate as f64 / HEADROOM).ceil() as u64
+    }
+
     /// Re-decides the target layer; returns a layer to request a keyframe on when the target
     /// changed to one not yet forwarded.
     pub fn update(&mut self, now: Instant, bitrates: &[u64], estimate_bps: u64) -> Option<u8> {
@@ -148,6 +162,20 @@ mod tests {
             Some(1),
             "only what is seen"
         );
+    }
+
+    #[test]
+    fn what_is_wanted_from_the_estimator_follows_the_preference() {
+        let mut s = LayerSelector::default();
+        let top = s.wanted_bps(&RATES);
+        assert_eq!(s.ideal(&RATES, top), Some(2), "enough for the top layer");
+        assert!(s.ideal(&RATES, top * 9 / 10) < Some(2), "and not much more");
+        assert_eq!(s.wanted_bps(&[0, 0, 0]), 0, "nothing published yet");
+        s.set_preference(Preference::LowData);
+        assert_eq!(s.ideal(&RATES, s.wanted_bps(&RATES)), Some(0));
+        assert!(s.wanted_bps(&RATES) < top / 2);
+        s.set_preference(Preference::AudioOnly);
+        assert_eq!(s.wanted_bps(&RATES), 0);
     }
 
     #[test]

@@ -283,6 +283,8 @@ struct Peer {
     tracks_out: Vec<TrackOut>,
     preference: Preference,
     estimate_bps: u64,
+    /// What the bandwidth estimator was last asked to probe for (see [`Worker::stats`]).
+    desired_bps: u64,
     stats: PeerStats,
     /// NACKs per outgoing stream, as str0m counts them (cumulative per stream).
     nacks: Vec<(Mid, Option<Rid>, u64)>,
@@ -314,6 +316,13 @@ struct TcpConn {
     wbuf: Vec<u8>,
     alive: bool,
 }
+
+/// How far above what a subscriber's preferred layers need its bandwidth estimator probes. str0m
+/// paces output at 1.1× the estimate, so an estimate just above the media rate holds every
+/// keyframe burst back in the pacer: on loopback, 8 consults at the top layer had a p99 of 5–25 ms
+/// with the bare need and 6–7 ms with three times it. On a real link the estimate stops at what
+/// the link carries anyway; probes are short bursts.
+const PROBE_ABOVE: u64 = 3;
 
 /// Most source addresses remembered; past it, those of departed peers are forgotten.
 const MAX_KNOWN_SOURCES: usize = 4096;
@@ -735,6 +744,7 @@ impl Worker {
                     tracks_out: Vec::new(),
                     preference: Preference::Normal,
                     estimate_bps: 1_000_000,
+                    desired_bps: 0,
                     stats: PeerStats::default(),
                     nacks: Vec::new(),
                     bytes_in: 0,
@@ -1214,6 +1224,46 @@ impl Worker {
                     t.bytes[l] = 0;
                 }
             }
+        }
+        // Each subscriber's estimator is told what its preferred layers need (audio at a nominal
+        // 64 kbit/s), times PROBE_ABOVE, so str0m probes above what is being sent and the
+        // selector can climb: without it the estimate follows what is sent (it may grow only so
+        // far past what is acknowledged), and a subscriber that started on a low layer stayed
+        // there. Only a change of more than a tenth is passed on; a higher desire starts a probe.
+        let rates: HashMap<(&str, Mid), [u64; 3]> = self
+            .peers
+            .iter()
+            .flat_map(|p| {
+                p.tracks_in
+                    .iter()
+                    .map(move |t| ((p.participant.as_str(), t.mid), t.rates))
+            })
+            .collect();
+        let desired: Vec<u64> = self
+            .peers
+            .iter()
+            .map(|p| {
+                p.tracks_out
+                    .iter()
+                    .map(|t| match t.kind {
+                        MediaKind::Video => rates
+                            .get(&(t.source.as_str(), t.source_mid))
+                            .map_or(0, |r| t.selector.wanted_bps(r)),
+                        _ => 64_000,
+                    })
+                    .sum()
+            })
+            .collect();
+        for (p, desired) in self.peers.iter_mut().zip(desired) {
+            if desired.abs_diff(p.desired_bps) * 10 > p.desired_bps {
+                p.desired_bps = desired;
+                p.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::ZERO, Bitrate::bps(desired * PROBE_ABOVE));
+                p.dirty = true;
+            }
+        }
+        for p in &mut self.peers {
             p.stats.bitrate_in_bps = (p.bytes_in as f64 * 8.0 / secs) as u64;
             p.stats.bitrate_out_bps = (p.bytes_out as f64 * 8.0 / secs) as u64;
             p.bytes_in = 0;
