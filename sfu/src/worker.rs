@@ -851,12 +851,7 @@ impl Worker {
             .filter(|t| t.kind == MediaKind::Video)
             .map(|t| (t.source.clone(), t.source_mid))
             .collect();
-        let now = Instant::now();
-        for (source, mid) in wanted {
-            for layer in 0..3 {
-                self.request_keyframe(now, &source, mid, layer);
-            }
-        }
+        self.request_starting_keyframes(wanted);
         Ok(())
     }
 
@@ -946,8 +941,14 @@ impl Worker {
                 });
             }
         }
+        self.request_starting_keyframes(keyframes);
+    }
+
+    /// Asks the sources of these video tracks for a keyframe on every layer, so a subscriber's
+    /// newly opened (or taken back) track starts at once, whichever layer it gets.
+    fn request_starting_keyframes(&mut self, tracks: Vec<(String, Mid)>) {
         let now = Instant::now();
-        for (source, mid) in keyframes {
+        for (source, mid) in tracks {
             for layer in 0..3 {
                 self.request_keyframe(now, &source, mid, layer);
             }
