@@ -6,11 +6,13 @@
 #
 #     imaging/bench/sharp-task.sh [seconds per run, default 8] [rounds, default 3]
 #
-# Two fixtures at sharp's size: `synthetic` (generated, photo-like with heavy fine texture: 2.2 MB,
-# about 3 bits per pixel, the upper end of phone photos, so entropy decoding dominates) and
-# `photo` (a real photograph, KDE's "Path" wallpaper from Debian's plasma-workspace-wallpapers,
-# cropped and scaled to 2725×2225 by sharp, q90), since sharp's own fixture is a photograph we
-# cannot fetch here. Needs cmake and nasm for the turbojpeg build (Debian packages), and npm.
+# Three fixtures at sharp's size: `synthetic` (generated, photo-like with heavy fine texture, q90
+# with chroma 4:2:0 as phones write: 2.0 MB, about 2.7 bits per pixel, the upper end of phone
+# photos, so entropy decoding dominates), `synthetic-444` (the same pixels with full-size chroma:
+# 2.2 MB, the heaviest case) and `photo` (a real photograph, KDE's "Path" wallpaper from Debian's
+# plasma-workspace-wallpapers, cropped and scaled to 2725×2225 by sharp, q90, 4:2:0), since
+# sharp's own fixture is a photograph we cannot fetch here. Needs cmake and nasm for the
+# turbojpeg build (Debian packages), and npm.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x /usr/bin/time ] || apt-get install -y -qq time >/dev/null
@@ -25,12 +27,13 @@ cargo build --quiet --release -p imaging --example sharp_task --features turbojp
 cp target/release/examples/sharp_task "$bin/turbojpeg"
 (cd imaging/bench && npm install --no-audit --no-fund --silent)
 fixtures=$(mktemp -d)
-"$bin/pure-rust" --fixture "$fixtures/synthetic.jpg" --seconds 0.2 >/dev/null
+"$bin/pure-rust" --fixture "$fixtures/synthetic.jpg" --sampling 420 --seconds 0.2 >/dev/null
+"$bin/pure-rust" --fixture "$fixtures/synthetic-444.jpg" --sampling 444 --seconds 0.2 >/dev/null
 (cd "$fixtures" && apt-get download plasma-workspace-wallpapers >/dev/null && dpkg -x plasma-workspace-wallpapers_*.deb x)
 node imaging/bench/sharp-task.mjs --make-fixture "$fixtures/x/usr/share/wallpapers/Path/contents/images/2560x1600.jpg" --fixture "$fixtures/photo.jpg"
 : > "$out"
 for round in $(seq "$rounds"); do
-  for name in synthetic photo; do
+  for name in synthetic synthetic-444 photo; do
     fixture=$fixtures/$name.jpg
     # Each run's JSON line gains the fixture's name and the CPU time the process used (user +
     # system, from /usr/bin/time), since sharp at "one thread" also runs node's main thread.
@@ -64,7 +67,7 @@ for r in rows:
     eff.setdefault(key(r), []).append(r["ops"] / r["cpu_s"])
 med = {k: statistics.median(v) for k, v in runs.items()}
 per_cpu = {k: statistics.median(v) for k, v in eff.items()}
-for fx in ("synthetic", "photo"):
+for fx in ("synthetic", "synthetic-444", "photo"):
     size = next(r["input_bytes"] for r in rows if r["fixture"] == fx)
     print(f"\n{fx} fixture, {size} bytes; medians of {max(len(v) for v in runs.values())} runs")
     for t in (1, 2):

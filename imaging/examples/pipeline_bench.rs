@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use imaging::envelope::{Context, Header, seal};
-use imaging::testimages::{jpeg_rgb, photo_like};
+use imaging::testimages::{jpeg_rgb_sampled, photo_like};
 use imaging::{Limits, process};
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -28,7 +28,8 @@ fn main() {
     };
     println!("build: {path}");
     for (w, h) in [(4000u32, 3000u32), (3000, 2000)] {
-        let jpeg = jpeg_rgb(&photo_like(w, h), 90);
+        // q90, chroma 4:2:0: as phones write their photos.
+        let jpeg = jpeg_rgb_sampled(&photo_like(w, h), 90, (2, 2));
         // The same fixture for the peer (sharp/libvips) in imaging/bench/sharp.mjs.
         let fixture = std::env::temp_dir().join(format!("clinic-bench-{w}x{h}.jpg"));
         std::fs::write(&fixture, &jpeg).unwrap();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use imaging::Limits;
 use imaging::pipeline::resize_to;
-use imaging::testimages::{jpeg_rgb, photo_like};
+use imaging::testimages::{jpeg_rgb_sampled, photo_like};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -27,15 +27,23 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads: usize = arg(&args, "--threads").map_or(1, |v| v.parse().expect("--threads"));
     let seconds: f64 = arg(&args, "--seconds").map_or(10.0, |v| v.parse().expect("--seconds"));
+    // Chroma subsampling of a generated fixture: 420 (default, as phones write), 422, 444.
+    let sampling_arg = arg(&args, "--sampling").unwrap_or_else(|| "420".into());
+    let sampling = match sampling_arg.as_str() {
+        "420" => (2, 2),
+        "422" => (2, 1),
+        "444" => (1, 1),
+        other => panic!("--sampling {other}: 420, 422 or 444"),
+    };
     let path = arg(&args, "--fixture").map_or_else(
-        || std::env::temp_dir().join("clinic-sharp-task-2725x2225.jpg"),
+        || std::env::temp_dir().join(format!("clinic-sharp-task-2725x2225-{sampling_arg}.jpg")),
         std::path::PathBuf::from,
     );
     let input = match std::fs::read(&path) {
         Ok(b) => b,
         Err(_) => {
-            // Photo-like content at sharp's size, q90 4:2:0 as a phone writes it.
-            let b = jpeg_rgb(&photo_like(2725, 2225), 90);
+            // Photo-like content at sharp's size, q90.
+            let b = jpeg_rgb_sampled(&photo_like(2725, 2225), 90, sampling);
             std::fs::write(&path, &b).expect("write fixture");
             b
         }

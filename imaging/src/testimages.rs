@@ -3,16 +3,33 @@
 
 use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 
+/// A JPEG with full-size chroma (4:4:4).
 pub fn jpeg_rgb(img: &RgbImage, quality: u8) -> Vec<u8> {
+    jpeg_rgb_sampled(img, quality, (1, 1))
+}
+
+/// A JPEG with chroma subsampled `(h, v)`: (2, 2) is 4:2:0, as phones write; (2, 1) is 4:2:2,
+/// as many cameras write; (1, 1) is 4:4:4.
+pub fn jpeg_rgb_sampled(img: &RgbImage, quality: u8, (h, v): (u8, u8)) -> Vec<u8> {
+    use jpeg_encoder::SamplingFactor as F;
+    let sampling = match (h, v) {
+        (1, 1) => F::F_1_1,
+        (2, 1) => F::F_2_1,
+        (1, 2) => F::F_1_2,
+        (2, 2) => F::F_2_2,
+        (4, 1) => F::F_4_1,
+        other => panic!("no sampling factor {other:?}"),
+    };
     let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, quality)
-        .encode(
-            img.as_raw(),
-            img.width() as u16,
-            img.height() as u16,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .unwrap();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
+    enc.set_sampling_factor(sampling);
+    enc.encode(
+        img.as_raw(),
+        img.width() as u16,
+        img.height() as u16,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .unwrap();
     out
 }
 
@@ -166,9 +183,9 @@ pub fn photo_like(w: u32, h: u32) -> RgbImage {
 }
 
 /// A phone-sized photo with a phone's metadata (EXIF with GPS, XMP, a comment): photo-like
-/// pixels at q90 (benchmarks and load tests).
+/// pixels at q90, chroma 4:2:0 as phones write it (benchmarks and load tests).
 pub fn phone_photo_like(w: u32, h: u32) -> Vec<u8> {
-    let base = jpeg_rgb(&photo_like(w, h), 90);
+    let base = jpeg_rgb_sampled(&photo_like(w, h), 90, (2, 2));
     let photo = with_segment(
         &base,
         0xe1,

@@ -192,31 +192,37 @@ fn sixteen_bit_png_and_cmyk_jpeg_are_accepted_and_converted() {
     );
 }
 
+/// The stored image that EXIF orientation `o` displays as `upright`.
+fn stored_for(upright: &RgbImage, o: u16) -> RgbImage {
+    let (wu, hu) = upright.dimensions();
+    let (ws, hs) = if o >= 5 { (hu, wu) } else { (wu, hu) };
+    let mut stored = RgbImage::new(ws, hs);
+    for y in 0..hu {
+        for x in 0..wu {
+            let (sx, sy) = match o {
+                1 => (x, y),
+                2 => (ws - 1 - x, y),
+                3 => (ws - 1 - x, hs - 1 - y),
+                4 => (x, hs - 1 - y),
+                5 => (y, x),
+                6 => (y, wu - 1 - x),
+                7 => (hu - 1 - y, wu - 1 - x),
+                _ => (hu - 1 - y, x),
+            };
+            stored.put_pixel(sx, sy, *upright.get_pixel(x, y));
+        }
+    }
+    stored
+}
+
 #[test]
 fn all_eight_orientations_come_out_upright() {
     let upright = quadrants(64, 40);
     let (wu, hu) = upright.dimensions();
     for o in 1u16..=8 {
-        // Build the stored image so that EXIF orientation `o` displays it as `upright`.
         let (ws, hs) = if o >= 5 { (hu, wu) } else { (wu, hu) };
-        let mut stored = RgbImage::new(ws, hs);
-        for y in 0..hu {
-            for x in 0..wu {
-                let (sx, sy) = match o {
-                    1 => (x, y),
-                    2 => (ws - 1 - x, y),
-                    3 => (ws - 1 - x, hs - 1 - y),
-                    4 => (x, hs - 1 - y),
-                    5 => (y, x),
-                    6 => (y, wu - 1 - x),
-                    7 => (hu - 1 - y, wu - 1 - x),
-                    _ => (hu - 1 - y, x),
-                };
-                stored.put_pixel(sx, sy, *upright.get_pixel(x, y));
-            }
-        }
         let jpeg = with_segment(
-            &jpeg_rgb(&stored, 95),
+            &jpeg_rgb(&stored_for(&upright, o), 95),
             0xe1,
             &app1_exif(&exif(o, None, false)),
         );
@@ -328,6 +334,81 @@ fn derivatives_fit_their_sides() {
     );
     assert_quadrants(&decode(&p.preview.bytes), "preview");
     assert_quadrants(&decode(&p.thumbnail.bytes), "thumbnail");
+}
+
+/// Large 4:2:0 photos, as phones write them, in all eight orientations: with `turbojpeg` they
+/// take the plane path (decoded at 1/2 size to Y, Cb and Cr, resized and turned plane by
+/// plane), and come out upright, at the right sizes, in the right colours. Odd sides on purpose
+/// (the chroma planes then have a half-sample edge).
+#[test]
+fn large_phone_photos_in_all_eight_orientations_come_out_upright() {
+    let upright = quadrants(2601, 1301);
+    for o in 1u16..=8 {
+        let jpeg = with_segment(
+            &imaging::testimages::jpeg_rgb_sampled(&stored_for(&upright, o), 90, (2, 2)),
+            0xe1,
+            &app1_exif(&exif(o, None, false)),
+        );
+        let p = process(&jpeg, &Limits::default()).unwrap();
+        assert_eq!((p.width, p.height), (2601, 1301), "orientation {o}");
+        assert_eq!((p.preview.width, p.preview.height), (1280, 640));
+        assert_eq!((p.thumbnail.width, p.thumbnail.height), (256, 128));
+        for (name, d) in [("thumbnail", &p.thumbnail), ("preview", &p.preview)] {
+            let img = decode(&d.bytes);
+            assert_eq!(
+                img.dimensions(),
+                (d.width, d.height),
+                "orientation {o} {name}"
+            );
+            assert_quadrants(&img, &format!("orientation {o} {name}"));
+        }
+        #[cfg(feature = "turbojpeg")]
+        assert_eq!(
+            p.decode_path,
+            imaging::pipeline::DecodePath::Shrunk { num: 1, denom: 2 }
+        );
+        if o == 6 {
+            // Cut off, or missing its end marker: refused on this path too.
+            for cut in [&jpeg[..jpeg.len() * 6 / 10], &jpeg[..jpeg.len() - 2]] {
+                assert!(
+                    matches!(
+                        process(cut, &Limits::default()),
+                        Err(ImagingError::Corrupt(_))
+                    ),
+                    "a cut-off large photo"
+                );
+            }
+        }
+    }
+}
+
+/// Slivers (a side of a few pixels) shrink on load like any photo, and every derivative keeps at
+/// least one pixel a side, in any orientation.
+#[test]
+fn slivers_come_out_with_at_least_a_pixel_a_side() {
+    for (w, h, o) in [(2600, 3, 1u16), (3, 2600, 6), (2601, 2, 3), (4000, 1, 8)] {
+        let jpeg = with_segment(
+            &imaging::testimages::jpeg_rgb_sampled(&quadrants(w, h), 90, (2, 2)),
+            0xe1,
+            &app1_exif(&exif(o, None, false)),
+        );
+        let p = process(&jpeg, &Limits::default()).unwrap();
+        #[cfg(feature = "turbojpeg")]
+        assert!(
+            matches!(p.decode_path, imaging::pipeline::DecodePath::Shrunk { .. }),
+            "{w}x{h}: {:?}",
+            p.decode_path
+        );
+        for (name, d) in [("thumbnail", &p.thumbnail), ("preview", &p.preview)] {
+            let img = decode(&d.bytes);
+            assert_eq!(img.dimensions(), (d.width, d.height), "{w}x{h} {name}");
+            assert!(d.width >= 1 && d.height >= 1);
+            assert_eq!(
+                d.width.max(d.height),
+                if name == "preview" { 1280 } else { 256 }
+            );
+        }
+    }
 }
 
 /// A large photo (the shrink-on-load path when built with `turbojpeg`): still upright and exact
@@ -517,12 +598,15 @@ fn the_icc_profile_is_kept_in_the_original_and_every_derivative() {
 /// from a DCT-domain reduced decode where the build has libjpeg-turbo.
 #[test]
 fn resize_to_gives_exactly_the_size_asked_for() {
-    let jpeg = jpeg_rgb(&quadrants(2725, 2225), 90);
-    let r = imaging::pipeline::resize_to(&jpeg, 720, 588, 80, &Limits::default()).unwrap();
-    assert_eq!((r.width, r.height), (720, 588));
-    let img = decode(&r.bytes);
-    assert_eq!(img.dimensions(), (720, 588));
-    assert_quadrants(&img, "rendition");
+    // 4:4:4 and 4:2:2 take the RGB path, 4:2:0 the plane path (with `turbojpeg`).
+    for sampling in [(1, 1), (2, 1), (2, 2)] {
+        let jpeg = imaging::testimages::jpeg_rgb_sampled(&quadrants(2725, 2225), 90, sampling);
+        let r = imaging::pipeline::resize_to(&jpeg, 720, 588, 80, &Limits::default()).unwrap();
+        assert_eq!((r.width, r.height), (720, 588));
+        let img = decode(&r.bytes);
+        assert_eq!(img.dimensions(), (720, 588));
+        assert_quadrants(&img, &format!("rendition of {sampling:?}"));
+    }
     assert!(matches!(
         imaging::pipeline::resize_to(b"GIF89a not a photo at all", 10, 10, 80, &Limits::default()),
         Err(ImagingError::Unsupported)

@@ -1,0 +1,4 @@
+var searchData=
+[
+  ['image_20format_20notes_0',['YUV Image Format Notes',['../group___turbo_j_p_e_g.html#autotoc_md0',1,'']]]
+];
