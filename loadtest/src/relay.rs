@@ -2,7 +2,8 @@
 //! and rates as the synthetic consult peers and none of the WebRTC work (no ICE, DTLS, SRTP,
 //! RTCP, congestion control). The relay runs as its own process (`loadtest relay-server`) so
 //! its CPU is measured from /proc like the SFU's: one thread per core, each with one UDP
-//! socket read and written one datagram at a time, as the SFU's workers do. A peer says hello
+//! socket, batched as the SFU's workers batch theirs ([`sfu::udp`]: `recvmmsg` for what is
+//! waiting, then each datagram's copies sent with one `sendmmsg`). A peer says hello
 //! with its consult number, and from then on each datagram it sends goes to the other peers of
 //! that consult, as an SFU forwards: audio always, video only from the top simulcast layer (the
 //! relay receives every layer, as the SFU does, and drops the others).
@@ -40,59 +41,80 @@ pub fn serve(workers: usize, port: u16) -> anyhow::Result<()> {
 }
 
 fn relay_loop(socket: UdpSocket) {
-    let mut buf = [0u8; 2048];
+    let mut batch = sfu::udp::RecvBatch::default();
+    let mut out = sfu::udp::SendQueue::default();
     // Peer address → consult; consult → its peers.
     let mut consult_of: HashMap<SocketAddr, u32> = HashMap::new();
     let mut members: HashMap<u32, Vec<SocketAddr>> = HashMap::new();
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf) else {
-            continue;
-        };
-        let d = &buf[..n];
-        match d.first() {
-            Some(b'H') if n >= 5 => {
-                let consult = u32::from_be_bytes([d[1], d[2], d[3], d[4]]);
-                if let Some(old) = consult_of.insert(from, consult)
-                    && let Some(m) = members.get_mut(&old)
-                {
-                    m.retain(|a| *a != from);
-                }
-                let m = members.entry(consult).or_default();
-                if !m.contains(&from) {
-                    m.push(from);
-                }
-                let _ = socket.send_to(b"OK", from);
+        match batch.recv(&socket) {
+            Ok(0) => {
+                let _ = sfu::udp::wait_readable(&socket, Duration::from_millis(100));
+                continue;
             }
-            Some(b'B') => {
-                // Bye.
-                if let Some(c) = consult_of.remove(&from)
-                    && let Some(m) = members.get_mut(&c)
-                {
-                    m.retain(|a| *a != from);
-                    if m.is_empty() {
-                        members.remove(&c);
-                    }
-                }
-            }
-            Some(b'R') if n >= 6 => {
-                // Audio, and the top video layer (flag 0x80), as an SFU forwards to a
-                // well-connected peer.
-                if d[1] != 0 && d[1] & 0x80 == 0 {
-                    continue;
-                }
-                let Some(c) = consult_of.get(&from) else {
-                    continue;
-                };
-                if let Some(m) = members.get(c) {
-                    for to in m {
-                        if *to != from {
-                            let _ = socket.send_to(d, to);
-                        }
-                    }
-                }
-            }
-            _ => {}
+            Ok(_) => {}
+            Err(_) => continue,
         }
+        for (d, from) in batch.datagrams() {
+            relay_one(d, from, &mut consult_of, &mut members, &mut out);
+            out.flush(&socket);
+        }
+    }
+}
+
+/// One datagram: a hello, a bye, or media to copy to the consult's other peers (queued in
+/// `out`).
+fn relay_one(
+    d: &[u8],
+    from: SocketAddr,
+    consult_of: &mut HashMap<SocketAddr, u32>,
+    members: &mut HashMap<u32, Vec<SocketAddr>>,
+    out: &mut sfu::udp::SendQueue,
+) {
+    let n = d.len();
+    match d.first() {
+        Some(b'H') if n >= 5 => {
+            let consult = u32::from_be_bytes([d[1], d[2], d[3], d[4]]);
+            if let Some(old) = consult_of.insert(from, consult)
+                && let Some(m) = members.get_mut(&old)
+            {
+                m.retain(|a| *a != from);
+            }
+            let m = members.entry(consult).or_default();
+            if !m.contains(&from) {
+                m.push(from);
+            }
+            out.push(b"OK".to_vec(), from);
+        }
+        Some(b'B') => {
+            // Bye.
+            if let Some(c) = consult_of.remove(&from)
+                && let Some(m) = members.get_mut(&c)
+            {
+                m.retain(|a| *a != from);
+                if m.is_empty() {
+                    members.remove(&c);
+                }
+            }
+        }
+        Some(b'R') if n >= 6 => {
+            // Audio, and the top video layer (flag 0x80), as an SFU forwards to a
+            // well-connected peer.
+            if d[1] != 0 && d[1] & 0x80 == 0 {
+                return;
+            }
+            let Some(c) = consult_of.get(&from) else {
+                return;
+            };
+            if let Some(m) = members.get(c) {
+                for to in m {
+                    if *to != from {
+                        out.push(d.to_vec(), *to);
+                    }
+                }
+            }
+        }
+        _ => {}
     }
 }
 

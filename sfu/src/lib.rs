@@ -15,6 +15,7 @@ pub mod codec;
 pub mod keyframes;
 pub mod layers;
 pub mod rewrite;
+pub mod udp;
 pub mod worker;
 
 pub use layers::Preference;

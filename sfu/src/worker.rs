@@ -29,6 +29,20 @@ use crate::codec::{h264_keyframe, vp8};
 use crate::keyframes::KeyframeThrottle;
 use crate::layers::{LayerSelector, Preference, Verdict};
 use crate::rewrite::Rewriter;
+use crate::udp;
+
+/// Whose a known source address is, and where that peer was last seen in `Worker::peers` (a
+/// hint: checked, and refreshed when peers have moved), so a datagram finds its peer without
+/// comparing its participant with every peer's.
+struct Known {
+    participant: String,
+    hint: usize,
+}
+
+fn hash_of(s: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(s)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -269,6 +283,9 @@ struct TrackOut {
 struct Peer {
     participant: String,
     consult: String,
+    /// A hash of `consult`: forwarding compares it first, so finding a packet's subscribers
+    /// costs an integer comparison per peer of the worker, not a string comparison.
+    consult_hash: u64,
     rtc: Rtc,
     /// Which browser session this is: the offer's `o=` session id and DTLS fingerprint. A new
     /// value (a reloaded page, a new RTCPeerConnection) replaces the session instead of
@@ -352,7 +369,13 @@ struct Worker {
     /// Source addresses some peer has accepted, and whose they are. A datagram from any other
     /// address must be a STUN binding request (ICE comes first); anything else is dropped after
     /// one hash lookup, without asking every peer.
-    known: HashMap<SocketAddr, String>,
+    known: HashMap<SocketAddr, Known>,
+    /// Datagrams received in one system call (see [`udp`](crate::udp)); `None` only while
+    /// they are being handled.
+    rx: Option<Box<udp::RecvBatch>>,
+    /// UDP datagrams the peers produced, sent in batches: before the worker waits for the
+    /// socket and after each batch of received datagrams is handled.
+    tx: udp::SendQueue,
     /// Peer events waiting to be handled. Every input is followed by draining that peer's
     /// output into this queue: in RTP mode str0m holds one received packet until polled, so a
     /// second input before a poll would drop the first.
@@ -389,12 +412,13 @@ impl Worker {
             dropped_unknown: 0,
             next_accept: Instant::now(),
             known: HashMap::new(),
+            rx: Some(Box::default()),
+            tx: udp::SendQueue::default(),
             events: VecDeque::new(),
         }
     }
 
     fn run(mut self, rx: smpsc::Receiver<Command>) {
-        let mut buf = vec![0u8; 2048];
         loop {
             // Events hold peer indexes: handle them before a command may remove a peer.
             while let Some((i, e)) = self.events.pop_front() {
@@ -410,26 +434,7 @@ impl Worker {
                     Err(smpsc::TryRecvError::Empty) => break,
                 }
             }
-            let now = Instant::now();
-            let mut next = now + Duration::from_millis(20);
-            for i in 0..self.peers.len() {
-                let peer = &self.peers[i];
-                if !peer.dirty && peer.next_timeout > now {
-                    next = next.min(peer.next_timeout);
-                    continue;
-                }
-                loop {
-                    match self.poll(i) {
-                        Step::Timeout(t) => {
-                            next = next.min(t);
-                            break;
-                        }
-                        Step::Event(e) => self.events.push_back((i, e)),
-                        Step::Continue => {}
-                        Step::Nothing => break,
-                    }
-                }
-            }
+            let next = self.poll_peers();
             if !self.events.is_empty() {
                 while let Some((i, e)) = self.events.pop_front() {
                     self.event(i, e);
@@ -446,29 +451,87 @@ impl Worker {
                 // TCP is polled between UDP reads: keep the wait short while connections exist.
                 wait = wait.min(Duration::from_millis(2));
             }
-            let _ = self.socket.set_read_timeout(Some(wait));
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, source)) => self.datagram(&buf[..n], source),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+            // Everything produced so far goes out before the worker may wait.
+            self.tx.flush(&self.socket);
+            // What is waiting is taken at once; only an empty socket is waited for.
+            let mut rx = self.rx.take().expect("the receive batch is in place");
+            let mut got = rx.recv(&self.socket);
+            if matches!(got, Ok(0)) && udp::wait_readable(&self.socket, wait).unwrap_or(false) {
+                got = rx.recv(&self.socket);
+            }
+            match got {
+                Ok(_) => {
+                    for (data, source) in rx.datagrams() {
+                        self.datagram(data, source);
+                        // Each datagram is carried through before the next: its events (a
+                        // packet to forward), the subscribers' output, the send. Held for the
+                        // whole batch, every packet waited for the batch's work (measured:
+                        // median +0.6 ms, p99 about doubled at 40 consults).
+                        self.carry_through();
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "sfu socket read failed"),
             }
+            self.rx = Some(rx);
+            self.timeouts();
+            self.tx.flush(&self.socket);
             let now = Instant::now();
-            for i in 0..self.peers.len() {
-                if self.peers[i].next_timeout <= now {
-                    self.input(i, Input::Timeout(now));
-                }
-            }
             if now.duration_since(self.last_stats) >= Duration::from_secs(1) {
                 self.stats(now);
             }
         }
     }
 
-    /// Drains one output of peer `i`: transmits go out at once, events and timeouts come back.
+    /// What the loop did after each datagram before datagrams came in batches, now done after
+    /// each datagram of a batch: its events (a packet to forward), due timeouts (str0m's pacer
+    /// releases packets on them), the peers' output, the send.
+    fn carry_through(&mut self) {
+        while let Some((i, e)) = self.events.pop_front() {
+            self.event(i, e);
+        }
+        self.timeouts();
+        self.poll_peers();
+        self.tx.flush(&self.socket);
+    }
+
+    /// Feeds the current time to every peer whose timeout is due.
+    fn timeouts(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.peers.len() {
+            if self.peers[i].next_timeout <= now {
+                self.input(i, Input::Timeout(now));
+            }
+        }
+    }
+
+    /// Polls every peer that is dirty or due until it has nothing more to give: transmits are
+    /// queued, events queued in `events`. Returns when the next peer timeout is due (at most
+    /// 20 ms ahead).
+    fn poll_peers(&mut self) -> Instant {
+        let now = Instant::now();
+        let mut next = now + Duration::from_millis(20);
+        for i in 0..self.peers.len() {
+            let peer = &self.peers[i];
+            if !peer.dirty && peer.next_timeout > now {
+                next = next.min(peer.next_timeout);
+                continue;
+            }
+            loop {
+                match self.poll(i) {
+                    Step::Timeout(t) => {
+                        next = next.min(t);
+                        break;
+                    }
+                    Step::Event(e) => self.events.push_back((i, e)),
+                    Step::Continue => {}
+                    Step::Nothing => break,
+                }
+            }
+        }
+        next
+    }
+
+    /// Drains one output of peer `i`: transmits are queued, events and timeouts come back.
     fn poll(&mut self, i: usize) -> Step {
         let peer = &mut self.peers[i];
         if !peer.rtc.is_alive() {
@@ -491,7 +554,10 @@ impl Worker {
                         flush(conn);
                     }
                 } else {
-                    let _ = self.socket.send_to(&t.contents, t.destination);
+                    self.tx.push(t.contents.into(), t.destination);
+                    if self.tx.len() >= udp::BATCH {
+                        self.tx.flush(&self.socket);
+                    }
                 }
                 Step::Continue
             }
@@ -631,8 +697,20 @@ impl Worker {
         // A known source's peer is asked first; only STUN from new sources asks every peer.
         let owner = self
             .known
-            .get(&source)
-            .and_then(|who| self.peers.iter().position(|p| p.participant == *who))
+            .get_mut(&source)
+            .and_then(|who| {
+                if self
+                    .peers
+                    .get(who.hint)
+                    .is_none_or(|p| p.participant != who.participant)
+                {
+                    who.hint = self
+                        .peers
+                        .iter()
+                        .position(|p| p.participant == who.participant)?;
+                }
+                Some(who.hint)
+            })
             .filter(|&i| self.peers[i].rtc.is_alive() && self.peers[i].rtc.accepts(&input));
         let Some(i) = owner.or_else(|| {
             self.peers
@@ -646,9 +724,17 @@ impl Worker {
             if self.known.len() >= MAX_KNOWN_SOURCES {
                 let live: HashSet<&str> =
                     self.peers.iter().map(|p| p.participant.as_str()).collect();
-                self.known.retain(|_, who| live.contains(who.as_str()));
+                self.known
+                    .retain(|_, who| live.contains(who.participant.as_str()));
             }
-            self.known.insert(source, self.peers[i].participant.clone());
+            let participant = self.peers[i].participant.clone();
+            self.known.insert(
+                source,
+                Known {
+                    participant,
+                    hint: i,
+                },
+            );
         }
         self.peers[i].bytes_in += data.len() as u64;
         self.input(i, input);
@@ -747,6 +833,7 @@ impl Worker {
                 }
                 let mut peer = Peer {
                     participant: participant.clone(),
+                    consult_hash: hash_of(&consult),
                     consult: consult.clone(),
                     rtc,
                     origin,
@@ -968,7 +1055,8 @@ impl Worker {
     fn remove_peer(&mut self, i: usize) {
         let mut gone = self.peers.remove(i);
         gone.rtc.disconnect();
-        self.known.retain(|_, who| *who != gone.participant);
+        self.known
+            .retain(|_, who| who.participant != gone.participant);
         // Its keyframe-request times too: kept, they grow by a few entries per visitor forever.
         self.throttle
             .forget_where(|(source, _, _)| *source == gone.participant);
@@ -1143,10 +1231,14 @@ impl Worker {
             Codec::H264 => h264_keyframe(&pkt.payload),
             _ => true,
         };
-        let (consult, source) = (src.consult.clone(), src.participant.clone());
+        // The source is borrowed beside its subscribers (no copies of its ids per packet).
+        let (before, rest) = self.peers.split_at_mut(i);
+        let (src, after) = rest.split_first_mut().expect("peer i exists");
+        let (consult, source) = (src.consult.as_str(), src.participant.as_str());
+        let consult_hash = src.consult_hash;
         let mut keyframe_wanted = Vec::new();
-        for (j, sub) in self.peers.iter_mut().enumerate() {
-            if j == i || sub.consult != consult || !sub.rtc.is_alive() {
+        for sub in before.iter_mut().chain(after.iter_mut()) {
+            if sub.consult_hash != consult_hash || sub.consult != consult || !sub.rtc.is_alive() {
                 continue;
             }
             let estimate = sub.estimate_bps;
@@ -1186,15 +1278,18 @@ impl Worker {
             // other payload is shared with str0m's buffer.
             let (mapped, payload): (_, std::sync::Arc<[u8]>) = match vp8_desc.as_ref() {
                 Some(d) => {
-                    let mut copy = pkt.payload.to_vec();
+                    // Copied once, straight into the shared buffer str0m takes (a Vec turned
+                    // into an `Arc<[u8]>` would be copied a second time).
+                    let mut copy: std::sync::Arc<[u8]> = std::sync::Arc::from(&pkt.payload[..]);
+                    let bytes = std::sync::Arc::get_mut(&mut copy).expect("a fresh Arc is unique");
                     let m = out.rewriter.map(
                         now,
                         layer,
                         *pkt.seq_no,
                         pkt.header.timestamp,
-                        Some((d, copy.as_mut_slice())),
+                        Some((d, bytes)),
                     );
-                    (m, copy.into())
+                    (m, copy)
                 }
                 None => (
                     out.rewriter
@@ -1223,8 +1318,11 @@ impl Worker {
             sub.dirty = true;
             sub.stats.packets_out += 1;
         }
-        for l in keyframe_wanted {
-            self.request_keyframe(now, &source, mid, l);
+        if !keyframe_wanted.is_empty() {
+            let source = source.to_owned();
+            for l in keyframe_wanted {
+                self.request_keyframe(now, &source, mid, l);
+            }
         }
     }
 
