@@ -373,8 +373,8 @@ struct Worker {
     /// Datagrams received in one system call (see [`udp`](crate::udp)); `None` only while
     /// they are being handled.
     rx: Option<Box<udp::RecvBatch>>,
-    /// UDP datagrams the peers produced, sent in batches: before the worker waits for the
-    /// socket and after each batch of received datagrams is handled.
+    /// UDP datagrams the peers produced, sent with one `sendmmsg` after each received datagram
+    /// is carried through, and before the worker waits for the socket.
     tx: udp::SendQueue,
     /// Peer events waiting to be handled. Every input is followed by draining that peer's
     /// output into this queue: in RTP mode str0m holds one received packet until polled, so a
