@@ -16,5 +16,5 @@ cargo build --quiet --release -p clinic-api -p loadtest
 lt=target/release/loadtest
 $lt run clinic-morning --assert-clean --out target/loadtest/clinic-morning
 $lt capacity --target all --from 8 --step 8 --max "$max" --step-s 12 --out target/loadtest/capacity
-$lt churn --cycles 10000 --every 500 --assert-clean --out target/loadtest/churn
+$lt churn --warmup 5000 --cycles 10000 --every 500 --assert-clean --max-rss-trend-mib 1 --out target/loadtest/churn
 echo "reports: target/loadtest/{clinic-morning,capacity}/report.html, target/loadtest/churn/churn.json"

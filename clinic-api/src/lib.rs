@@ -15,6 +15,7 @@ pub mod consults;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod heap;
 pub mod http;
 pub mod ids;
 pub mod images;

@@ -267,6 +267,29 @@ async fn serve_demo_then_operator_commands() {
         .await
         .unwrap();
     assert!(metrics.contains("http_requests_total"), "{metrics}");
+    // Latency is a fixed-bucket histogram (bounded memory per route, scraped or not).
+    assert!(
+        metrics.contains("http_request_duration_seconds_bucket{"),
+        "{metrics}"
+    );
+    // The allocator's own numbers: jemalloc serves the binary, and it holds more than nothing.
+    let heap = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (allocated, resident) = (
+        heap("process_heap_allocated_bytes"),
+        heap("process_heap_resident_bytes"),
+    );
+    assert!(
+        allocated > 1e6 && resident >= allocated,
+        "allocated {allocated}, resident {resident}"
+    );
     let logs = server.stop();
 
     // Logs at TRACE level for the whole run: plenty of them, and no PHI in any.

@@ -1,8 +1,9 @@
 //! Join/leave churn: a few consults, each with a provider peer that stays and admits; patients,
 //! two at a time per consult,
 //! join (one-time link → token → signaling → ICE, DTLS → first remote media), then leave, over
-//! and over. The server's resident memory is sampled every `every` cycles; what matters is
-//! that it stops growing once the caches are warm, not its level.
+//! and over. The server's resident memory (and its allocator's own count of the live heap) is
+//! sampled every `every` cycles; what matters is that it stops growing after the warm-up, not
+//! its level.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,20 +26,61 @@ const PER_CONSULT: u64 = 10;
 
 #[derive(Serialize)]
 pub struct ChurnResult {
+    /// Cycles done, warm-up included.
     pub cycles: u64,
+    /// Cycles before memory is judged: caches, the metrics' windows and the allocator settle.
+    pub warmup_cycles: u64,
     pub failed: u64,
     pub seconds: f64,
     pub consults: u32,
     pub parallel: u32,
     /// (cycles done, server RSS MiB).
     pub rss_mib: Vec<(u64, f64)>,
-    /// RSS at the end minus RSS after the first sample past warm-up (10% of the cycles).
+    /// RSS at the last sample under load minus RSS at the first sample past warm-up.
     pub growth_after_warmup_mib: f64,
+    /// RSS growth past warm-up as a least-squares line through the samples taken under load,
+    /// in MiB per 10,000 cycles: less swayed by one sample than the difference above. (The last
+    /// sample of each series is taken after every patient has left and is in neither.)
+    pub rss_trend_mib_per_10k: f64,
+    /// (cycles done, bytes the server's allocator counts as allocated, MiB), from its /metrics
+    /// (`process_heap_allocated_bytes`): the live heap, without what the allocator keeps.
+    pub heap_allocated_mib: Vec<(u64, f64)>,
+    /// The same difference for the live heap.
+    pub heap_growth_after_warmup_mib: f64,
+    /// The same line for the live heap.
+    pub heap_trend_mib_per_10k: f64,
+    /// (cycles done, what the allocator holds resident, MiB): the live heap, its fragmentation
+    /// and the freed pages it has not given back yet (`process_heap_resident_bytes`).
+    pub allocator_resident_mib: Vec<(u64, f64)>,
+}
+
+/// The server's live heap and its allocator's resident memory in MiB, from its /metrics;
+/// `None` if it does not export them.
+async fn heap_mib(client: &reqwest::Client, base: &str) -> Option<(f64, f64)> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|b| b / (1024.0 * 1024.0))
+    };
+    Some((
+        value("process_heap_allocated_bytes")?,
+        value("process_heap_resident_bytes")?,
+    ))
 }
 
 pub async fn churn(
     server: &DemoServer,
-    cycles: u64,
+    warmup: u64,
+    measured: u64,
     consults: u32,
     every: u64,
 ) -> anyhow::Result<ChurnResult> {
@@ -60,6 +102,7 @@ pub async fn churn(
     .await?;
     let practice = Practice::discover(&desk, &provider).await?;
     // Audio and the lowest layer only: the point is sessions coming and going, not bandwidth.
+    let cycles = warmup + measured;
     let media = Arc::new(Media {
         video_layers: Media::default().video_layers.into_iter().take(1).collect(),
         ..Media::default()
@@ -69,6 +112,12 @@ pub async fn churn(
     let started = Instant::now();
     let sampler = ProcSampler::new(server.pid);
     let mut rss = vec![(0u64, sampler.rss_mib())];
+    let scrape = reqwest::Client::new();
+    let (mut heap, mut resident) = (Vec::new(), Vec::new());
+    if let Some((h, r)) = heap_mib(&scrape, &server.base).await {
+        heap.push((0u64, h));
+        resident.push((0u64, r));
+    }
     // Two patients at a time per consult: the room holds four, and a leave is processed after
     // the next join may already have arrived.
     let parallel = consults * 2;
@@ -159,6 +208,10 @@ pub async fn churn(
         bar.set_position(d);
         if d >= next_sample {
             rss.push((d, sampler.rss_mib()));
+            if let Some((h, r)) = heap_mib(&scrape, &server.base).await {
+                heap.push((d, h));
+                resident.push((d, r));
+            }
             next_sample += every;
         }
         if workers.iter().all(|w| w.is_finished()) {
@@ -168,19 +221,79 @@ pub async fn churn(
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
+    // Past warm-up and under load: not the samples taken when the last cycles were done.
+    let judged = |samples: &[(u64, f64)]| -> Vec<(u64, f64)> {
+        samples
+            .iter()
+            .copied()
+            .filter(|(c, _)| (warmup..cycles).contains(c))
+            .collect()
+    };
+    let (rss_judged, heap_judged) = (judged(&rss), judged(&heap));
     rss.push((done.load(Ordering::Relaxed), sampler.rss_mib()));
-    let warm = rss
-        .iter()
-        .find(|(c, _)| *c >= cycles / 10)
-        .map_or(0.0, |r| r.1);
-    let last = rss.last().map_or(0.0, |r| r.1);
+    if let Some((h, r)) = heap_mib(&scrape, &server.base).await {
+        heap.push((done.load(Ordering::Relaxed), h));
+        resident.push((done.load(Ordering::Relaxed), r));
+    }
+    let growth = |s: &[(u64, f64)]| match (s.first(), s.last()) {
+        (Some(a), Some(b)) => b.1 - a.1,
+        _ => 0.0,
+    };
     Ok(ChurnResult {
         cycles: done.load(Ordering::Relaxed),
+        warmup_cycles: warmup,
         failed: failed.load(Ordering::Relaxed),
         seconds,
         consults,
         parallel,
-        growth_after_warmup_mib: last - warm,
+        growth_after_warmup_mib: growth(&rss_judged),
+        rss_trend_mib_per_10k: trend(&rss_judged),
+        heap_trend_mib_per_10k: trend(&heap_judged),
         rss_mib: rss,
+        heap_growth_after_warmup_mib: growth(&heap_judged),
+        heap_allocated_mib: heap,
+        allocator_resident_mib: resident,
     })
+}
+
+/// The slope of the least-squares line through the samples, in MiB per 10,000 cycles (0 with
+/// fewer than three samples).
+pub fn trend(samples: &[(u64, f64)]) -> f64 {
+    let s: Vec<(f64, f64)> = samples.iter().map(|&(c, v)| (c as f64, v)).collect();
+    if s.len() < 3 {
+        return 0.0;
+    }
+    let n = s.len() as f64;
+    let (mx, my) = (
+        s.iter().map(|p| p.0).sum::<f64>() / n,
+        s.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = s.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return 0.0;
+    }
+    let sxy: f64 = s.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    sxy / sxx * 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trend;
+
+    #[test]
+    fn the_trend_is_the_slope_past_warm_up() {
+        // Warm-up climbs 30 MiB, then 0.5 MiB per 1,000 cycles, with noise.
+        let mut s = vec![(0, 10.0), (1000, 40.0)];
+        for (i, c) in (2000..=10_000).step_by(1000).enumerate() {
+            let noise = if i % 2 == 0 { 0.3 } else { -0.3 };
+            s.push((c, 40.0 + 0.5 * (c - 2000) as f64 / 1000.0 + noise));
+        }
+        let t = trend(&s[2..]);
+        assert!((t - 5.0).abs() < 0.2, "{t}");
+        // The warm-up's climb would count if it were judged.
+        assert!(trend(&s) > 10.0);
+        let flat: Vec<_> = s[2..].iter().map(|&(c, _)| (c, 40.0)).collect();
+        assert_eq!(trend(&flat), 0.0);
+        assert_eq!(trend(&s[2..4]), 0.0);
+    }
 }

@@ -104,15 +104,23 @@ struct CapacityArgs {
 
 #[derive(clap::Args)]
 struct ChurnArgs {
-    /// Join/leave cycles (at most 100,000).
+    /// Join/leave cycles judged (at most 100,000), after the warm-up.
     #[arg(long, default_value_t = 10_000)]
     cycles: u64,
+    /// Cycles first, not judged: the caches, the metrics' 30 s windows and the allocator settle
+    /// in the first minute (at most 100,000).
+    #[arg(long, default_value_t = 5_000)]
+    warmup: u64,
     /// Consults the patients churn through (two patients at a time each).
     #[arg(long, default_value_t = 6)]
     consults: u32,
     /// Sample the server's memory every this many cycles.
     #[arg(long, default_value_t = 500)]
     every: u64,
+    /// Exit non-zero if the server's RSS grows by more than this many MiB per 10,000 cycles
+    /// after the warm-up (the least-squares trend, `rss_trend_mib_per_10k`).
+    #[arg(long)]
+    max_rss_trend_mib: Option<f64>,
     #[command(flatten)]
     common: Common,
 }
@@ -402,6 +410,7 @@ async fn main() -> anyhow::Result<()> {
             let server = server::DemoServer::start(&bin, &out.join("server.log")).await?;
             let r = churn::churn(
                 &server,
+                a.warmup.min(100_000),
                 a.cycles.min(100_000),
                 a.consults.clamp(1, 50),
                 a.every.max(1),
@@ -414,6 +423,14 @@ async fn main() -> anyhow::Result<()> {
             println!("{text}");
             if a.common.assert_clean && r.failed > 0 {
                 bail!("{} of {} cycles failed", r.failed, r.cycles);
+            }
+            if let Some(max) = a.max_rss_trend_mib
+                && r.rss_trend_mib_per_10k > max
+            {
+                bail!(
+                    "server RSS grew {:.2} MiB per 10,000 cycles past warm-up (at most {max})",
+                    r.rss_trend_mib_per_10k
+                );
             }
             Ok(())
         }
