@@ -54,17 +54,29 @@ pub struct ChurnResult {
     pub allocator_resident_mib: Vec<(u64, f64)>,
 }
 
+/// The server's memory, sampled as the cycles go by.
+#[derive(Default)]
+struct Samples {
+    rss: Vec<(u64, f64)>,
+    heap: Vec<(u64, f64)>,
+    resident: Vec<(u64, f64)>,
+}
+
+impl Samples {
+    /// RSS from /proc; the heap figures from /metrics, if the server exports them.
+    async fn take(&mut self, cycles: u64, proc: &ProcSampler, staff: &Staff) {
+        self.rss.push((cycles, proc.rss_mib()));
+        if let Some((h, r)) = heap_mib(staff).await {
+            self.heap.push((cycles, h));
+            self.resident.push((cycles, r));
+        }
+    }
+}
+
 /// The server's live heap and its allocator's resident memory in MiB, from its /metrics;
 /// `None` if it does not export them.
-async fn heap_mib(client: &reqwest::Client, base: &str) -> Option<(f64, f64)> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+async fn heap_mib(staff: &Staff) -> Option<(f64, f64)> {
+    let text = staff.get("/metrics").send().await.ok()?.text().await.ok()?;
     let value = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -111,13 +123,8 @@ pub async fn churn(
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let sampler = ProcSampler::new(server.pid);
-    let mut rss = vec![(0u64, sampler.rss_mib())];
-    let scrape = reqwest::Client::new();
-    let (mut heap, mut resident) = (Vec::new(), Vec::new());
-    if let Some((h, r)) = heap_mib(&scrape, &server.base).await {
-        heap.push((0u64, h));
-        resident.push((0u64, r));
-    }
+    let mut samples = Samples::default();
+    samples.take(0, &sampler, &desk).await;
     // Two patients at a time per consult: the room holds four, and a leave is processed after
     // the next join may already have arrived.
     let parallel = consults * 2;
@@ -207,11 +214,7 @@ pub async fn churn(
         let d = done.load(Ordering::Relaxed);
         bar.set_position(d);
         if d >= next_sample {
-            rss.push((d, sampler.rss_mib()));
-            if let Some((h, r)) = heap_mib(&scrape, &server.base).await {
-                heap.push((d, h));
-                resident.push((d, r));
-            }
+            samples.take(d, &sampler, &desk).await;
             next_sample += every;
         }
         if workers.iter().all(|w| w.is_finished()) {
@@ -229,12 +232,10 @@ pub async fn churn(
             .filter(|(c, _)| (warmup..cycles).contains(c))
             .collect()
     };
-    let (rss_judged, heap_judged) = (judged(&rss), judged(&heap));
-    rss.push((done.load(Ordering::Relaxed), sampler.rss_mib()));
-    if let Some((h, r)) = heap_mib(&scrape, &server.base).await {
-        heap.push((done.load(Ordering::Relaxed), h));
-        resident.push((done.load(Ordering::Relaxed), r));
-    }
+    let (rss_judged, heap_judged) = (judged(&samples.rss), judged(&samples.heap));
+    samples
+        .take(done.load(Ordering::Relaxed), &sampler, &desk)
+        .await;
     let growth = |s: &[(u64, f64)]| match (s.first(), s.last()) {
         (Some(a), Some(b)) => b.1 - a.1,
         _ => 0.0,
@@ -249,10 +250,10 @@ pub async fn churn(
         growth_after_warmup_mib: growth(&rss_judged),
         rss_trend_mib_per_10k: trend(&rss_judged),
         heap_trend_mib_per_10k: trend(&heap_judged),
-        rss_mib: rss,
+        rss_mib: samples.rss,
         heap_growth_after_warmup_mib: growth(&heap_judged),
-        heap_allocated_mib: heap,
-        allocator_resident_mib: resident,
+        heap_allocated_mib: samples.heap,
+        allocator_resident_mib: samples.resident,
     })
 }
 
