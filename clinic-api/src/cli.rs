@@ -5,15 +5,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{self, AppState};
-use crate::audit::{self, Action, AuditEvent};
-use crate::authz::Role;
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
-use crate::db::Db;
-use crate::ids::{ClinicId, LocationId};
-use crate::keys::KeyRing;
-use crate::{access_review, clinics, demo, passwords, users};
+use crate::app;
+use crate::domains::images::Images;
+use crate::platform::audit::{self, Action, AuditEvent};
+use crate::platform::authz::Role;
+use crate::platform::clock::{Clock, SystemClock};
+use crate::platform::config::Config;
+use crate::platform::db::Db;
+use crate::platform::ids::{ClinicId, LocationId};
+use crate::platform::keys::KeyRing;
+use crate::platform::state::AppState;
+use crate::{
+    demo, domains::identity::access_review, domains::identity::passwords, domains::identity::users,
+    domains::tenancy::clinics,
+};
 
 #[derive(Parser)]
 #[command(
@@ -274,8 +279,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
         } => {
             let db = admin_db(&config).await?;
             let keys = KeyRing::open_or_create(&config.key_file())?;
-            let images = crate::images::Images::open(&config, &keys).await?;
-            let report = crate::images::apply_tiers(&db, &images, now).await?;
+            let images = crate::domains::images::Images::open(&config, &keys).await?;
+            let report = crate::domains::images::apply_tiers(&db, &images, now).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -295,11 +300,13 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
         }
         Command::Permissions => print!(
             "{}",
-            crate::authz::matrix_markdown(&app::all_routes().specs())
+            crate::platform::authz::matrix_markdown(&app::all_routes().specs())
         ),
         Command::Openapi => println!(
             "{}",
-            serde_json::to_string_pretty(&crate::openapi::document(&app::all_routes().specs()))?
+            serde_json::to_string_pretty(&crate::platform::openapi::document(
+                &app::all_routes().specs()
+            ))?
         ),
     }
     Ok(ExitCode::SUCCESS)
@@ -398,7 +405,7 @@ async fn user_command(command: UserCommand, config: &Config, now: i64) -> anyhow
 
 async fn serve(config: Config, seed_demo: bool) -> anyhow::Result<()> {
     let listen = config.listen;
-    let state = AppState::open(config).await?;
+    let state = app::open(config).await?;
     if seed_demo {
         match demo::seed(&state).await? {
             Some(d) => println!("{}", demo::print_logins(&d)),
@@ -409,9 +416,9 @@ async fn serve(config: Config, seed_demo: bool) -> anyhow::Result<()> {
     }
     spawn_checkpoints(state.clone());
     spawn_tiering(state.clone());
-    crate::outbox::spawn(
+    crate::domains::outbox::spawn(
         state.clone(),
-        std::sync::Arc::new(crate::outbox::PortalChannel),
+        std::sync::Arc::new(crate::domains::outbox::PortalChannel),
     );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
@@ -447,7 +454,13 @@ fn spawn_tiering(state: AppState) {
         let mut ticker = tokio::time::interval(std::time::Duration::from_secs(secs.max(60)));
         loop {
             ticker.tick().await;
-            match crate::images::apply_tiers(&state.db, &state.images, state.clock.now_ms()).await {
+            match crate::domains::images::apply_tiers(
+                &state.db,
+                Images::of(&state),
+                state.clock.now_ms(),
+            )
+            .await
+            {
                 Ok(r) => {
                     let moved: u64 = r.moved.values().sum();
                     if moved > 0 || r.failed > 0 {

@@ -3,11 +3,14 @@
 
 use serde::Serialize;
 
-use crate::app::AppState;
-use crate::authz::Role;
-use crate::ids::{ClinicId, LocationId, PatientId, UserId};
-use crate::users::NewUser;
-use crate::{clinics, locations, passwords, users};
+use crate::domains::identity::users::NewUser;
+use crate::platform::authz::Role;
+use crate::platform::ids::{ClinicId, LocationId, PatientId, UserId};
+use crate::platform::state::AppState;
+use crate::{
+    domains::identity::passwords, domains::identity::users, domains::tenancy::clinics,
+    domains::tenancy::locations,
+};
 
 pub const SLUG: &str = "demo";
 
@@ -133,13 +136,15 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Option<Demo>> {
 /// Appointment types, rooms and provider availability. Telemedicine hours are all day, every
 /// day, so the demo can be tried at any hour; in-person care follows the opening hours.
 async fn seed_scheduling(
-    tx: &mut crate::db::Tx,
+    tx: &mut crate::platform::db::Tx,
     clinic: &ClinicId,
     main_st: &LocationId,
     lakeside: &LocationId,
     now: i64,
-) -> crate::error::ApiResult<()> {
-    use crate::scheduling::{CreateBlock, CreateType, FollowupRule, insert_block, insert_type};
+) -> crate::platform::error::ApiResult<()> {
+    use crate::domains::scheduling::{
+        CreateBlock, CreateType, FollowupRule, insert_block, insert_type,
+    };
     let roles = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     insert_type(
         tx,
@@ -247,7 +252,7 @@ async fn seed_scheduling(
 /// Inserts a patient row (seeding and tests; the API has its own audited path).
 #[allow(clippy::too_many_arguments)]
 pub async fn insert_patient(
-    tx: &mut crate::db::Tx,
+    tx: &mut crate::platform::db::Tx,
     clinic: &ClinicId,
     location: &LocationId,
     user: Option<&UserId>,

@@ -1,41 +1,22 @@
 //! The clinic API: tenants and locations, identity, MFA, sessions, RBAC, audit, scheduling and
-//! its patient-message outbox (intake and eRx come later); it wraps the signaling, SFU and imaging crates and builds
-//! the one `clinic` binary. See `docs/ARCHITECTURE.md`.
+//! its patient-message outbox (intake and eRx come later); it wraps the signaling, SFU and imaging
+//! crates and builds the one `clinic` binary. See `docs/ARCHITECTURE.md`.
+//!
+//! Layers, bottom to top: [`platform`] (state, database and tenant transactions, authorization,
+//! sessions, audit, keys, configuration, errors, the HTTP edge), which names no domain;
+//! [`domains`] (identity, tenancy, patients, scheduling, consults, images, outbox, reports), each
+//! built on the platform's mechanisms; and [`app`], which assembles the domains' routes and
+//! services and serves them (with [`cli`], [`demo`] and, for tests, `testkit`).
 
-pub mod access_review;
 pub mod app;
-pub mod audit;
-pub mod auth;
-pub mod authz;
 pub mod cli;
-pub mod clinics;
-pub mod clock;
-pub mod config;
-pub mod consults;
-pub mod db;
 pub mod demo;
-pub mod error;
-pub mod heap;
-pub mod http;
-pub mod ids;
-pub mod images;
-pub mod keys;
-pub mod locations;
-pub mod mfa;
-pub mod openapi;
-pub mod ops;
-pub mod outbox;
-pub mod passwords;
-pub mod patients;
-pub mod pii;
-pub mod reports;
-pub mod scheduling;
-pub mod sessions;
-pub mod users;
-pub mod web;
+pub mod domains;
+pub mod platform;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use app::{AppState, run};
-pub use config::Config;
+pub use app::run;
+pub use platform::config::Config;
+pub use platform::state::AppState;

@@ -10,16 +10,19 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::app::{AppState, metrics_handle};
-use crate::authz::Role;
-use crate::clock::{Clock, ManualClock};
-use crate::config::Config;
-use crate::db::{Backend, Db};
-use crate::ids::{ClinicId, LocationId, PatientId, UserId};
-use crate::keys::{KeyRing, Purpose, sha256_hex};
-use crate::sessions::Stage;
-use crate::users::NewUser;
-use crate::{clinics, demo, locations, mfa, users};
+use crate::domains::identity::users::NewUser;
+use crate::platform::authz::Role;
+use crate::platform::clock::{Clock, ManualClock};
+use crate::platform::config::Config;
+use crate::platform::db::{Backend, Db};
+use crate::platform::ids::{ClinicId, LocationId, PatientId, UserId};
+use crate::platform::keys::{KeyRing, Purpose, sha256_hex};
+use crate::platform::sessions::Stage;
+use crate::platform::state::AppState;
+use crate::{
+    demo, domains::identity::mfa, domains::identity::users, domains::tenancy::clinics,
+    domains::tenancy::locations,
+};
 
 /// The password every test user gets.
 pub const PASSWORD: &str = "test password 123";
@@ -168,21 +171,9 @@ impl TestApp {
             .expect("connect admin pool");
         let clock = ManualClock::new(1_790_000_000_000);
         let keys = KeyRing::generate();
-        let consults = crate::consults::Hub::start(&keys, &config.sfu).expect("media workers");
-        let images = std::sync::Arc::new(
-            crate::images::Images::open(&config, &keys)
-                .await
-                .expect("imaging services"),
-        );
-        let state = AppState {
-            config: std::sync::Arc::new(config),
-            db,
-            consults,
-            images,
-            keys: std::sync::Arc::new(keys),
-            clock: std::sync::Arc::new(clock.clone()),
-            metrics: metrics_handle(),
-        };
+        let state = crate::app::assemble(config, db, keys, std::sync::Arc::new(clock.clone()))
+            .await
+            .expect("media workers and imaging services");
         let (clinic, locations) = Self::make_clinic(&state, "alpha").await;
         Self {
             state,
@@ -318,7 +309,12 @@ impl TestApp {
         .await
         .unwrap();
         tx.commit().await.unwrap();
-        format!("{}={}.{}", crate::sessions::COOKIE, user.clinic, token)
+        format!(
+            "{}={}.{}",
+            crate::platform::sessions::COOKIE,
+            user.clinic,
+            token
+        )
     }
 
     /// A patient record in `clinic` at `location`.
@@ -370,7 +366,7 @@ impl TestApp {
 
     /// Sends a prepared request.
     pub async fn send(&self, req: Request<Body>) -> Reply {
-        let resp = self.state.router().oneshot(req).await.unwrap();
+        let resp = crate::app::router(&self.state).oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
@@ -401,7 +397,7 @@ impl TestApp {
             .get_all("set-cookie")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with(crate::sessions::COOKIE))
+            .find(|v| v.starts_with(crate::platform::sessions::COOKIE))
             .and_then(|v| v.split(';').next())
             .map(str::to_string)
             .filter(|c| !c.ends_with('='));

@@ -3,10 +3,10 @@
 //! done the way an attacker with the database owner's rights would: triggers off, rows changed.
 
 use axum::http::{Method, StatusCode};
-use clinic_api::audit::{self, Action, AuditEvent, Problem};
-use clinic_api::authz::Role;
-use clinic_api::db::Backend;
-use clinic_api::sessions::Stage;
+use clinic_api::platform::audit::{self, Action, AuditEvent, Problem};
+use clinic_api::platform::authz::Role;
+use clinic_api::platform::db::Backend;
+use clinic_api::platform::sessions::Stage;
 use clinic_api::testkit::TestApp;
 
 /// Ten events in the main clinic and three in another, then a checkpoint.

@@ -2,8 +2,8 @@
 //! idle timeout and absolute lifetime, and revocation on disable, MFA reset and password change.
 
 use axum::http::{Method, StatusCode};
-use clinic_api::authz::Role;
-use clinic_api::sessions::Stage;
+use clinic_api::platform::authz::Role;
+use clinic_api::platform::sessions::Stage;
 use clinic_api::testkit::{PASSWORD, TestApp, TestUser, decode_base32};
 use serde_json::json;
 

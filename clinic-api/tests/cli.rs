@@ -107,7 +107,7 @@ fn totp_now(secret: &[u8]) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    clinic_api::mfa::code_at(secret, now)
+    clinic_api::domains::identity::mfa::code_at(secret, now)
 }
 
 async fn post(c: &reqwest::Client, url: String, body: Option<Value>) -> (u16, Value) {

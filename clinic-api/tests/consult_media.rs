@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use axum::http::Method;
 use bytes::Bytes;
-use clinic_api::authz::Role;
-use clinic_api::sessions::Stage;
+use clinic_api::platform::authz::Role;
+use clinic_api::platform::sessions::Stage;
 use clinic_api::testkit::TestApp;
 use futures_util::{SinkExt, StreamExt};
 use rtc::ice::mdns::MulticastDnsMode;

@@ -3,11 +3,12 @@
 //! frames answered with errors while the connection goes on, reconnect with a resume token, leave
 //! spending the token, and the provider ending the consult. All of it audited.
 
+use clinic_api::domains::consults::Hub;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use clinic_api::authz::Role;
-use clinic_api::sessions::Stage;
+use clinic_api::platform::authz::Role;
+use clinic_api::platform::sessions::Stage;
 use clinic_api::testkit::TestApp;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -346,13 +347,13 @@ async fn forged_expired_and_over_limit_joins_are_refused() {
     );
     assert!(recv(&mut ws).await.is_null());
     // Expired: our key, past its lifetime.
-    let expired = c.app.state.consults.token_key.sign(&claims(now - 120));
+    let expired = Hub::of(&c.app.state).token_key.sign(&claims(now - 120));
     let (_, first) = c.join(&expired).await;
     assert_eq!(first["code"], "token_expired", "{first}");
     // Wrong consult: a valid token for a consult that does not exist.
     let mut other = claims(now + 600);
     other.consult = uuid::Uuid::new_v4().to_string();
-    let (_, first) = c.join(&c.app.state.consults.token_key.sign(&other)).await;
+    let (_, first) = c.join(&Hub::of(&c.app.state).token_key.sign(&other)).await;
     assert_eq!(first["code"], "consult_unavailable", "{first}");
 
     // Four participants fit; the fifth is refused.

@@ -4,8 +4,9 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use clinic_api::authz::Role;
-use clinic_api::sessions::Stage;
+use clinic_api::domains::images::Images;
+use clinic_api::platform::authz::Role;
+use clinic_api::platform::sessions::Stage;
 use clinic_api::testkit::{Reply, TestApp, TestUser};
 use futures_util::StreamExt;
 use imaging::envelope::Context;
@@ -37,7 +38,7 @@ async fn fetch(app: &TestApp, url: &str, cookie: &str) -> (StatusCode, String, V
         .header("cookie", cookie)
         .body(Body::empty())
         .unwrap();
-    let resp = tower::ServiceExt::oneshot(app.state.router(), req)
+    let resp = tower::ServiceExt::oneshot(clinic_api::app::router(&app.state), req)
         .await
         .unwrap();
     let status = resp.status();
@@ -95,7 +96,7 @@ struct Setup {
     patient: String,
 }
 
-async fn setup(tweak: impl FnOnce(&mut clinic_api::config::Config)) -> Setup {
+async fn setup(tweak: impl FnOnce(&mut clinic_api::platform::config::Config)) -> Setup {
     let app = TestApp::with_config(tweak).await;
     let provider = app.user(Role::Provider).await;
     let cookie = app.session(&provider, Stage::Full).await;
@@ -271,7 +272,11 @@ async fn staff_upload_view_export_all_audited_and_stored_sealed_without_metadata
             "{variant} is not plaintext"
         );
         let ctx = Context::new(app.clinic.as_str(), &id, variant);
-        let plain = app.state.images.keys.open(&ctx, &sealed).await.unwrap();
+        let plain = Images::of(&app.state)
+            .keys
+            .open(&ctx, &sealed)
+            .await
+            .unwrap();
         for needle in [&b"GPS"[..], b"Exif", b"xmpmeta"] {
             assert!(
                 !plain.windows(needle.len()).any(|w| w == needle),
@@ -287,7 +292,13 @@ async fn staff_upload_view_export_all_audited_and_stored_sealed_without_metadata
                 "original"
             },
         );
-        assert!(app.state.images.keys.open(&wrong, &sealed).await.is_err());
+        assert!(
+            Images::of(&app.state)
+                .keys
+                .open(&wrong, &sealed)
+                .await
+                .is_err()
+        );
         assert!(ObjectKey::parse(key).is_some());
     }
     let _ = provider;
@@ -472,7 +483,7 @@ async fn a_failed_store_or_database_write_leaves_nothing_behind() {
         .execute(&app.admin.pool)
         .await
         .ok();
-    if app.backend() == clinic_api::db::Backend::Postgres {
+    if app.backend() == clinic_api::platform::db::Backend::Postgres {
         sqlx::query("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$")
             .execute(&app.admin.pool)
             .await
@@ -768,17 +779,17 @@ async fn retention_and_legal_holds_refuse_deletion_then_tiers_move_originals() {
     // An object no image refers to (as a crash between storing and recording leaves) is swept;
     // the image's own objects stay.
     let orphan = ObjectKey::random();
-    app.state
-        .images
+    Images::of(&app.state)
         .store
         .put(tenant, &orphan, b"CIE1 orphan".to_vec(), Tier::Hot)
         .await
         .unwrap();
     let day = 86_400;
     app.clock.advance_secs(31 * day);
-    let report = clinic_api::images::apply_tiers(&app.state.db, &app.state.images, app.now())
-        .await
-        .unwrap();
+    let report =
+        clinic_api::domains::images::apply_tiers(&app.state.db, Images::of(&app.state), app.now())
+            .await
+            .unwrap();
     assert_eq!(report.moved.get("hot->warm"), Some(&1), "{report:?}");
     assert_eq!(report.orphans_removed, 1, "{report:?}");
     assert_eq!(
@@ -787,32 +798,41 @@ async fn retention_and_legal_holds_refuse_deletion_then_tiers_move_originals() {
         "the image's three objects remain"
     );
     assert_eq!(
-        app.state.images.store.tier_of(tenant, &orig).await.unwrap(),
+        Images::of(&app.state)
+            .store
+            .tier_of(tenant, &orig)
+            .await
+            .unwrap(),
         Tier::Warm
     );
     assert_eq!(
-        app.state
-            .images
+        Images::of(&app.state)
             .store
             .tier_of(tenant, &thumb)
             .await
             .unwrap(),
         Tier::Hot
     );
-    let again = clinic_api::images::apply_tiers(&app.state.db, &app.state.images, app.now())
-        .await
-        .unwrap();
+    let again =
+        clinic_api::domains::images::apply_tiers(&app.state.db, Images::of(&app.state), app.now())
+            .await
+            .unwrap();
     assert!(
         again.moved.is_empty(),
         "a second pass moves nothing: {again:?}"
     );
     app.clock.advance_secs(60 * day);
-    let report = clinic_api::images::apply_tiers(&app.state.db, &app.state.images, app.now())
-        .await
-        .unwrap();
+    let report =
+        clinic_api::domains::images::apply_tiers(&app.state.db, Images::of(&app.state), app.now())
+            .await
+            .unwrap();
     assert_eq!(report.moved.get("warm->cold"), Some(&1), "{report:?}");
     assert_eq!(
-        app.state.images.store.tier_of(tenant, &orig).await.unwrap(),
+        Images::of(&app.state)
+            .store
+            .tier_of(tenant, &orig)
+            .await
+            .unwrap(),
         Tier::Cold
     );
     // The original is still served from its tier.
@@ -882,7 +902,7 @@ async fn an_upload_burst_past_the_memory_cap_waits_its_turn_and_all_are_stored()
     })
     .await;
     let photo = jpeg_rgb(&imaging::testimages::photo_like(640, 480), 85);
-    assert_eq!(s.app.state.images.inflight_free_bytes(), MIB);
+    assert_eq!(Images::of(&s.app.state).inflight_free_bytes(), MIB);
     let path = format!("/api/v1/patients/{}/images", s.patient);
     let uploads = (0..6).map(|_| upload(&s.app, &path, &s.cookie, photo.clone(), "image/jpeg"));
     // Watch the reservations while the burst runs: the whole cap is taken at some point.
@@ -895,7 +915,7 @@ async fn an_upload_burst_past_the_memory_cap_waits_its_turn_and_all_are_stored()
     let watch = async {
         let mut least = u64::MAX;
         while !done.load(std::sync::atomic::Ordering::Relaxed) {
-            least = least.min(s.app.state.images.inflight_free_bytes());
+            least = least.min(Images::of(&s.app.state).inflight_free_bytes());
             tokio::task::yield_now().await;
         }
         least
@@ -914,7 +934,7 @@ async fn an_upload_burst_past_the_memory_cap_waits_its_turn_and_all_are_stored()
         "every upload of the burst is stored"
     );
     assert_eq!(
-        s.app.state.images.inflight_free_bytes(),
+        Images::of(&s.app.state).inflight_free_bytes(),
         MIB,
         "reservations are given back"
     );
@@ -925,7 +945,7 @@ async fn an_upload_burst_past_the_memory_cap_waits_its_turn_and_all_are_stored()
         ..clinic_api::Config::default()
     };
     config.imaging.max_inflight_bytes = config.imaging.limits.max_bytes - 1;
-    let err = clinic_api::AppState::open(config)
+    let err = clinic_api::app::open(config)
         .await
         .err()
         .expect("a cap below one upload is refused");
@@ -958,5 +978,5 @@ async fn a_stalled_upload_times_out_and_gives_its_reservation_back() {
     assert_eq!(r.code(), "upload_stalled");
     assert_eq!(count(&s.app, "SELECT COUNT(*) FROM images").await, 0);
     assert!(blob_files(&s.app).is_empty(), "nothing stored");
-    assert_eq!(s.app.state.images.inflight_free_bytes(), cap);
+    assert_eq!(Images::of(&s.app.state).inflight_free_bytes(), cap);
 }

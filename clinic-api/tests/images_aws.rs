@@ -4,9 +4,10 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use clinic_api::authz::Role;
-use clinic_api::config::{KeyProviderKind, StoreKind};
-use clinic_api::sessions::Stage;
+use clinic_api::domains::images::Images;
+use clinic_api::platform::authz::Role;
+use clinic_api::platform::config::{KeyProviderKind, StoreKind};
+use clinic_api::platform::sessions::Stage;
 use clinic_api::testkit::{TestApp, say_uncaptured};
 use imaging::aws::{AwsSettings, kms_client, s3_client};
 use imaging::envelope::Context;
@@ -280,7 +281,7 @@ async fn uploads_go_to_s3_sealed_under_kms_data_keys() {
         .header("cookie", &cookie)
         .body(Body::empty())
         .unwrap();
-    let resp = tower::ServiceExt::oneshot(app.state.router(), req)
+    let resp = tower::ServiceExt::oneshot(clinic_api::app::router(&app.state), req)
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -297,9 +298,7 @@ async fn uploads_go_to_s3_sealed_under_kms_data_keys() {
 
     // Three objects under the tenant's prefix, each sealed (a KMS-wrapped data key in its header)
     // and free of the photo's metadata once opened.
-    let keys = app
-        .state
-        .images
+    let keys = Images::of(&app.state)
         .store
         .list(app.clinic.as_str())
         .await
@@ -319,18 +318,14 @@ async fn uploads_go_to_s3_sealed_under_kms_data_keys() {
         ("thumbnail", &row.2),
     ] {
         let key = ObjectKey::parse(key).unwrap();
-        let sealed = app
-            .state
-            .images
+        let sealed = Images::of(&app.state)
             .store
             .get(app.clinic.as_str(), &key, Tier::Hot)
             .await
             .unwrap();
         let (header, _) = imaging::envelope::Header::parse(&sealed).unwrap();
         assert!(header.key_id.contains(&key_id));
-        let plain = app
-            .state
-            .images
+        let plain = Images::of(&app.state)
             .keys
             .open(&Context::new(app.clinic.as_str(), id, variant), &sealed)
             .await

@@ -2,7 +2,7 @@
 
 use axum::http::{Method, StatusCode};
 use clinic_api::app::all_routes;
-use clinic_api::authz::matrix_markdown;
+use clinic_api::platform::authz::matrix_markdown;
 use clinic_api::testkit::TestApp;
 
 #[tokio::test]

@@ -4,8 +4,8 @@
 
 use axum::http::{Method, StatusCode};
 use clinic_api::app::all_routes;
-use clinic_api::authz::{Access, Role};
-use clinic_api::sessions::Stage;
+use clinic_api::platform::authz::{Access, Role};
+use clinic_api::platform::sessions::Stage;
 use clinic_api::testkit::TestApp;
 use serde_json::json;
 

@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use clinic_api::authz::Role;
-use clinic_api::db::Backend;
-use clinic_api::ids::LocationId;
-use clinic_api::outbox::{
+use clinic_api::domains::outbox::{
     self, Channel, DeliveryFuture, OutboxMessage, PortalChannel, WorkerConfig,
 };
-use clinic_api::sessions::Stage;
+use clinic_api::platform::authz::Role;
+use clinic_api::platform::db::Backend;
+use clinic_api::platform::ids::LocationId;
+use clinic_api::platform::sessions::Stage;
 use clinic_api::testkit::{Reply, TestApp, TestUser};
 use serde_json::{Value, json};
 
@@ -991,7 +991,7 @@ impl Channel for DyingChannel {
     }
     fn deliver<'a>(
         &'a self,
-        db: &'a clinic_api::db::Db,
+        db: &'a clinic_api::platform::db::Db,
         msg: &'a OutboxMessage,
     ) -> DeliveryFuture<'a> {
         Box::pin(async move {
@@ -1023,7 +1023,7 @@ impl Channel for CountingChannel {
     }
     fn deliver<'a>(
         &'a self,
-        _db: &'a clinic_api::db::Db,
+        _db: &'a clinic_api::platform::db::Db,
         msg: &'a OutboxMessage,
     ) -> DeliveryFuture<'a> {
         Box::pin(async move {

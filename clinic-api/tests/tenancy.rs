@@ -3,8 +3,8 @@
 //! locations unless they break glass with a reason; patients reach only their own record.
 
 use axum::http::{Method, Request, StatusCode};
-use clinic_api::authz::Role;
-use clinic_api::sessions::Stage;
+use clinic_api::platform::authz::Role;
+use clinic_api::platform::sessions::Stage;
 use clinic_api::testkit::{TestApp, postgres_url_or_skip, with_database};
 use sqlx::Connection;
 

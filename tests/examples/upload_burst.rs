@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use clinic_api::testkit::decode_base32;
-use clinic_api::{demo, mfa};
+use clinic_api::{demo, domains::identity::mfa};
 use clinic_e2e::{Server, client, config};
 use serde_json::{Value, json};
 

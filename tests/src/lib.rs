@@ -27,7 +27,7 @@ pub async fn config() -> anyhow::Result<(Config, tempfile::TempDir)> {
     config.database.max_connections = 4;
     if let Ok(admin) = std::env::var("TEST_DATABASE_URL") {
         let name = format!("clinic_e2e_{}", uuid::Uuid::new_v4().simple());
-        let server = clinic_api::db::Db::connect(&admin, 1, None).await?;
+        let server = clinic_api::platform::db::Db::connect(&admin, 1, None).await?;
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&server.pool)
             .await?;
@@ -43,7 +43,7 @@ impl Server {
     /// Opens the state exactly as `clinic serve` does (migrations, role check, key file) and
     /// serves it until dropped or stopped.
     pub async fn start(config: Config, dir: tempfile::TempDir) -> anyhow::Result<Self> {
-        let state = AppState::open(config.clone()).await?;
+        let state = clinic_api::app::open(config.clone()).await?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,9 +1,9 @@
-//! The server as `clinic serve` runs it (configuration → `AppState::open` → `run`), on the
+//! The server as `clinic serve` runs it (configuration → `app::open` → `run`), on the
 //! backend under test, over real TCP: the demo practice signs in through MFA enrollment, PHI
 //! routes work, checkpoints are written by the server's own role, and shutdown drains.
 
 use clinic_api::testkit::decode_base32;
-use clinic_api::{audit, demo, mfa};
+use clinic_api::{demo, domains::identity::mfa, platform::audit};
 use clinic_e2e::{Server, client, config};
 use serde_json::{Value, json};
 
@@ -142,7 +142,8 @@ async fn demo_practice_end_to_end() -> anyhow::Result<()> {
         "logins, enrollment, views and logout are in the chain: {}",
         written[0].seq
     );
-    let admin = clinic_api::db::Db::connect(&server.config.admin_database_url(), 2, None).await?;
+    let admin =
+        clinic_api::platform::db::Db::connect(&server.config.admin_database_url(), 2, None).await?;
     // Audit rows from the real listener carry the client's address and user agent.
     let (ip, agent, session): (Option<String>, Option<String>, Option<String>) =
         sqlx::query_as("SELECT ip, user_agent, session_id FROM audit_events WHERE action = 'view' AND resource_type = 'patient' ORDER BY seq DESC LIMIT 1")

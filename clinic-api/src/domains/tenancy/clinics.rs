@@ -1,7 +1,7 @@
 //! Tenants: a clinic (practice) is created by an operator, never through the tenant API.
 
-use crate::db::Db;
-use crate::ids::ClinicId;
+use crate::platform::db::Db;
+use crate::platform::ids::ClinicId;
 
 /// Creates a clinic with its slug (used at sign-in) and name.
 pub async fn create(db: &Db, slug: &str, name: &str, now: i64) -> anyhow::Result<ClinicId> {

@@ -4,7 +4,7 @@
 
 use totp_rs::{Algorithm, TOTP};
 
-use crate::keys::{ct_eq, sha256_hex};
+use crate::platform::keys::{ct_eq, sha256_hex};
 
 pub const STEP_SECS: i64 = 30;
 pub const SECRET_BYTES: usize = 20;

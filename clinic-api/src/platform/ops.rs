@@ -5,8 +5,8 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
-use crate::authz::{Policy, Routes};
+use crate::platform::authz::{Policy, Routes};
+use crate::platform::state::AppState;
 
 pub fn routes() -> Routes {
     Routes::new("ops")
@@ -46,7 +46,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    crate::heap::export();
+    crate::platform::heap::export();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -3,7 +3,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
-use crate::error::ApiError;
+use crate::platform::error::ApiError;
 
 pub const MIN_LEN: usize = 12;
 pub const MAX_LEN: usize = 256;

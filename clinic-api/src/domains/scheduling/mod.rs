@@ -1,7 +1,7 @@
 //! Scheduling across locations: opening hours, rooms, appointment types, provider availability
 //! (weekly templates with a modality preference per block, plus time off and extra hours), and
 //! open slots computed from them in the location's local time. Booking lives in
-//! [`appointments`]; the follow-up messages it schedules in [`crate::outbox`].
+//! [`appointments`]; the follow-up messages it schedules in [`crate::domains::outbox`].
 
 pub mod appointments;
 pub mod time;
@@ -13,13 +13,13 @@ use chrono::{Duration, NaiveDate};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::audit::{self, Action};
-use crate::authz::{Caller, Permission, Policy, Role, Routes};
-use crate::db::Tx;
-use crate::error::{ApiError, ApiResult};
-use crate::http::{ApiJson, ApiPath, ApiQuery};
-use crate::ids::{ClinicId, LocationId, RecordId, UserId};
+use crate::platform::audit::{self, Action};
+use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
+use crate::platform::db::Tx;
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
+use crate::platform::ids::{ClinicId, LocationId, RecordId, UserId};
+use crate::platform::state::AppState;
 use time::{Block, Exception, Ms};
 
 /// SQL: an appointment that holds its provider, room and patient (expired holds do not).

@@ -5,13 +5,13 @@ use axum::extract::State;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::audit::{self, Action};
-use crate::authz::{Caller, Permission, Policy, Routes};
-use crate::db::Tx;
-use crate::error::{ApiError, ApiResult};
-use crate::http::ApiJson;
-use crate::ids::{ClinicId, LocationId};
+use crate::platform::audit::{self, Action};
+use crate::platform::authz::{Caller, Permission, Policy, Routes};
+use crate::platform::db::Tx;
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::http::ApiJson;
+use crate::platform::ids::{ClinicId, LocationId};
+use crate::platform::state::AppState;
 
 #[derive(Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct LocationOut {
@@ -81,7 +81,13 @@ pub async fn create(
             err if err.code == "conflict" => ApiError::conflict("location_exists", "a location with that name exists"),
             err => err,
         })?;
-    crate::scheduling::set_hours(tx, clinic, &id, &crate::scheduling::DEFAULT_HOURS).await?;
+    crate::domains::scheduling::set_hours(
+        tx,
+        clinic,
+        &id,
+        &crate::domains::scheduling::DEFAULT_HOURS,
+    )
+    .await?;
     Ok(id)
 }
 

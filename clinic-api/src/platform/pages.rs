@@ -3,18 +3,18 @@
 use axum::http::{Method, header};
 use axum::response::IntoResponse;
 
-use crate::authz::{Policy, Routes};
+use crate::platform::authz::{Policy, Routes};
 
-const INDEX: &str = include_str!("../../web/index.html");
-const CONSULT_JOIN: &str = include_str!("../../web/consult-join.html");
-const CONSULT_PROVIDER: &str = include_str!("../../web/consult-provider.html");
-const PHOTOS: &str = include_str!("../../web/photos.html");
-const SCHEDULE: &str = include_str!("../../web/schedule.html");
-const APPOINTMENTS: &str = include_str!("../../web/appointments.html");
+const INDEX: &str = include_str!("../../../web/index.html");
+const CONSULT_JOIN: &str = include_str!("../../../web/consult-join.html");
+const CONSULT_PROVIDER: &str = include_str!("../../../web/consult-provider.html");
+const PHOTOS: &str = include_str!("../../../web/photos.html");
+const SCHEDULE: &str = include_str!("../../../web/schedule.html");
+const APPOINTMENTS: &str = include_str!("../../../web/appointments.html");
 /// The consult pages' shared client (signaling, media, reconnect); plain ES2017, no build step.
-const CONSULT_JS: &str = include_str!("../../web/consult.js");
+const CONSULT_JS: &str = include_str!("../../../web/consult.js");
 /// The scheduling pages' shared helpers (dates, wall times, the API client); plain ES2017.
-const SCHEDULING_JS: &str = include_str!("../../web/scheduling.js");
+const SCHEDULING_JS: &str = include_str!("../../../web/scheduling.js");
 
 /// The pages' Content-Security-Policy: same-origin only, no framing. The pages are single files
 /// with inline script and style (no build step), hence 'unsafe-inline' for those two. The consult

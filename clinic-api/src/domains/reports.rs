@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::http::Method;
 use serde::Serialize;
 
-use crate::app::AppState;
-use crate::authz::{Caller, Permission, Policy, Routes};
-use crate::error::ApiResult;
+use crate::platform::authz::{Caller, Permission, Policy, Routes};
+use crate::platform::error::ApiResult;
+use crate::platform::state::AppState;
 
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct OperationsReport {

@@ -6,15 +6,15 @@ use axum::extract::State;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::audit::{self, Action};
-use crate::authz::{Caller, Permission, Policy, Role, Routes};
-use crate::clock::rfc3339;
-use crate::db::Tx;
-use crate::error::{ApiError, ApiResult};
-use crate::http::{ApiJson, ApiPath};
-use crate::ids::{ClinicId, LocationId, UserId};
-use crate::{passwords, sessions};
+use crate::platform::audit::{self, Action};
+use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
+use crate::platform::clock::rfc3339;
+use crate::platform::db::Tx;
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::http::{ApiJson, ApiPath};
+use crate::platform::ids::{ClinicId, LocationId, UserId};
+use crate::platform::state::AppState;
+use crate::{domains::identity::passwords, platform::sessions};
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct UserRow {

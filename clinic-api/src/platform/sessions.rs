@@ -8,13 +8,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
-use crate::app::AppState;
-use crate::authz::{Caller, Role};
-use crate::db::Tx;
-use crate::error::ApiError;
-use crate::http::ClientInfo;
-use crate::ids::{ClinicId, LocationId, SessionId, UserId};
-use crate::keys::sha256_hex;
+use crate::platform::authz::{Caller, Role};
+use crate::platform::db::Tx;
+use crate::platform::error::ApiError;
+use crate::platform::http::ClientInfo;
+use crate::platform::ids::{ClinicId, LocationId, SessionId, UserId};
+use crate::platform::keys::sha256_hex;
+use crate::platform::state::AppState;
 
 pub const COOKIE: &str = "clinic_session";
 

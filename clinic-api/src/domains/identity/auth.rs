@@ -8,18 +8,18 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::audit::{self, Action, AuditEvent, Outcome};
-use crate::authz::{Caller, Policy, Routes};
-use crate::clock::rfc3339;
-use crate::db::Tx;
-use crate::error::{ApiError, ApiResult};
-use crate::http::{ApiJson, ClientInfo};
-use crate::ids::{ClinicId, UserId};
-use crate::keys::Purpose;
-use crate::sessions::{self, Stage};
-use crate::users::{self, UserRow};
-use crate::{mfa, passwords};
+use crate::domains::identity::users::{self, UserRow};
+use crate::platform::audit::{self, Action, AuditEvent, Outcome};
+use crate::platform::authz::{Caller, Policy, Routes};
+use crate::platform::clock::rfc3339;
+use crate::platform::db::Tx;
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::http::{ApiJson, ClientInfo};
+use crate::platform::ids::{ClinicId, UserId};
+use crate::platform::keys::Purpose;
+use crate::platform::sessions::{self, Stage};
+use crate::platform::state::AppState;
+use crate::{domains::identity::mfa, domains::identity::passwords};
 
 pub fn routes() -> Routes {
     Routes::new("auth")

@@ -29,17 +29,17 @@ use imaging::tiering::{Refusal, TierPolicy, may_delete};
 use imaging::{Format, ImagingError, Limits};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::audit::{self, Action};
-use crate::authz::{Basis, Caller, Permission, Policy, Routes};
-use crate::clock::rfc3339;
-use crate::config::{Config, KeyProviderKind, StoreKind};
-use crate::db::{Backend, Db, Tx};
-use crate::error::{ApiError, ApiResult};
-use crate::http::{ApiJson, ApiPath};
-use crate::ids::{ClinicId, LocationId, PatientId};
-use crate::keys::{KeyRing, Purpose};
-use crate::pii::Pii;
+use crate::platform::audit::{self, Action};
+use crate::platform::authz::{Basis, Caller, Permission, Policy, Routes};
+use crate::platform::clock::rfc3339;
+use crate::platform::config::{Config, KeyProviderKind, StoreKind};
+use crate::platform::db::{Backend, Db, Tx};
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::http::{ApiJson, ApiPath};
+use crate::platform::ids::{ClinicId, LocationId, PatientId};
+use crate::platform::keys::{KeyRing, Purpose};
+use crate::platform::pii::Pii;
+use crate::platform::state::AppState;
 
 /// The imaging services the API uses: keys, store, limits, policy, URL signing.
 pub struct Images {
@@ -60,6 +60,11 @@ pub struct Images {
 }
 
 impl Images {
+    /// The imaging services, from the state `app` assembled.
+    pub fn of(state: &AppState) -> &Images {
+        state.get()
+    }
+
     /// Builds the key provider and store the configuration names.
     pub async fn open(config: &Config, ring: &KeyRing) -> anyhow::Result<Self> {
         let c = &config.imaging;
@@ -525,14 +530,15 @@ async fn upload_for_patient(
     // Check reach first, and end the transaction before the (slow) body is read.
     let tx = state.db.tenant_tx(&caller.clinic_id).await?;
     let (tx, _, basis) =
-        crate::patients::reach(&state, tx, &caller, &p.id, Permission::ClinicalWrite).await?;
+        crate::domains::patients::reach(&state, tx, &caller, &p.id, Permission::ClinicalWrite)
+            .await?;
     tx.commit().await?;
-    let (bytes, inflight) = read_upload(&headers, body, &state.images).await?;
+    let (bytes, inflight) = read_upload(&headers, body, Images::of(&state)).await?;
     let row = store_upload(&state, &caller, &p.id, "staff", &basis, bytes).await?;
     drop(inflight);
-    let urls = crate::authz::scope_of(caller.role, Permission::ImagesView)
+    let urls = crate::platform::authz::scope_of(caller.role, Permission::ImagesView)
         .is_some()
-        .then_some((&*state.images, &caller, state.clock.now_ms()));
+        .then_some((Images::of(&state), &caller, state.clock.now_ms()));
     Ok((StatusCode::CREATED, Json(ImageOut::from_row(row, urls))))
 }
 
@@ -556,7 +562,7 @@ async fn upload_own(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ImageOut>)> {
     let patient = own_patient(&state, &caller).await?;
-    let (bytes, inflight) = read_upload(&headers, body, &state.images).await?;
+    let (bytes, inflight) = read_upload(&headers, body, Images::of(&state)).await?;
     let row = store_upload(&state, &caller, &patient, "patient", &Basis::Own, bytes).await?;
     drop(inflight);
     let now = state.clock.now_ms();
@@ -564,7 +570,7 @@ async fn upload_own(
         StatusCode::CREATED,
         Json(ImageOut::from_row(
             row,
-            Some((&*state.images, &caller, now)),
+            Some((Images::of(&state), &caller, now)),
         )),
     ))
 }
@@ -579,7 +585,7 @@ async fn store_upload(
     basis: &Basis,
     bytes: Vec<u8>,
 ) -> ApiResult<ImageRow> {
-    let images = &state.images;
+    let images = Images::of(state);
     let limits = images.limits.clone();
     let permit = images
         .processing
@@ -746,14 +752,14 @@ async fn list_for_patient(
 ) -> ApiResult<Json<Vec<ImageOut>>> {
     let tx = state.db.tenant_tx(&caller.clinic_id).await?;
     let (mut tx, _, basis) =
-        crate::patients::reach(&state, tx, &caller, &p.id, Permission::ImagesView).await?;
+        crate::domains::patients::reach(&state, tx, &caller, &p.id, Permission::ImagesView).await?;
     let rows = list_rows(&mut tx, &caller.clinic_id, p.id.as_str()).await?;
     audit_list(&state, &mut tx, &caller, &basis, p.id.as_str(), &rows).await?;
     tx.commit().await?;
     let now = state.clock.now_ms();
     Ok(Json(
         rows.into_iter()
-            .map(|r| ImageOut::from_row(r, Some((&*state.images, &caller, now))))
+            .map(|r| ImageOut::from_row(r, Some((Images::of(&state), &caller, now))))
             .collect(),
     ))
 }
@@ -775,7 +781,7 @@ async fn list_own(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     let now = state.clock.now_ms();
     Ok(Json(
         rows.into_iter()
-            .map(|r| ImageOut::from_row(r, Some((&*state.images, &caller, now))))
+            .map(|r| ImageOut::from_row(r, Some((Images::of(&state), &caller, now))))
             .collect(),
     ))
 }
@@ -837,11 +843,9 @@ async fn export(
 ) -> ApiResult<Json<SignedUrl>> {
     let (tx, row, _) = reach_image(&state, &caller, &p.id, Permission::ImagesExport).await?;
     tx.commit().await?;
-    let expires = state.clock.now_ms() + state.images.export_ttl_ms;
+    let expires = state.clock.now_ms() + Images::of(&state).export_ttl_ms;
     Ok(Json(SignedUrl {
-        url: state
-            .images
-            .sign_url(&row.id, Variant::Original, &caller, expires),
+        url: Images::of(&state).sign_url(&row.id, Variant::Original, &caller, expires),
         expires_at: rfc3339(expires),
     }))
 }
@@ -851,7 +855,7 @@ async fn fetch_file(
     caller: Caller,
     ApiPath(p): ApiPath<TokenPath>,
 ) -> ApiResult<Response> {
-    let images = &state.images;
+    let images = Images::of(&state);
     let claims = images
         .verify_url(&p.token)
         .filter(|c| c.u == caller.user_id.as_str() && c.c == caller.clinic_id.as_str())
@@ -1033,8 +1037,7 @@ async fn delete_image(
     tx.commit().await?;
     for v in [Variant::Original, Variant::Preview, Variant::Thumbnail] {
         if let Some(key) = row.key(v)
-            && let Err(e) = state
-                .images
+            && let Err(e) = Images::of(&state)
                 .store
                 .delete(caller.clinic_id.as_str(), &key)
                 .await

@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use crate::authz::Role;
-use crate::db::Db;
+use crate::platform::authz::Role;
+use crate::platform::db::Db;
 
 #[derive(Debug, Serialize, sqlx::FromRow, Clone)]
 pub struct AccountLine {
@@ -80,7 +80,7 @@ pub async fn run(
 /// Plain-text rendering for the terminal.
 pub fn render(review: &AccessReview) -> String {
     let when = |t: Option<i64>| {
-        t.map(crate::clock::rfc3339)
+        t.map(crate::platform::clock::rfc3339)
             .unwrap_or_else(|| "never".into())
     };
     let mut out = String::new();

@@ -1,13 +1,13 @@
 //! The OpenAPI 3.1 document, generated from the same route specs that carry each route's policy,
 //! so it cannot miss a route; request bodies and query parameters come from the types (schemars).
 
-use std::sync::OnceLock;
-
+use axum::extract::State;
 use axum::http::{Method, header};
 use axum::response::IntoResponse;
 use serde_json::{Map, Value, json};
 
-use crate::authz::{Access, Policy, RouteSpec, Routes};
+use crate::platform::authz::{Access, Policy, RouteSpec, Routes};
+use crate::platform::state::AppState;
 
 pub fn routes() -> Routes {
     Routes::new("ops").add(
@@ -19,10 +19,18 @@ pub fn routes() -> Routes {
     )
 }
 
-async fn serve() -> impl IntoResponse {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let doc = DOC.get_or_init(|| document(&crate::app::all_routes().specs()).to_string());
-    ([(header::CONTENT_TYPE, "application/json")], doc.clone())
+/// The served document, made once from every route when `app` assembles the state.
+pub struct Document(String);
+
+impl Document {
+    pub fn new(specs: &[RouteSpec]) -> Self {
+        Self(document(specs).to_string())
+    }
+}
+
+async fn serve(State(state): State<AppState>) -> impl IntoResponse {
+    let doc = state.get::<Document>();
+    ([(header::CONTENT_TYPE, "application/json")], doc.0.clone())
 }
 
 /// Builds the document for `specs`.
@@ -108,7 +116,7 @@ pub fn document(specs: &[RouteSpec]) -> Value {
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": { "session": { "type": "apiKey", "in": "cookie", "name": crate::sessions::COOKIE } }
+            "securitySchemes": { "session": { "type": "apiKey", "in": "cookie", "name": crate::platform::sessions::COOKIE } }
         }
     })
 }

@@ -25,14 +25,14 @@ use signaling::room::{AuditAction, ConnId, Effect, Input, Joiner, Output, Room, 
 use signaling::token::{Claims, ConsultRole, TokenKey};
 use tokio::sync::mpsc;
 
-use crate::app::AppState;
-use crate::audit::{self, Action, AuditEvent};
-use crate::authz::{Caller, Permission, Policy, Routes};
-use crate::clock::rfc3339;
-use crate::error::{ApiError, ApiResult};
-use crate::http::{ApiJson, ApiPath, ClientInfo};
-use crate::ids::{ClinicId, LocationId, PatientId};
-use crate::keys::{Purpose, sha256_hex};
+use crate::platform::audit::{self, Action, AuditEvent};
+use crate::platform::authz::{Caller, Permission, Policy, Routes};
+use crate::platform::clock::rfc3339;
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::http::{ApiJson, ApiPath, ClientInfo};
+use crate::platform::ids::{ClinicId, LocationId, PatientId};
+use crate::platform::keys::{Purpose, sha256_hex};
+use crate::platform::state::AppState;
 
 /// How long a join link's code may wait to be exchanged.
 const LINK_TTL_SECS: i64 = 24 * 3600;
@@ -78,11 +78,16 @@ enum Outbound {
 }
 
 impl Hub {
+    /// The node's hub, from the state `app` assembled.
+    pub fn of(state: &AppState) -> &Hub {
+        state.get()
+    }
+
     /// Starts the media workers and the task that routes their notices to rooms. Needs a tokio
     /// runtime.
     pub fn start(
-        keys: &crate::keys::KeyRing,
-        config: &crate::config::SfuConfig,
+        keys: &crate::platform::keys::KeyRing,
+        config: &crate::platform::config::SfuConfig,
     ) -> std::io::Result<std::sync::Arc<Self>> {
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -193,7 +198,7 @@ async fn room_for(
     clinic: &ClinicId,
     consult: &str,
 ) -> ApiResult<mpsc::UnboundedSender<RoomCmd>> {
-    if let Some(tx) = state.consults.room(consult) {
+    if let Some(tx) = Hub::of(state).room(consult) {
         return Ok(tx);
     }
     let mut tx = state.db.tenant_tx(clinic).await?;
@@ -207,13 +212,13 @@ async fn room_for(
     let row = row
         .filter(|r| r.status == "open")
         .ok_or_else(|| ApiError::conflict("consult_unavailable", "this consult has ended"))?;
-    let mut rooms = state.consults.rooms.lock().expect("hub lock");
+    let mut rooms = Hub::of(state).rooms.lock().expect("hub lock");
     if let Some(tx) = rooms.get(consult).filter(|tx| !tx.is_closed()) {
         return Ok(tx.clone());
     }
     let (tx, rx) = mpsc::unbounded_channel();
     rooms.insert(consult.to_string(), tx.clone());
-    let room = Room::new(consult, state.consults.room_config.clone(), Instant::now());
+    let room = Room::new(consult, Hub::of(state).room_config.clone(), Instant::now());
     tokio::spawn(room_task(
         state.clone(),
         clinic.clone(),
@@ -297,8 +302,7 @@ async fn room_task(
             break;
         }
     }
-    state
-        .consults
+    Hub::of(&state)
         .rooms
         .lock()
         .expect("hub lock")
@@ -367,8 +371,7 @@ async fn apply(
                 }
             }
             Effect::MediaOffer { participant, sdp } => {
-                let reply = match state
-                    .consults
+                let reply = match Hub::of(state)
                     .sfu_for(consult)
                     .offer(consult, &participant, sdp)
                     .await
@@ -385,8 +388,7 @@ async fn apply(
                 }
             }
             Effect::MediaAnswer { participant, sdp } => {
-                if let Err(e) = state
-                    .consults
+                if let Err(e) = Hub::of(state)
                     .sfu_for(consult)
                     .answer(&participant, sdp)
                     .await
@@ -402,8 +404,7 @@ async fn apply(
             Effect::MediaIce {
                 participant,
                 candidate,
-            } => state
-                .consults
+            } => Hub::of(state)
                 .sfu_for(consult)
                 .candidate(&participant, candidate),
             Effect::MediaLayer {
@@ -415,13 +416,11 @@ async fn apply(
                     protocol::LayerPreference::LowData => sfu::Preference::LowData,
                     protocol::LayerPreference::AudioOnly => sfu::Preference::AudioOnly,
                 };
-                state
-                    .consults
+                Hub::of(state)
                     .sfu_for(consult)
                     .preference(&participant, pref);
             }
-            Effect::MediaDrop { participant } => state
-                .consults
+            Effect::MediaDrop { participant } => Hub::of(state)
                 .sfu_for(consult)
                 .drop_participant(&participant),
             Effect::ClientStats { .. } => {}
@@ -535,13 +534,13 @@ async fn connection(
     else {
         return refuse(socket, "join_timeout", "send join within 10 seconds").await;
     };
-    let conn = state.consults.next_conn.fetch_add(1, Ordering::Relaxed);
+    let conn = Hub::of(&state).next_conn.fetch_add(1, Ordering::Relaxed);
     let (room, input) = match first {
         ClientMsg::Join {
             token, mut device, ..
         } => {
             let now = state.clock.now_ms() / 1000;
-            let claims: Claims = match state.consults.token_key.verify(&token, now, 30) {
+            let claims: Claims = match Hub::of(&state).token_key.verify(&token, now, 30) {
                 Ok(c) => c,
                 Err(e) => return refuse(socket, e.code(), &e.to_string()).await,
             };
@@ -574,7 +573,7 @@ async fn connection(
         }
         ClientMsg::Resume { resume_token, .. } => {
             let consult = resume_token.split('.').next().unwrap_or_default();
-            let Some(room) = state.consults.room(consult) else {
+            let Some(room) = Hub::of(&state).room(consult) else {
                 return refuse(
                     socket,
                     "resume_invalid",
@@ -860,7 +859,7 @@ async fn create_link(
 /// its start to `join_late_secs` after its end.
 pub(crate) async fn appointment_window(
     state: &AppState,
-    tx: &mut crate::db::Tx,
+    tx: &mut crate::platform::db::Tx,
     consult: &str,
 ) -> ApiResult<Option<(i64, i64)>> {
     let row: Option<(i64, i64)> = sqlx::query_as(
@@ -883,7 +882,7 @@ pub(crate) async fn appointment_window(
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn issue_link(
     state: &AppState,
-    tx: &mut crate::db::Tx,
+    tx: &mut crate::platform::db::Tx,
     clinic: &ClinicId,
     consult: &str,
     role: ConsultRole,
@@ -1030,7 +1029,7 @@ async fn join(
     audit::record(&mut tx, state.db.backend, now, event).await?;
     tx.commit().await?;
     Ok(Json(JoinToken {
-        token: state.consults.token_key.sign(&claims),
+        token: Hub::of(&state).token_key.sign(&claims),
         consult_id: row.consult_id,
         role: row.role,
         ws_path: "/api/v1/consults/ws".into(),
@@ -1058,7 +1057,7 @@ async fn end(
     audit::record(&mut tx, state.db.backend, now, event).await?;
     tx.commit().await?;
     // A live room is told too; its participants get `ended` and are disconnected.
-    if let Some(room) = state.consults.room(&consult) {
+    if let Some(room) = Hub::of(&state).room(&consult) {
         let _ = room.send(RoomCmd::Input(Input::EndNow));
     }
     Ok(Json(ConsultOut {

@@ -13,14 +13,14 @@ use axum::http::{Method, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::authz::{Caller, Permission, Policy, Routes};
-use crate::clock::rfc3339;
-use crate::db::{Backend, Db, Tx};
-use crate::error::{ApiError, ApiResult};
-use crate::http::ApiQuery;
-use crate::ids::ClinicId;
-use crate::keys::KeyRing;
+use crate::platform::authz::{Caller, Permission, Policy, Routes};
+use crate::platform::clock::rfc3339;
+use crate::platform::db::{Backend, Db, Tx};
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::http::ApiQuery;
+use crate::platform::ids::ClinicId;
+use crate::platform::keys::KeyRing;
+use crate::platform::state::AppState;
 
 const GENESIS: [u8; 32] = [0u8; 32];
 

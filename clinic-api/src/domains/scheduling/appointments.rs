@@ -23,16 +23,16 @@ use super::{
     ACTIVE, Search, TypeRow, find_slots, load_type, location_tz, parse_instant, provider_at,
     within_availability,
 };
-use crate::app::AppState;
-use crate::audit::{self, Action, Outcome};
-use crate::authz::{Caller, Permission, Policy, Role, Routes};
-use crate::clock::rfc3339;
-use crate::db::Tx;
-use crate::error::{ApiError, ApiResult};
-use crate::http::{ApiJson, ApiPath, ApiQuery};
-use crate::ids::{ClinicId, LocationId, PatientId, RecordId, UserId};
-use crate::keys::sha256_hex;
-use crate::pii::Pii;
+use crate::platform::audit::{self, Action, Outcome};
+use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
+use crate::platform::clock::rfc3339;
+use crate::platform::db::Tx;
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
+use crate::platform::ids::{ClinicId, LocationId, PatientId, RecordId, UserId};
+use crate::platform::keys::sha256_hex;
+use crate::platform::pii::Pii;
+use crate::platform::state::AppState;
 
 /// Most occurrences one series may create (two years of weekly visits).
 const MAX_OCCURRENCES: u16 = 104;
@@ -294,7 +294,7 @@ fn out(state: &AppState, r: ApptRow, with_name: bool) -> AppointmentOut {
 }
 
 fn may_see_names(caller: &Caller) -> bool {
-    crate::authz::scope_of(caller.role, Permission::PatientsRead).is_some()
+    crate::platform::authz::scope_of(caller.role, Permission::PatientsRead).is_some()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1048,7 +1048,7 @@ async fn reach(
     caller: &Caller,
     id: &str,
     perm: Permission,
-) -> ApiResult<(ApptRow, crate::authz::Basis)> {
+) -> ApiResult<(ApptRow, crate::platform::authz::Basis)> {
     let row = fetch(tx, &caller.clinic_id, id)
         .await?
         .filter(|r| r.status != "expired")
@@ -1125,7 +1125,7 @@ async fn transition(
     tx: &mut Tx,
     caller: &Caller,
     row: &ApptRow,
-    basis: &crate::authz::Basis,
+    basis: &crate::platform::authz::Basis,
     from: &[&str],
     to: &str,
 ) -> ApiResult<()> {
@@ -1176,11 +1176,11 @@ async fn transition(
             .await?;
     }
     if to == "cancelled" {
-        crate::outbox::cancel_for(tx, &caller.clinic_id, &row.id).await?;
+        crate::domains::outbox::cancel_for(tx, &caller.clinic_id, &row.id).await?;
     }
     if to == "completed" {
         let ty = load_type(tx, &caller.clinic_id, &row.type_id).await?;
-        crate::outbox::schedule_followups(
+        crate::domains::outbox::schedule_followups(
             tx,
             &caller.clinic_id,
             &row.patient_id,
@@ -1676,7 +1676,7 @@ async fn join(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(p): ApiPath<IdPath>,
-) -> ApiResult<Json<crate::consults::LinkOut>> {
+) -> ApiResult<Json<crate::domains::consults::LinkOut>> {
     let id = p.id.to_string();
     let now = state.clock.now_ms();
     let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
@@ -1753,7 +1753,7 @@ async fn join(
             "this appointment's join window has closed",
         ));
     }
-    let link = crate::consults::issue_link(
+    let link = crate::domains::consults::issue_link(
         &state,
         &mut tx,
         &caller.clinic_id,
@@ -2031,7 +2031,7 @@ async fn cancel_own(
         &mut tx,
         &caller,
         &row,
-        &crate::authz::Basis::Own,
+        &crate::platform::authz::Basis::Own,
         &["held", "booked"],
         "cancelled",
     )

@@ -18,12 +18,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::audit::{self, Action, AuditEvent, Outcome};
-use crate::error::ApiError;
-use crate::http::ClientInfo;
-use crate::ids::{ClinicId, LocationId, SessionId, UserId};
-use crate::sessions::{self, Stage};
+use crate::platform::audit::{self, Action, AuditEvent, Outcome};
+use crate::platform::error::ApiError;
+use crate::platform::http::ClientInfo;
+use crate::platform::ids::{ClinicId, LocationId, SessionId, UserId};
+use crate::platform::sessions::{self, Stage};
+use crate::platform::state::AppState;
 
 /// Every role a user can hold. Staff roles are all but `Patient` and `ReferringPartner`.
 #[derive(

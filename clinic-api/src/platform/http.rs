@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::platform::error::ApiError;
 
 /// Header naming the purpose of use (HIPAA): `treatment` (default), `payment`, `operations`.
 pub const PURPOSE_HEADER: &str = "clinic-purpose";

@@ -23,15 +23,15 @@ use chrono::Duration;
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::app::AppState;
-use crate::audit::{self, Action};
-use crate::authz::{Caller, Permission, Policy, Routes};
-use crate::clock::rfc3339;
-use crate::db::{Backend, Db, Tx};
-use crate::error::{ApiError, ApiResult};
-use crate::ids::ClinicId;
-use crate::scheduling::FollowupRule;
-use crate::scheduling::time;
+use crate::domains::scheduling::FollowupRule;
+use crate::domains::scheduling::time;
+use crate::platform::audit::{self, Action};
+use crate::platform::authz::{Caller, Permission, Policy, Routes};
+use crate::platform::clock::rfc3339;
+use crate::platform::db::{Backend, Db, Tx};
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::ids::ClinicId;
+use crate::platform::state::AppState;
 
 /// A message to deliver.
 #[derive(Clone, Debug, sqlx::FromRow)]

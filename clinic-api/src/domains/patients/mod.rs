@@ -7,14 +7,14 @@ use axum::extract::State;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::audit::{self, Action, Outcome};
-use crate::authz::{Caller, Permission, Policy, Routes, Scope, scope_of};
-use crate::db::Tx;
-use crate::error::{ApiError, ApiResult};
-use crate::http::{ApiJson, ApiPath, ApiQuery};
-use crate::ids::{LocationId, PatientId};
-use crate::pii::Pii;
+use crate::platform::audit::{self, Action, Outcome};
+use crate::platform::authz::{Caller, Permission, Policy, Routes, Scope, scope_of};
+use crate::platform::db::Tx;
+use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
+use crate::platform::ids::{LocationId, PatientId};
+use crate::platform::pii::Pii;
+use crate::platform::state::AppState;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub(crate) struct PatientRow {
@@ -219,7 +219,7 @@ pub(crate) async fn reach(
     caller: &Caller,
     id: &PatientId,
     perm: Permission,
-) -> ApiResult<(Tx, PatientRow, crate::authz::Basis)> {
+) -> ApiResult<(Tx, PatientRow, crate::platform::authz::Basis)> {
     let row = fetch(&mut tx, caller, id)
         .await?
         .ok_or_else(|| ApiError::not_found("patient"))?;

@@ -1,0 +1,7 @@
+//! Identity: sign-in, MFA, passwords, users and the access review.
+
+pub mod access_review;
+pub mod auth;
+pub mod mfa;
+pub mod passwords;
+pub mod users;

@@ -1,0 +1,4 @@
+//! Tenancy: practices (tenants) and their locations.
+
+pub mod clinics;
+pub mod locations;
