@@ -323,7 +323,7 @@ async fn user_command(command: UserCommand, config: &Config, now: i64) -> anyhow
         | UserCommand::ResetMfa { clinic, username } => (clinic.clone(), username.clone()),
     };
     let clinic = clinic_id(&db, &slug).await?;
-    let mut tx = db.tenant_tx(&clinic).await?;
+    let mut tx = db.tenant_tx(&clinic, now).await?;
     match command {
         UserCommand::Add {
             role,
@@ -354,13 +354,8 @@ async fn user_command(command: UserCommand, config: &Config, now: i64) -> anyhow
             )
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
-            audit::record(
-                &mut tx,
-                db.backend,
-                now,
-                operator_event(&clinic, Action::UserCreate, id.as_str()),
-            )
-            .await?;
+            tx.audit(operator_event(&clinic, Action::UserCreate, id.as_str()))
+                .await?;
             tx.commit().await?;
             println!(
                 "user {username} ({}) created: {id}\ninitial password (shown once): {password}",
@@ -372,13 +367,8 @@ async fn user_command(command: UserCommand, config: &Config, now: i64) -> anyhow
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no user {username}"))?;
             let revoked = users::disable(&mut tx, &user.user_id(), now).await?;
-            audit::record(
-                &mut tx,
-                db.backend,
-                now,
-                operator_event(&clinic, Action::UserDisable, &user.id),
-            )
-            .await?;
+            tx.audit(operator_event(&clinic, Action::UserDisable, &user.id))
+                .await?;
             tx.commit().await?;
             println!("user {username} disabled; {revoked} sessions revoked");
         }
@@ -387,13 +377,8 @@ async fn user_command(command: UserCommand, config: &Config, now: i64) -> anyhow
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no user {username}"))?;
             let revoked = users::reset_mfa(&mut tx, &user.user_id(), now).await?;
-            audit::record(
-                &mut tx,
-                db.backend,
-                now,
-                operator_event(&clinic, Action::MfaReset, &user.id),
-            )
-            .await?;
+            tx.audit(operator_event(&clinic, Action::MfaReset, &user.id))
+                .await?;
             tx.commit().await?;
             println!(
                 "user {username}: MFA reset; {revoked} sessions revoked; they enroll again at next sign-in"

@@ -36,7 +36,7 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Option<Demo>> {
     }
     let now = state.clock.now_ms();
     let clinic = clinics::create(&state.db, SLUG, "Hartwell Family Podiatry", now).await?;
-    let mut tx = state.db.tenant_tx(&clinic).await?;
+    let mut tx = state.tx(&clinic).await?;
     let main_st = locations::create(
         &mut tx,
         &clinic,
@@ -136,7 +136,7 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Option<Demo>> {
 /// Appointment types, rooms and provider availability. Telemedicine hours are all day, every
 /// day, so the demo can be tried at any hour; in-person care follows the opening hours.
 async fn seed_scheduling(
-    tx: &mut crate::platform::db::Tx,
+    tx: &mut crate::platform::db::TenantTx,
     clinic: &ClinicId,
     main_st: &LocationId,
     lakeside: &LocationId,
@@ -252,7 +252,7 @@ async fn seed_scheduling(
 /// Inserts a patient row (seeding and tests; the API has its own audited path).
 #[allow(clippy::too_many_arguments)]
 pub async fn insert_patient(
-    tx: &mut crate::platform::db::Tx,
+    tx: &mut crate::platform::db::TenantTx,
     clinic: &ClinicId,
     location: &LocationId,
     user: Option<&UserId>,

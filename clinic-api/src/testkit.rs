@@ -191,7 +191,7 @@ impl TestApp {
         let clinic = clinics::create(&state.db, slug, &format!("{slug} podiatry"), now)
             .await
             .expect("create clinic");
-        let mut tx = state.db.tenant_tx(&clinic).await.unwrap();
+        let mut tx = state.tx(&clinic).await.unwrap();
         let a = locations::create(&mut tx, &clinic, "North", "America/New_York", now)
             .await
             .unwrap();
@@ -223,7 +223,7 @@ impl TestApp {
             role.as_str(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let mut tx = self.state.db.tenant_tx(clinic).await.unwrap();
+        let mut tx = self.state.tx(clinic).await.unwrap();
         let id = users::create(
             &mut tx,
             clinic,
@@ -270,7 +270,7 @@ impl TestApp {
             .state
             .keys
             .seal(Purpose::MfaSecret, user.id.as_str().as_bytes(), &secret);
-        let mut tx = self.state.db.tenant_tx(&user.clinic).await.unwrap();
+        let mut tx = self.state.tx(&user.clinic).await.unwrap();
         sqlx::query("UPDATE users SET mfa_secret = $1, mfa_enrolled_at = $2 WHERE id = $3")
             .bind(sealed)
             .bind(self.now())
@@ -291,7 +291,7 @@ impl TestApp {
     pub async fn session(&self, user: &TestUser, stage: Stage) -> String {
         let token = format!("tok{}", uuid::Uuid::new_v4().simple());
         let now = self.now();
-        let mut tx = self.state.db.tenant_tx(&user.clinic).await.unwrap();
+        let mut tx = self.state.tx(&user.clinic).await.unwrap();
         sqlx::query(
             "INSERT INTO sessions (id, clinic_id, user_id, token_hash, stage, created_at, last_seen_at, expires_at, mfa_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -325,7 +325,7 @@ impl TestApp {
         given: &str,
         family: &str,
     ) -> PatientId {
-        let mut tx = self.state.db.tenant_tx(clinic).await.unwrap();
+        let mut tx = self.state.tx(clinic).await.unwrap();
         let id = demo::insert_patient(
             &mut tx,
             clinic,

@@ -221,13 +221,13 @@ async fn the_log_is_append_only() {
     .await
     .unwrap();
     // Through the application's own connection.
-    let mut tx = app.state.db.tenant_tx(&app.clinic).await.unwrap();
+    let mut tx = app.state.tx(&app.clinic).await.unwrap();
     let update = sqlx::query("UPDATE audit_events SET detail = 'x'")
         .execute(&mut *tx)
         .await;
     assert!(update.is_err(), "update must be refused");
     drop(tx);
-    let mut tx = app.state.db.tenant_tx(&app.clinic).await.unwrap();
+    let mut tx = app.state.tx(&app.clinic).await.unwrap();
     assert!(
         sqlx::query("DELETE FROM audit_events")
             .execute(&mut *tx)
@@ -257,7 +257,7 @@ async fn the_log_is_append_only() {
             .unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
         // And the app role lacks the privilege in the first place.
-        let mut tx = app.state.db.tenant_tx(&app.clinic).await.unwrap();
+        let mut tx = app.state.tx(&app.clinic).await.unwrap();
         let err = sqlx::query("UPDATE audit_events SET detail = 'x'")
             .execute(&mut *tx)
             .await

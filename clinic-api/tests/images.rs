@@ -582,7 +582,7 @@ async fn signed_urls_are_bound_to_their_user_and_expire() {
 async fn patients_upload_and_see_only_their_own_photos() {
     let app = TestApp::new().await;
     let me = app.user(Role::Patient).await;
-    let mut tx = app.state.db.tenant_tx(&app.clinic).await.unwrap();
+    let mut tx = app.state.tx(&app.clinic).await.unwrap();
     clinic_api::demo::insert_patient(
         &mut tx,
         &app.clinic,
@@ -628,7 +628,7 @@ async fn patients_upload_and_see_only_their_own_photos() {
 
     // Another patient sees none of it, and cannot reach staff routes.
     let other = app.user(Role::Patient).await;
-    let mut tx = app.state.db.tenant_tx(&app.clinic).await.unwrap();
+    let mut tx = app.state.tx(&app.clinic).await.unwrap();
     clinic_api::demo::insert_patient(
         &mut tx,
         &app.clinic,

@@ -122,7 +122,7 @@ impl Setup {
     /// A patient with a portal account: (patient id, session cookie, user).
     async fn portal_patient(&self, given: &str) -> (String, String, TestUser) {
         let user = self.app.user(Role::Patient).await;
-        let mut tx = self.app.state.db.tenant_tx(&self.app.clinic).await.unwrap();
+        let mut tx = self.app.state.tx(&self.app.clinic).await.unwrap();
         let id = clinic_api::demo::insert_patient(
             &mut tx,
             &self.app.clinic,

@@ -153,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let peak = status_kib("VmHWM:");
-    let mut tx = server.state.db.tenant_tx(&seeded.clinic_id).await?;
+    let mut tx = server.state.tx(&seeded.clinic_id).await?;
     let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM images")
         .fetch_one(&mut *tx)
         .await?;

@@ -25,10 +25,10 @@ use serde::Serialize;
 
 use crate::domains::scheduling::FollowupRule;
 use crate::domains::scheduling::time;
-use crate::platform::audit::{self, Action};
+use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission, Policy, Routes};
 use crate::platform::clock::rfc3339;
-use crate::platform::db::{Backend, Db, Tx};
+use crate::platform::db::{Db, TenantTx};
 use crate::platform::error::{ApiError, ApiResult};
 use crate::platform::ids::ClinicId;
 use crate::platform::state::AppState;
@@ -66,7 +66,8 @@ impl Channel for PortalChannel {
         Box::pin(async move {
             let clinic = ClinicId::from_trusted(msg.clinic_id.clone());
             let result: sqlx::Result<()> = async {
-                let mut tx = db.tenant_tx(&clinic).await?;
+                let now = chrono::Utc::now().timestamp_millis();
+                let mut tx = db.tenant_tx(&clinic, now).await?;
                 // Keyed by the outbox id: a second delivery of the same message adds nothing.
                 sqlx::query(
                     "INSERT INTO portal_messages (id, clinic_id, patient_id, kind, body, link, delivered_at) \
@@ -78,7 +79,7 @@ impl Channel for PortalChannel {
                 .bind(&msg.kind)
                 .bind(&msg.body)
                 .bind(&msg.link)
-                .bind(chrono::Utc::now().timestamp_millis())
+                .bind(now)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await
@@ -109,7 +110,7 @@ const SEND_HOUR_MIN: i64 = 10 * 60;
 /// Writes the follow-up messages of a completed appointment.
 #[allow(clippy::too_many_arguments)]
 pub async fn schedule_followups(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     patient: &str,
     appointment: &str,
@@ -147,7 +148,11 @@ pub async fn schedule_followups(
 }
 
 /// Cancels the pending messages of an appointment.
-pub async fn cancel_for(tx: &mut Tx, clinic: &ClinicId, appointment: &str) -> sqlx::Result<()> {
+pub async fn cancel_for(
+    tx: &mut TenantTx,
+    clinic: &ClinicId,
+    appointment: &str,
+) -> sqlx::Result<()> {
     sqlx::query("UPDATE outbox_messages SET status = 'cancelled' WHERE clinic_id = $1 AND appointment_id = $2 AND status = 'pending'")
         .bind(clinic.as_str())
         .bind(appointment)
@@ -178,18 +183,6 @@ pub fn backoff_ms(attempts: i64) -> i64 {
     (30_000i64 << exp).min(3_600_000)
 }
 
-async fn tenants(db: &Db) -> sqlx::Result<Vec<ClinicId>> {
-    let sql = match db.backend {
-        Backend::Sqlite => "SELECT id FROM clinics ORDER BY id",
-        Backend::Postgres => "SELECT clinic_ids()",
-    };
-    let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&db.pool).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id,)| ClinicId::from_trusted(id))
-        .collect())
-}
-
 /// Claims up to `batch` due messages of one tenant: a lease that no other worker takes over
 /// until it runs out.
 async fn claim(
@@ -198,7 +191,7 @@ async fn claim(
     now: i64,
     cfg: &WorkerConfig,
 ) -> sqlx::Result<Vec<OutboxMessage>> {
-    let mut tx = db.tenant_tx(clinic).await?;
+    let mut tx = db.tenant_tx(clinic, now).await?;
     let due: Vec<OutboxMessage> = sqlx::query_as(
         "SELECT id, clinic_id, patient_id, kind, channel, body, link, attempts FROM outbox_messages \
          WHERE clinic_id = $1 AND status = 'pending' AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until <= $2) \
@@ -238,10 +231,10 @@ pub async fn deliver_due(
     cfg: &WorkerConfig,
 ) -> anyhow::Result<DeliveryReport> {
     let mut report = DeliveryReport::default();
-    for clinic in tenants(db).await? {
+    for clinic in db.clinic_ids().await? {
         for msg in claim(db, &clinic, now, cfg).await? {
             let result = channel.deliver(db, &msg).await;
-            let mut tx = db.tenant_tx(&clinic).await?;
+            let mut tx = db.tenant_tx(&clinic, now).await?;
             match result {
                 Ok(()) => {
                     sqlx::query("UPDATE outbox_messages SET status = 'sent', sent_at = $1, lease_until = NULL, last_error = NULL WHERE id = $2")
@@ -334,8 +327,7 @@ async fn list_own(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<PortalMessageOut>>> {
-    let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let patient: Option<(String,)> =
         sqlx::query_as("SELECT id FROM patients WHERE user_id = $1 AND clinic_id = $2")
             .bind(caller.user_id.as_str())
@@ -353,10 +345,7 @@ async fn list_own(
     for r in &mut rows {
         r.delivered = rfc3339(r.delivered_at);
     }
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
+    tx.audit(
         caller
             .event(Action::View, "portal_message")
             .patient(&patient)

@@ -34,7 +34,7 @@ async fn operations(
     let now = state.clock.now_ms();
     let idle = state.config.sessions.idle_timeout_secs * 1000;
     let clinic = caller.clinic_id.as_str();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let users_by_role = sqlx::query_as("SELECT role, COUNT(*) FROM users WHERE clinic_id = $1 AND disabled_at IS NULL GROUP BY role ORDER BY role")
         .bind(clinic)
         .fetch_all(&mut *tx)

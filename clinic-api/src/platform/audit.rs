@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::platform::authz::{Caller, Permission, Policy, Routes};
 use crate::platform::clock::rfc3339;
-use crate::platform::db::{Backend, Db, Tx};
-use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::db::{Backend, Db, TenantTx};
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::ApiQuery;
 use crate::platform::ids::ClinicId;
 use crate::platform::keys::KeyRing;
@@ -239,8 +239,10 @@ fn chain_hash(prev_hex: &str, canonical: &[u8]) -> String {
 }
 
 /// Appends `event` to its tenant's chain inside `tx` (the transaction of the data it records).
-pub async fn record(
-    tx: &mut Tx,
+/// Domains record through [`TenantTx::audit`](crate::platform::tx::TenantTx::audit), which
+/// supplies the backend and the transaction's one `now`.
+pub(in crate::platform) async fn record(
+    tx: &mut TenantTx,
     backend: Backend,
     now_ms: i64,
     event: AuditEvent,
@@ -311,7 +313,7 @@ pub async fn record(
 /// Records `event` in a transaction of its own (events that must survive the request failing:
 /// refused logins, lockouts, denials).
 pub async fn record_now(state: &AppState, event: AuditEvent) -> sqlx::Result<i64> {
-    let mut tx = state.db.tenant_tx(&event.clinic_id).await?;
+    let mut tx = state.tx(&event.clinic_id).await?;
     let seq = record(&mut tx, state.db.backend, state.clock.now_ms(), event).await?;
     tx.commit().await?;
     Ok(seq)
@@ -619,7 +621,7 @@ fn parse_time(s: &Option<String>, field: &str) -> ApiResult<Option<i64>> {
                 .map(|d| d.timestamp_millis())
                 .map_err(|_| {
                     ApiError::unprocessable(
-                        "invalid_query",
+                        ErrorCode::InvalidQuery,
                         format!("{field} must be an RFC 3339 time"),
                     )
                 })
@@ -669,7 +671,7 @@ async fn query_events(
             Bind::Int(i) => query.bind(i),
         };
     }
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let rows = query.fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(rows)

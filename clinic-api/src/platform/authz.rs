@@ -19,9 +19,9 @@ use axum::routing::{MethodFilter, MethodRouter};
 use serde::{Deserialize, Serialize};
 
 use crate::platform::audit::{self, Action, AuditEvent, Outcome};
-use crate::platform::error::ApiError;
+use crate::platform::error::{ApiError, ErrorCode};
 use crate::platform::http::ClientInfo;
-use crate::platform::ids::{ClinicId, LocationId, SessionId, UserId};
+use crate::platform::ids::{ClinicId, LocationId, PatientId, SessionId, UserId};
 use crate::platform::sessions::{self, Stage};
 use crate::platform::state::AppState;
 
@@ -486,6 +486,8 @@ pub struct Caller {
     pub mfa_at: Option<i64>,
     /// Locations the staff member is assigned to (covering grants included).
     pub locations: Vec<LocationId>,
+    /// For a patient's session, their own patient record (what `own` grants reach).
+    pub patient: Option<PatientId>,
     pub client: ClientInfo,
 }
 
@@ -519,7 +521,7 @@ impl Caller {
                 (Some(reason), Some(_)) => Ok(Basis::BreakGlass(reason.clone())),
                 _ => Err(ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "location_not_assigned",
+                    ErrorCode::LocationNotAssigned,
                     "this record belongs to a location you are not assigned to",
                 )),
             },
@@ -612,14 +614,14 @@ pub fn check(state: &AppState, policy: &Policy, caller: &Caller) -> Result<(), A
             Stage::Full => {}
             Stage::MfaPending => {
                 return Err(ApiError::unauthorized(
-                    "mfa_required",
+                    ErrorCode::MfaRequired,
                     "complete the MFA check first",
                 ));
             }
             Stage::EnrollOnly => {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "mfa_enrollment_required",
+                    ErrorCode::MfaEnrollmentRequired,
                     "enroll an authenticator app before doing anything else",
                 ));
             }
@@ -639,7 +641,7 @@ pub fn check(state: &AppState, policy: &Policy, caller: &Caller) -> Result<(), A
         let fresh = caller.mfa_at.is_some_and(|t| now - t <= window);
         if !fresh {
             return Err(ApiError::unauthorized(
-                "step_up_required",
+                ErrorCode::StepUpRequired,
                 "this action needs a fresh MFA check: POST /api/v1/auth/step-up",
             ));
         }

@@ -42,7 +42,10 @@ pub struct Db {
     pub backend: Backend,
 }
 
-pub type Tx = Transaction<'static, Any>;
+pub use crate::platform::tx::TenantTx;
+
+/// A transaction before any tenant is known.
+type RawTx = Transaction<'static, Any>;
 
 /// The role a PostgreSQL connection runs as and what it may bypass.
 #[derive(Debug, sqlx::FromRow)]
@@ -122,8 +125,9 @@ impl Db {
         Ok(())
     }
 
-    /// Starts a transaction scoped to one tenant. Every query on regulated rows runs in one.
-    pub async fn tenant_tx(&self, clinic: &ClinicId) -> sqlx::Result<Tx> {
+    /// Starts a transaction scoped to one tenant at `now`. Every query on regulated rows runs in
+    /// one (handlers take theirs from `AppState::tx`, which reads the clock).
+    pub async fn tenant_tx(&self, clinic: &ClinicId, now: i64) -> sqlx::Result<TenantTx> {
         let mut tx = self.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT set_config('app.clinic_id', $1, true)")
@@ -131,15 +135,32 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
-        Ok(tx)
+        Ok(TenantTx::new(tx, clinic.clone(), self.backend, now))
     }
 
     /// A transaction with no tenant: on PostgreSQL it sees no tenant rows at all (RLS).
-    pub async fn begin(&self) -> sqlx::Result<Tx> {
+    async fn begin(&self) -> sqlx::Result<RawTx> {
         match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
         }
+    }
+
+    /// Every tenant's id (jobs that visit each tenant in turn: tiering, the outbox).
+    pub async fn clinic_ids(&self) -> sqlx::Result<Vec<ClinicId>> {
+        // On PostgreSQL the app role sees no clinic rows outside a tenant transaction; a
+        // SECURITY DEFINER function lists the ids (and nothing else).
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT clinic_ids()",
+            Backend::Sqlite => "SELECT id FROM clinics ORDER BY id",
+        };
+        let mut tx = self.begin().await?;
+        let ids: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(ids
+            .into_iter()
+            .map(|(id,)| ClinicId::from_trusted(id))
+            .collect())
     }
 
     /// Resolves a clinic's slug to its id, before any tenant is known (login).

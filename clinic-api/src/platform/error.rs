@@ -5,12 +5,132 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+/// Declares [`ErrorCode`]: each variant with the stable string it is answered as.
+macro_rules! error_codes {
+    ($($variant:ident = $s:literal,)*) => {
+        /// Every code the API can answer with, in the problem body's `code` (and its `type`,
+        /// `/problems/<code>`). Listed in the OpenAPI document; clients may match on them.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $s,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    AccountLocked = "account_locked",
+    AlreadyStarted = "already_started",
+    AmbiguousLocalTime = "ambiguous_local_time",
+    AppointmentClosed = "appointment_closed",
+    BodyTooLarge = "body_too_large",
+    CannotDisableSelf = "cannot_disable_self",
+    ChangedConcurrently = "changed_concurrently",
+    CodeReplayed = "code_replayed",
+    Conflict = "conflict",
+    ConsultEnded = "consult_ended",
+    ConsultUnavailable = "consult_unavailable",
+    EmptyUpload = "empty_upload",
+    EnrollmentNotStarted = "enrollment_not_started",
+    Forbidden = "forbidden",
+    HeicNotSupported = "heic_not_supported",
+    HoldExpired = "hold_expired",
+    IdempotencyKeyReused = "idempotency_key_reused",
+    ImageCorrupt = "image_corrupt",
+    ImageTooComplex = "image_too_complex",
+    ImageTooLarge = "image_too_large",
+    Internal = "internal",
+    InvalidBody = "invalid_body",
+    InvalidCode = "invalid_code",
+    InvalidCredentials = "invalid_credentials",
+    InvalidDisplayName = "invalid_display_name",
+    InvalidHours = "invalid_hours",
+    InvalidIdempotencyKey = "invalid_idempotency_key",
+    InvalidLink = "invalid_link",
+    InvalidPath = "invalid_path",
+    InvalidQuery = "invalid_query",
+    InvalidReference = "invalid_reference",
+    InvalidRole = "invalid_role",
+    InvalidRrule = "invalid_rrule",
+    InvalidTime = "invalid_time",
+    InvalidTimeZone = "invalid_time_zone",
+    InvalidTransition = "invalid_transition",
+    InvalidUsername = "invalid_username",
+    JoinClosed = "join_closed",
+    JoinNotOpen = "join_not_open",
+    LegalHold = "legal_hold",
+    LinkExpired = "link_expired",
+    LinkUsed = "link_used",
+    LocationExists = "location_exists",
+    LocationNotAssigned = "location_not_assigned",
+    LoginBackoff = "login_backoff",
+    MalformedJson = "malformed_json",
+    MfaAlreadyEnrolled = "mfa_already_enrolled",
+    MfaEnrollmentRequired = "mfa_enrollment_required",
+    MfaNotEnrolled = "mfa_not_enrolled",
+    MfaRequired = "mfa_required",
+    NoOpenSlot = "no_open_slot",
+    NonexistentLocalTime = "nonexistent_local_time",
+    NotFound = "not_found",
+    NotStarted = "not_started",
+    NotTelemedicine = "not_telemedicine",
+    OutsideAvailability = "outside_availability",
+    ProviderNotAtLocation = "provider_not_at_location",
+    RetentionPeriod = "retention_period",
+    RoomExists = "room_exists",
+    SessionExpired = "session_expired",
+    SlotUnavailable = "slot_unavailable",
+    StartInPast = "start_in_past",
+    StartTooFar = "start_too_far",
+    StepUpRequired = "step_up_required",
+    StorageUnavailable = "storage_unavailable",
+    TypeExists = "type_exists",
+    TypeNotBookable = "type_not_bookable",
+    Unauthenticated = "unauthenticated",
+    Unavailable = "unavailable",
+    UnknownLocation = "unknown_location",
+    UnknownPatient = "unknown_patient",
+    UnknownProvider = "unknown_provider",
+    UnknownRoom = "unknown_room",
+    UnknownType = "unknown_type",
+    UnreadableBody = "unreadable_body",
+    UnsupportedImageType = "unsupported_image_type",
+    UnsupportedMediaType = "unsupported_media_type",
+    UploadInterrupted = "upload_interrupted",
+    UploadStalled = "upload_stalled",
+    UploadTooLarge = "upload_too_large",
+    UrlExpired = "url_expired",
+    UsernameTaken = "username_taken",
+    WeakPassword = "weak_password",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// An error answer: status, a stable machine-readable code, and a human-readable detail.
 /// The detail must never contain PHI: it is shown to the caller and may be logged.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub detail: String,
     /// Extra members of the problem object (e.g. `retry_after`).
     pub extra: Option<Value>,
@@ -19,7 +139,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -28,32 +148,32 @@ impl ApiError {
             retry_after: None,
         }
     }
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
-    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn unprocessable(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
     }
-    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn unauthorized(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, detail)
     }
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, detail)
     }
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("{what} not found"),
         )
     }
-    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, detail)
     }
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error; it has been logged",
         )
     }
@@ -115,11 +235,11 @@ impl From<sqlx::Error> for ApiError {
                 tracing::error!(kind = ?db.kind(), constraint = db.constraint(), code = ?db.code(), "database error");
                 match db.kind() {
                     sqlx::error::ErrorKind::UniqueViolation => ApiError::conflict(
-                        "conflict",
+                        ErrorCode::Conflict,
                         "a record with the same unique value already exists",
                     ),
                     sqlx::error::ErrorKind::ForeignKeyViolation => ApiError::unprocessable(
-                        "invalid_reference",
+                        ErrorCode::InvalidReference,
                         "a referenced record does not exist",
                     ),
                     _ => ApiError::internal(),
@@ -129,7 +249,7 @@ impl From<sqlx::Error> for ApiError {
                 tracing::error!("database pool timed out");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    ErrorCode::Unavailable,
                     "the service is busy; retry shortly",
                 )
                 .with_retry_after(1)

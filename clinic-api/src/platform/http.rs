@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::platform::error::ApiError;
+use crate::platform::error::{ApiError, ErrorCode};
 
 /// Header naming the purpose of use (HIPAA): `treatment` (default), `payment`, `operations`.
 pub const PURPOSE_HEADER: &str = "clinic-purpose";
@@ -78,17 +78,21 @@ fn json_problem(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send the body as application/json",
         ),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_json", e.body_text()),
-        JsonRejection::JsonDataError(e) => ApiError::unprocessable("invalid_body", e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request(ErrorCode::MalformedJson, e.body_text())
+        }
+        JsonRejection::JsonDataError(e) => {
+            ApiError::unprocessable(ErrorCode::InvalidBody, e.body_text())
+        }
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             "the request body is larger than allowed",
         ),
-        other => ApiError::bad_request("unreadable_body", other.body_text()),
+        other => ApiError::bad_request(ErrorCode::UnreadableBody, other.body_text()),
     }
 }
 
@@ -104,7 +108,10 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
             Err(PathRejection::FailedToDeserializePathParams(_)) => {
                 Err(ApiError::not_found("resource"))
             }
-            Err(other) => Err(ApiError::bad_request("invalid_path", other.body_text())),
+            Err(other) => Err(ApiError::bad_request(
+                ErrorCode::InvalidPath,
+                other.body_text(),
+            )),
         }
     }
 }
@@ -118,10 +125,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
-                Err(ApiError::unprocessable("invalid_query", e.body_text()))
-            }
-            Err(other) => Err(ApiError::bad_request("invalid_query", other.body_text())),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::unprocessable(
+                ErrorCode::InvalidQuery,
+                e.body_text(),
+            )),
+            Err(other) => Err(ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                other.body_text(),
+            )),
         }
     }
 }

@@ -21,3 +21,4 @@ pub mod pages;
 pub mod pii;
 pub mod sessions;
 pub mod state;
+pub mod tx;

@@ -9,10 +9,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 use crate::platform::authz::{Caller, Role};
-use crate::platform::db::Tx;
-use crate::platform::error::ApiError;
+use crate::platform::db::TenantTx;
+use crate::platform::error::{ApiError, ErrorCode};
 use crate::platform::http::ClientInfo;
-use crate::platform::ids::{ClinicId, LocationId, SessionId, UserId};
+use crate::platform::ids::{ClinicId, LocationId, PatientId, SessionId, UserId};
 use crate::platform::keys::sha256_hex;
 use crate::platform::state::AppState;
 
@@ -53,7 +53,7 @@ pub struct NewSession {
 
 /// Creates a session row and returns its token. Runs in the caller's tenant transaction.
 pub async fn create(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     state: &AppState,
     clinic: &ClinicId,
     user: &UserId,
@@ -125,7 +125,10 @@ struct SessionRow {
 }
 
 fn expired() -> ApiError {
-    ApiError::unauthorized("session_expired", "your session has ended; sign in again")
+    ApiError::unauthorized(
+        ErrorCode::SessionExpired,
+        "your session has ended; sign in again",
+    )
 }
 
 /// Resolves the request's session into a [`Caller`], enforcing revocation, the idle timeout and
@@ -135,12 +138,12 @@ pub async fn authenticate(
     headers: &HeaderMap,
     client: ClientInfo,
 ) -> Result<Caller, ApiError> {
-    let unauthenticated = || ApiError::unauthorized("unauthenticated", "sign in first");
+    let unauthenticated = || ApiError::unauthorized(ErrorCode::Unauthenticated, "sign in first");
     let value = cookie_value(headers).ok_or_else(unauthenticated)?;
     let (clinic, token) = value.split_once('.').ok_or_else(unauthenticated)?;
     let clinic = ClinicId::parse(clinic).ok_or_else(unauthenticated)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&clinic).await?;
+    let mut tx = state.tx(&clinic).await?;
     let row: Option<SessionRow> = sqlx::query_as(
         "SELECT s.id, s.user_id, s.stage, s.last_seen_at, s.expires_at, s.mfa_at, s.revoked_at, u.role, u.disabled_at \
          FROM sessions s JOIN users u ON u.id = s.user_id \
@@ -177,8 +180,19 @@ pub async fn authenticate(
     .bind(&row.user_id)
     .fetch_all(&mut *tx)
     .await?;
-    tx.commit().await?;
     let role = Role::parse(&row.role).ok_or_else(ApiError::internal)?;
+    let patient = if role == Role::Patient {
+        let own: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM patients WHERE user_id = $1 AND clinic_id = $2")
+                .bind(&row.user_id)
+                .bind(clinic.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        own.map(|(id,)| PatientId::from_trusted(id))
+    } else {
+        None
+    };
+    tx.commit().await?;
     let stage = Stage::parse(&row.stage).ok_or_else(ApiError::internal)?;
     Ok(Caller {
         user_id: UserId::from_trusted(row.user_id),
@@ -187,6 +201,7 @@ pub async fn authenticate(
         session_id: SessionId::from_trusted(row.id),
         stage,
         mfa_at: row.mfa_at,
+        patient,
         locations: locations
             .into_iter()
             .map(|(l,)| LocationId::from_trusted(l))
@@ -196,7 +211,7 @@ pub async fn authenticate(
 }
 
 /// Marks a session fully signed in after an MFA check (also the step-up clock).
-pub async fn mark_mfa(tx: &mut Tx, session: &SessionId, now: i64) -> sqlx::Result<()> {
+pub async fn mark_mfa(tx: &mut TenantTx, session: &SessionId, now: i64) -> sqlx::Result<()> {
     sqlx::query("UPDATE sessions SET stage = 'full', mfa_at = $1 WHERE id = $2")
         .bind(now)
         .bind(session.as_str())
@@ -206,7 +221,7 @@ pub async fn mark_mfa(tx: &mut Tx, session: &SessionId, now: i64) -> sqlx::Resul
 }
 
 /// Revokes one session.
-pub async fn revoke(tx: &mut Tx, session: &SessionId, now: i64) -> sqlx::Result<()> {
+pub async fn revoke(tx: &mut TenantTx, session: &SessionId, now: i64) -> sqlx::Result<()> {
     sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
         .bind(now)
         .bind(session.as_str())
@@ -216,7 +231,7 @@ pub async fn revoke(tx: &mut Tx, session: &SessionId, now: i64) -> sqlx::Result<
 }
 
 /// Revokes every live session of a user (disable, MFA reset, password change).
-pub async fn revoke_user(tx: &mut Tx, user: &UserId, now: i64) -> sqlx::Result<u64> {
+pub async fn revoke_user(tx: &mut TenantTx, user: &UserId, now: i64) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
     )

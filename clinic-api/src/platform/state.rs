@@ -14,7 +14,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::platform::clock::Clock;
 use crate::platform::config::Config;
-use crate::platform::db::Db;
+use crate::platform::db::{Db, TenantTx};
+use crate::platform::ids::ClinicId;
 use crate::platform::keys::KeyRing;
 
 /// What every handler may use.
@@ -45,6 +46,11 @@ impl AppState {
             metrics,
             services: Arc::new(HashMap::new()),
         }
+    }
+
+    /// A tenant transaction for `clinic` at the clock's now.
+    pub async fn tx(&self, clinic: &ClinicId) -> sqlx::Result<TenantTx> {
+        self.db.tenant_tx(clinic, self.clock.now_ms()).await
     }
 
     /// Adds a domain's service (at assembly, before the state is shared).

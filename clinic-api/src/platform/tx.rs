@@ -13,7 +13,7 @@ use sqlx::{Any, AnyConnection, Transaction};
 use crate::platform::audit::{self, Action, AuditEvent, Outcome};
 use crate::platform::authz::{Basis, Caller, Permission, Scope, scope_of};
 use crate::platform::db::Backend;
-use crate::platform::error::{ApiError, ApiResult, ErrorCode};
+use crate::platform::error::{ApiError, ApiResult};
 use crate::platform::ids::{ClinicId, LocationId, PatientId};
 
 /// A transaction scoped to one tenant (on PostgreSQL, `app.clinic_id` is set for it).
@@ -88,6 +88,38 @@ impl TenantTx {
         self.fail(err).await
     }
 
+    /// As [`TenantTx::reach`] for a route that staff and patients share: the first of `perms`
+    /// that the caller's role holds decides (none held: refused like any other).
+    pub async fn reach_any(
+        &mut self,
+        caller: &Caller,
+        perms: &[Permission],
+        target: Target<'_>,
+    ) -> ApiResult<Reached> {
+        let perm = perms
+            .iter()
+            .copied()
+            .find(|p| scope_of(caller.role, *p).is_some())
+            .unwrap_or(perms[0]);
+        self.reach(caller, perm, target).await
+    }
+
+    /// The caller's own patient record, reached with `perm` (a patient's own routes). A user
+    /// with no patient record gets 404.
+    pub async fn reach_own(
+        &mut self,
+        caller: &Caller,
+        perm: Permission,
+    ) -> ApiResult<(PatientId, Reached)> {
+        let own = caller
+            .patient
+            .clone()
+            .ok_or_else(|| ApiError::not_found("patient record"))?;
+        let target = Target::object("patient", own.as_str()).of_patient(own.as_str());
+        let reached = self.reach(caller, perm, target).await?;
+        Ok((own, reached))
+    }
+
     /// Proves that `caller` may do `perm` on `target`, or refuses: the denial is recorded in
     /// this transaction's audit chain and committed, and the error returned (the transaction is
     /// spent; return the error). The answer says on what basis the caller reached it; build the
@@ -131,6 +163,8 @@ pub struct Target<'a> {
     pub id: Option<&'a str>,
     pub location: Option<&'a LocationId>,
     pub patient: Option<&'a str>,
+    /// A listing confined to the caller's own assigned locations (the query restricts itself).
+    pub assigned_only: bool,
 }
 
 impl<'a> Target<'a> {
@@ -141,6 +175,19 @@ impl<'a> Target<'a> {
             id: Some(id),
             location: None,
             patient: None,
+            assigned_only: false,
+        }
+    }
+
+    /// A listing of `kind` across the caller's reach: the whole tenant for tenant-wide grants,
+    /// else only the caller's assigned locations (which the listing's query must apply).
+    pub fn listing(kind: &'static str) -> Self {
+        Self {
+            kind,
+            id: None,
+            location: None,
+            patient: None,
+            assigned_only: true,
         }
     }
 
@@ -151,6 +198,7 @@ impl<'a> Target<'a> {
             id: None,
             location: Some(location),
             patient: None,
+            assigned_only: false,
         }
     }
 
@@ -208,6 +256,7 @@ pub fn decide(caller: &Caller, perm: Permission, target: &Target<'_>) -> ApiResu
         Some(Scope::Tenant) => Ok(Basis::Tenant),
         Some(Scope::AssignedLocations) => match target.location {
             Some(location) => caller.check_location(perm, location),
+            None if target.assigned_only => Ok(Basis::AssignedLocation),
             // A location-scoped grant on an object with no location: nothing proves it.
             None => Err(ApiError::forbidden("not permitted")),
         },
@@ -215,11 +264,8 @@ pub fn decide(caller: &Caller, perm: Permission, target: &Target<'_>) -> ApiResu
             let own = caller.patient.as_ref().map(PatientId::as_str);
             match (own, target.patient) {
                 (Some(own), Some(patient)) if own == patient => Ok(Basis::Own),
-                _ => Err(ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
-                    ErrorCode::NotYourRecord,
-                    "this record is not yours",
-                )),
+                // Another patient's record does not exist for a patient.
+                _ => Err(ApiError::not_found(target.kind)),
             }
         }
         None => Err(ApiError::forbidden("not permitted")),

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::platform::audit::{self, Action, AuditEvent};
 use crate::platform::authz::{Caller, Permission, Policy, Routes};
 use crate::platform::clock::rfc3339;
-use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ApiPath, ClientInfo};
 use crate::platform::ids::{ClinicId, LocationId, PatientId};
 use crate::platform::keys::{Purpose, sha256_hex};
@@ -201,7 +201,7 @@ async fn room_for(
     if let Some(tx) = Hub::of(state).room(consult) {
         return Ok(tx);
     }
-    let mut tx = state.db.tenant_tx(clinic).await?;
+    let mut tx = state.tx(clinic).await?;
     let row: Option<ConsultRow> =
         sqlx::query_as("SELECT patient_id, status FROM consults WHERE id = $1 AND clinic_id = $2")
             .bind(consult)
@@ -209,9 +209,9 @@ async fn room_for(
             .fetch_optional(&mut *tx)
             .await?;
     tx.commit().await?;
-    let row = row
-        .filter(|r| r.status == "open")
-        .ok_or_else(|| ApiError::conflict("consult_unavailable", "this consult has ended"))?;
+    let row = row.filter(|r| r.status == "open").ok_or_else(|| {
+        ApiError::conflict(ErrorCode::ConsultUnavailable, "this consult has ended")
+    })?;
     let mut rooms = Hub::of(state).rooms.lock().expect("hub lock");
     if let Some(tx) = rooms.get(consult).filter(|tx| !tx.is_closed()) {
         return Ok(tx.clone());
@@ -427,7 +427,7 @@ async fn apply(
             Effect::Ended { reason } => {
                 let now = state.clock.now_ms();
                 let result = async {
-                    let mut tx = state.db.tenant_tx(clinic).await?;
+                    let mut tx = state.tx(clinic).await?;
                     sqlx::query("UPDATE consults SET status = 'ended', ended_at = $1, end_reason = $2 WHERE id = $3 AND status = 'open'")
                         .bind(now)
                         .bind(format!("{reason:?}"))
@@ -549,7 +549,7 @@ async fn connection(
             };
             let room = match room_for(&state, &clinic, &claims.consult).await {
                 Ok(r) => r,
-                Err(e) => return refuse(socket, e.code, &e.detail).await,
+                Err(e) => return refuse(socket, e.code.as_str(), &e.detail).await,
             };
             // What the server saw wins over what the page says.
             if let Some(ua) = &client.user_agent {
@@ -735,7 +735,7 @@ async fn reach_consult(
     caller: &Caller,
     id: &str,
 ) -> ApiResult<(String, Option<String>)> {
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let row: Option<(String, Option<String>, String)> = sqlx::query_as(
         "SELECT location_id, patient_id, status FROM consults WHERE id = $1 AND clinic_id = $2",
     )
@@ -748,7 +748,7 @@ async fn reach_consult(
     caller.check_location(Permission::ConsultsRun, &LocationId::from_trusted(location))?;
     if status != "open" {
         return Err(ApiError::conflict(
-            "consult_ended",
+            ErrorCode::ConsultEnded,
             "this consult has ended",
         ));
     }
@@ -763,7 +763,7 @@ async fn create(
     let basis = caller.check_location(Permission::ConsultsRun, &body.location_id)?;
     let now = state.clock.now_ms();
     let id = uuid::Uuid::new_v4().to_string();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     if let Some(p) = &body.patient_id {
         let found: Option<(String,)> =
             sqlx::query_as("SELECT location_id FROM patients WHERE id = $1 AND clinic_id = $2")
@@ -772,7 +772,7 @@ async fn create(
                 .fetch_optional(&mut *tx)
                 .await?;
         let (loc,) = found.ok_or_else(|| {
-            ApiError::unprocessable("unknown_patient", "that patient does not exist")
+            ApiError::unprocessable(ErrorCode::UnknownPatient, "that patient does not exist")
         })?;
         caller.check_location(Permission::PatientsRead, &LocationId::from_trusted(loc))?;
     }
@@ -789,7 +789,7 @@ async fn create(
         .event_on(Action::Create, "consult", &basis)
         .resource(&id);
     event.patient_id = body.patient_id.as_ref().map(|p| p.to_string());
-    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     tx.commit().await?;
     Ok(Json(ConsultOut {
         id,
@@ -806,20 +806,20 @@ async fn create_link(
     let role: ConsultRole = serde_json::from_value(serde_json::Value::String(body.role.clone()))
         .map_err(|_| {
             ApiError::unprocessable(
-                "invalid_role",
+                ErrorCode::InvalidRole,
                 "role must be provider, covering_provider, patient, caregiver or interpreter",
             )
         })?;
     let display = body.display_name.trim();
     if display.is_empty() || display.chars().count() > 80 {
         return Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "display_name must be 1 to 80 characters",
         ));
     }
     let (consult, patient) = reach_consult(&state, &caller, p.id.as_str()).await?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     // A scheduled consult's links work only in its appointment's join window.
     let window = appointment_window(&state, &mut tx, &consult).await?;
     let (not_before, expires) = match window {
@@ -829,7 +829,7 @@ async fn create_link(
     if expires <= now {
         return Err(ApiError::new(
             StatusCode::GONE,
-            "join_closed",
+            ErrorCode::JoinClosed,
             "this appointment's join window has closed",
         ));
     }
@@ -850,7 +850,7 @@ async fn create_link(
         .resource(&consult)
         .detail(format!("role={}", body.role));
     event.patient_id = patient;
-    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     tx.commit().await?;
     Ok(Json(link))
 }
@@ -859,7 +859,7 @@ async fn create_link(
 /// its start to `join_late_secs` after its end.
 pub(crate) async fn appointment_window(
     state: &AppState,
-    tx: &mut crate::platform::db::Tx,
+    tx: &mut crate::platform::db::TenantTx,
     consult: &str,
 ) -> ApiResult<Option<(i64, i64)>> {
     let row: Option<(i64, i64)> = sqlx::query_as(
@@ -882,7 +882,7 @@ pub(crate) async fn appointment_window(
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn issue_link(
     state: &AppState,
-    tx: &mut crate::platform::db::Tx,
+    tx: &mut crate::platform::db::TenantTx,
     clinic: &ClinicId,
     consult: &str,
     role: ConsultRole,
@@ -950,7 +950,7 @@ async fn join(
 ) -> ApiResult<Json<JoinToken>> {
     let invalid = || {
         ApiError::unauthorized(
-            "invalid_link",
+            ErrorCode::InvalidLink,
             "this join link is not valid; ask the practice for a new one",
         )
     };
@@ -960,7 +960,7 @@ async fn join(
         .and_then(|(c, _)| ClinicId::parse(c))
         .ok_or_else(invalid)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&clinic).await?;
+    let mut tx = state.tx(&clinic).await?;
     let row: Option<LinkRow> = sqlx::query_as(
         "SELECT l.id, l.consult_id, l.participant_id, l.role, l.display_name, l.expires_at, l.not_before, l.used_at, c.status \
          FROM consult_links l JOIN consults c ON c.id = l.consult_id WHERE l.code_hash = $1 AND l.clinic_id = $2",
@@ -973,7 +973,7 @@ async fn join(
     if row.used_at.is_some() {
         return Err(ApiError::new(
             StatusCode::GONE,
-            "link_used",
+            ErrorCode::LinkUsed,
             "this join link was already used; ask the practice for a new one",
         ));
     }
@@ -982,7 +982,7 @@ async fn join(
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "join_not_open",
+            ErrorCode::JoinNotOpen,
             format!(
                 "this consult opens at {}; use the link again then",
                 rfc3339(opens)
@@ -993,14 +993,14 @@ async fn join(
     if now > row.expires_at {
         return Err(ApiError::new(
             StatusCode::GONE,
-            "link_expired",
+            ErrorCode::LinkExpired,
             "this join link has expired; ask the practice for a new one",
         ));
     }
     if row.status != "open" {
         return Err(ApiError::new(
             StatusCode::GONE,
-            "consult_ended",
+            ErrorCode::ConsultEnded,
             "this consult has ended",
         ));
     }
@@ -1026,7 +1026,7 @@ async fn join(
     event.actor_id = Some(row.participant_id);
     event.ip = client.ip;
     event.user_agent = client.user_agent;
-    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     tx.commit().await?;
     Ok(Json(JoinToken {
         token: Hub::of(&state).token_key.sign(&claims),
@@ -1043,7 +1043,7 @@ async fn end(
 ) -> ApiResult<Json<ConsultOut>> {
     let (consult, patient) = reach_consult(&state, &caller, p.id.as_str()).await?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     sqlx::query("UPDATE consults SET status = 'ended', ended_at = $1, end_reason = 'EndedByProvider' WHERE id = $2 AND status = 'open'")
         .bind(now)
         .bind(&consult)
@@ -1054,7 +1054,7 @@ async fn end(
         .resource(&consult)
         .detail("end");
     event.patient_id = patient;
-    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     tx.commit().await?;
     // A live room is told too; its participants get `ended` and are disconnected.
     if let Some(room) = Hub::of(&state).room(&consult) {

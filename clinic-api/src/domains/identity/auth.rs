@@ -9,11 +9,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::domains::identity::users::{self, UserRow};
-use crate::platform::audit::{self, Action, AuditEvent, Outcome};
+use crate::platform::audit::{Action, AuditEvent, Outcome};
 use crate::platform::authz::{Caller, Policy, Routes};
 use crate::platform::clock::rfc3339;
-use crate::platform::db::Tx;
-use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::db::TenantTx;
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ClientInfo};
 use crate::platform::ids::{ClinicId, UserId};
 use crate::platform::keys::Purpose;
@@ -126,7 +126,7 @@ pub struct PasswordChange {
 
 fn invalid_credentials() -> ApiError {
     ApiError::unauthorized(
-        "invalid_credentials",
+        ErrorCode::InvalidCredentials,
         "the clinic, username or password is wrong",
     )
 }
@@ -165,14 +165,14 @@ fn locked_answer(state: &AppState, user: &UserRow, now: i64) -> Option<ApiError>
     Some(if user.failed_logins >= state.config.login.lock_after {
         ApiError::new(
             StatusCode::LOCKED,
-            "account_locked",
+            ErrorCode::AccountLocked,
             format!("the account is locked after repeated failed sign-ins until {}; an administrator can unlock it sooner", rfc3339(until)),
         )
         .with_retry_after(wait)
     } else {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "login_backoff",
+            ErrorCode::LoginBackoff,
             format!("too many failed attempts; wait {wait} s before trying again"),
         )
         .with_retry_after(wait)
@@ -182,7 +182,7 @@ fn locked_answer(state: &AppState, user: &UserRow, now: i64) -> Option<ApiError>
 /// Counts a failed password or code: backoff after `backoff_after`, lock after `lock_after`.
 /// Returns the error to answer with; the caller commits `tx`.
 async fn count_failure(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     state: &AppState,
     user: &UserRow,
     client: &ClientInfo,
@@ -204,24 +204,15 @@ async fn count_failure(
         .bind(&user.id)
         .execute(&mut **tx)
         .await?;
-    let backend = state.db.backend;
-    audit::record(
-        tx,
-        backend,
-        now,
+    tx.audit(
         event_for(user, client, action)
             .outcome(Outcome::Failure)
             .detail(format!("failure {failures}")),
     )
     .await?;
     if failures == cfg.lock_after {
-        audit::record(
-            tx,
-            backend,
-            now,
-            event_for(user, client, Action::Lockout).outcome(Outcome::Denied),
-        )
-        .await?;
+        tx.audit(event_for(user, client, Action::Lockout).outcome(Outcome::Denied))
+            .await?;
     }
     let after = UserRow {
         failed_logins: failures,
@@ -231,7 +222,7 @@ async fn count_failure(
     Ok(match locked_answer(state, &after, now) {
         Some(lock) if failures >= cfg.lock_after => lock,
         _ if action == Action::LoginFailed => invalid_credentials(),
-        _ => ApiError::unauthorized("invalid_code", "that code is not valid"),
+        _ => ApiError::unauthorized(ErrorCode::InvalidCode, "that code is not valid"),
     })
 }
 
@@ -245,7 +236,7 @@ async fn login(
         passwords::verify_dummy(&req.password);
         return Err(invalid_credentials());
     };
-    let mut tx = state.db.tenant_tx(&clinic).await?;
+    let mut tx = state.tx(&clinic).await?;
     let Some(user) = users::by_username(&mut tx, &clinic, req.username.trim()).await? else {
         passwords::verify_dummy(&req.password);
         let mut e = AuditEvent::new(clinic.clone(), Action::LoginFailed, "user")
@@ -253,15 +244,12 @@ async fn login(
             .detail("unknown username");
         e.ip = client.ip.clone();
         e.user_agent = client.user_agent.clone();
-        audit::record(&mut tx, state.db.backend, now, e).await?;
+        tx.audit(e).await?;
         tx.commit().await?;
         return Err(invalid_credentials());
     };
     if let Some(lock) = locked_answer(&state, &user, now) {
-        audit::record(
-            &mut tx,
-            state.db.backend,
-            now,
+        tx.audit(
             event_for(&user, &client, Action::LoginFailed)
                 .outcome(Outcome::Denied)
                 .detail("locked"),
@@ -281,10 +269,7 @@ async fn login(
         return Err(err);
     }
     if user.disabled_at.is_some() {
-        audit::record(
-            &mut tx,
-            state.db.backend,
-            now,
+        tx.audit(
             event_for(&user, &client, Action::LoginFailed)
                 .outcome(Outcome::Denied)
                 .detail("disabled"),
@@ -314,7 +299,7 @@ async fn login(
         sessions::create(&mut tx, &state, &clinic, &user.user_id(), stage, &client).await?;
     let mut event = event_for(&user, &client, Action::Login).detail(stage.as_str());
     event.session_id = Some(session.id.to_string());
-    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     tx.commit().await?;
     let body = Json(LoginResponse {
         stage,
@@ -340,15 +325,15 @@ fn mfa_secret(state: &AppState, user: &UserRow, sealed: &str) -> ApiResult<Vec<u
         })
 }
 
-async fn load_self(tx: &mut Tx, caller: &Caller) -> ApiResult<UserRow> {
+async fn load_self(tx: &mut TenantTx, caller: &Caller) -> ApiResult<UserRow> {
     users::by_id(tx, &caller.clinic_id, &caller.user_id)
         .await?
-        .ok_or_else(|| ApiError::unauthorized("session_expired", "sign in again"))
+        .ok_or_else(|| ApiError::unauthorized(ErrorCode::SessionExpired, "sign in again"))
 }
 
 /// Checks a TOTP code for `user`, recording the step (replay protection) or counting a failure.
 async fn check_code(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     state: &AppState,
     user: &UserRow,
     caller: &Caller,
@@ -357,7 +342,7 @@ async fn check_code(
     let now = state.clock.now_ms();
     let Some(sealed) = &user.mfa_secret else {
         return Ok(Err(ApiError::conflict(
-            "mfa_not_enrolled",
+            ErrorCode::MfaNotEnrolled,
             "enroll an authenticator app first",
         )));
     };
@@ -373,9 +358,9 @@ async fn check_code(
         }
         Err(kind) => {
             let mut err = count_failure(tx, state, user, &caller.client, Action::MfaFailed).await?;
-            if kind == mfa::CodeError::Replayed && err.code == "invalid_code" {
+            if kind == mfa::CodeError::Replayed && err.code == ErrorCode::InvalidCode {
                 err = ApiError::unauthorized(
-                    "code_replayed",
+                    ErrorCode::CodeReplayed,
                     "that code was already used; wait for the next one",
                 );
             }
@@ -392,11 +377,11 @@ async fn verify_mfa(
     let now = state.clock.now_ms();
     if caller.stage == Stage::EnrollOnly {
         return Err(ApiError::conflict(
-            "mfa_not_enrolled",
+            ErrorCode::MfaNotEnrolled,
             "enroll an authenticator app first",
         ));
     }
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
     if let Some(lock) = locked_answer(&state, &user, now) {
         return Err(lock);
@@ -411,10 +396,7 @@ async fn verify_mfa(
                 .execute(&mut *tx)
                 .await?;
             if used.rows_affected() == 1 {
-                audit::record(
-                    &mut tx,
-                    state.db.backend,
-                    now,
+                tx.audit(
                     caller
                         .event(Action::RecoveryCodeUsed, "user")
                         .resource(&user.id),
@@ -430,7 +412,7 @@ async fn verify_mfa(
         }
         _ => {
             return Err(ApiError::unprocessable(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "send exactly one of code or recovery_code",
             ));
         }
@@ -440,13 +422,8 @@ async fn verify_mfa(
         return Err(e);
     }
     sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::MfaVerify, "user").resource(&user.id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::MfaVerify, "user").resource(&user.id))
+        .await?;
     tx.commit().await?;
     Ok(Json(serde_json::json!({ "stage": "full" })))
 }
@@ -462,11 +439,11 @@ async fn enroll_start(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<Enrollment>> {
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
     if user.mfa_enrolled_at.is_some() {
         return Err(ApiError::conflict(
-            "mfa_already_enrolled",
+            ErrorCode::MfaAlreadyEnrolled,
             "MFA is already enrolled; an administrator can reset it",
         ));
     }
@@ -499,17 +476,17 @@ async fn enroll_confirm(
     ApiJson(req): ApiJson<CodeRequest>,
 ) -> ApiResult<Json<RecoveryCodes>> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
     if user.mfa_enrolled_at.is_some() {
         return Err(ApiError::conflict(
-            "mfa_already_enrolled",
+            ErrorCode::MfaAlreadyEnrolled,
             "MFA is already enrolled",
         ));
     }
     let Some(pending) = &user.mfa_pending_secret else {
         return Err(ApiError::conflict(
-            "enrollment_not_started",
+            ErrorCode::EnrollmentNotStarted,
             "start enrollment first: POST /api/v1/auth/mfa/enroll",
         ));
     };
@@ -546,13 +523,8 @@ async fn enroll_confirm(
             .await?;
     }
     sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::MfaEnroll, "user").resource(&user.id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::MfaEnroll, "user").resource(&user.id))
+        .await?;
     tx.commit().await?;
     Ok(Json(RecoveryCodes {
         recovery_codes: codes,
@@ -565,7 +537,7 @@ async fn step_up(
     ApiJson(req): ApiJson<CodeRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
     if let Some(lock) = locked_answer(&state, &user, now) {
         return Err(lock);
@@ -575,13 +547,8 @@ async fn step_up(
         return Err(e);
     }
     sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::StepUp, "user").resource(&user.id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::StepUp, "user").resource(&user.id))
+        .await?;
     tx.commit().await?;
     let until = now + state.config.sessions.step_up_window_secs * 1000;
     Ok(Json(serde_json::json!({ "step_up_until": rfc3339(until) })))
@@ -589,12 +556,9 @@ async fn step_up(
 
 async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     sessions::revoke(&mut tx, &caller.session_id, now).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
+    tx.audit(
         caller
             .event(Action::Logout, "user")
             .resource(&caller.user_id),
@@ -621,7 +585,7 @@ async fn session_info(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<SessionInfo>> {
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
     tx.commit().await?;
     let now = state.clock.now_ms();
@@ -647,7 +611,7 @@ async fn change_password(
     ApiJson(req): ApiJson<PasswordChange>,
 ) -> ApiResult<Response> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
     let hash = user.password_hash.clone();
     let current = req.current_password.clone();
@@ -667,10 +631,7 @@ async fn change_password(
         now,
     )
     .await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
+    tx.audit(
         caller
             .event(Action::PasswordChange, "user")
             .resource(&user.id),

@@ -3,7 +3,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
-use crate::platform::error::ApiError;
+use crate::platform::error::{ApiError, ErrorCode};
 
 pub const MIN_LEN: usize = 12;
 pub const MAX_LEN: usize = 256;
@@ -43,7 +43,7 @@ pub fn validate_new(password: &str) -> Result<(), ApiError> {
     let n = password.chars().count();
     if !(MIN_LEN..=MAX_LEN).contains(&n) {
         return Err(ApiError::unprocessable(
-            "weak_password",
+            ErrorCode::WeakPassword,
             format!("passwords must be {MIN_LEN} to {MAX_LEN} characters long"),
         ));
     }

@@ -6,11 +6,11 @@ use axum::extract::State;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::platform::audit::{self, Action};
+use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
 use crate::platform::clock::rfc3339;
-use crate::platform::db::Tx;
-use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::db::TenantTx;
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ApiPath};
 use crate::platform::ids::{ClinicId, LocationId, UserId};
 use crate::platform::state::AppState;
@@ -50,7 +50,7 @@ const USER_COLUMNS: &str = "id, clinic_id, username, display_name, role, passwor
      password_changed_at, created_at";
 
 pub async fn by_username(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     username: &str,
 ) -> sqlx::Result<Option<UserRow>> {
@@ -63,7 +63,11 @@ pub async fn by_username(
     .await
 }
 
-pub async fn by_id(tx: &mut Tx, clinic: &ClinicId, id: &UserId) -> sqlx::Result<Option<UserRow>> {
+pub async fn by_id(
+    tx: &mut TenantTx,
+    clinic: &ClinicId,
+    id: &UserId,
+) -> sqlx::Result<Option<UserRow>> {
     sqlx::query_as(&format!(
         "SELECT {USER_COLUMNS} FROM users WHERE clinic_id = $1 AND id = $2"
     ))
@@ -91,14 +95,14 @@ pub fn validate_username(username: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(ApiError::unprocessable(
-            "invalid_username",
+            ErrorCode::InvalidUsername,
             "usernames are 3 to 64 characters: letters, digits and . _ - @ +",
         ))
     }
 }
 
 pub async fn create(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     now: i64,
     new: &NewUser<'_>,
@@ -122,7 +126,7 @@ pub async fn create(
     .execute(&mut **tx)
     .await
     .map_err(|e| match ApiError::from(e) {
-        err if err.code == "conflict" => ApiError::conflict("username_taken", "that username is already in use"),
+        err if err.code == ErrorCode::Conflict => ApiError::conflict(ErrorCode::UsernameTaken, "that username is already in use"),
         err => err,
     })?;
     set_locations(tx, clinic, &id, new.locations).await?;
@@ -131,7 +135,7 @@ pub async fn create(
 
 /// Replaces a user's assigned locations (a covering provider gets a second one this way).
 pub async fn set_locations(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     user: &UserId,
     locations: &[LocationId],
@@ -149,7 +153,7 @@ pub async fn set_locations(
                 .await?;
         if exists.is_none() {
             return Err(ApiError::unprocessable(
-                "unknown_location",
+                ErrorCode::UnknownLocation,
                 "a location in the list does not exist",
             ));
         }
@@ -166,7 +170,7 @@ pub async fn set_locations(
 }
 
 /// Disables an account and revokes its sessions at once.
-pub async fn disable(tx: &mut Tx, user: &UserId, now: i64) -> sqlx::Result<u64> {
+pub async fn disable(tx: &mut TenantTx, user: &UserId, now: i64) -> sqlx::Result<u64> {
     sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL")
         .bind(now)
         .bind(user.as_str())
@@ -177,7 +181,7 @@ pub async fn disable(tx: &mut Tx, user: &UserId, now: i64) -> sqlx::Result<u64> 
 
 /// Clears MFA enrollment and recovery codes and revokes the user's sessions: the next login
 /// must enroll again.
-pub async fn reset_mfa(tx: &mut Tx, user: &UserId, now: i64) -> sqlx::Result<u64> {
+pub async fn reset_mfa(tx: &mut TenantTx, user: &UserId, now: i64) -> sqlx::Result<u64> {
     sqlx::query(
         "UPDATE users SET mfa_secret = NULL, mfa_pending_secret = NULL, mfa_enrolled_at = NULL, totp_last_step = NULL WHERE id = $1",
     )
@@ -192,7 +196,12 @@ pub async fn reset_mfa(tx: &mut Tx, user: &UserId, now: i64) -> sqlx::Result<u64
 }
 
 /// Sets a new password and revokes the user's sessions.
-pub async fn set_password(tx: &mut Tx, user: &UserId, password: &str, now: i64) -> ApiResult<()> {
+pub async fn set_password(
+    tx: &mut TenantTx,
+    user: &UserId,
+    password: &str,
+    now: i64,
+) -> ApiResult<()> {
     passwords::validate_new(password)?;
     sqlx::query("UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3")
         .bind(passwords::hash(password))
@@ -204,7 +213,7 @@ pub async fn set_password(tx: &mut Tx, user: &UserId, password: &str, now: i64) 
     Ok(())
 }
 
-pub async fn unlock(tx: &mut Tx, user: &UserId) -> sqlx::Result<()> {
+pub async fn unlock(tx: &mut TenantTx, user: &UserId) -> sqlx::Result<()> {
     sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
         .bind(user.as_str())
         .execute(&mut **tx)
@@ -306,7 +315,7 @@ pub fn routes() -> Routes {
 
 async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<UserOut>>> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     // Patient portal accounts are left out: their display names are PHI, and staff administration
     // does not need them (a patient's account is reached through the patient's record).
     let rows: Vec<UserRow> = sqlx::query_as(&format!(
@@ -349,13 +358,13 @@ async fn create_route(
 ) -> ApiResult<Json<CreatedUser>> {
     if body.display_name.trim().is_empty() || body.display_name.len() > 200 {
         return Err(ApiError::unprocessable(
-            "invalid_display_name",
+            ErrorCode::InvalidDisplayName,
             "display_name must be 1 to 200 characters",
         ));
     }
     let password = passwords::generate(|b| state.keys.random(b));
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let id = create(
         &mut tx,
         &caller.clinic_id,
@@ -369,10 +378,7 @@ async fn create_route(
         },
     )
     .await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
+    tx.audit(
         caller
             .event(Action::UserCreate, "user")
             .resource(&id)
@@ -387,7 +393,7 @@ async fn create_route(
 }
 
 /// Loads the target user of an admin action, in the caller's tenant.
-async fn target(tx: &mut Tx, caller: &Caller, id: &UserId) -> ApiResult<UserRow> {
+async fn target(tx: &mut TenantTx, caller: &Caller, id: &UserId) -> ApiResult<UserRow> {
     by_id(tx, &caller.clinic_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))
@@ -400,21 +406,16 @@ async fn disable_route(
 ) -> ApiResult<Json<serde_json::Value>> {
     if p.id == caller.user_id {
         return Err(ApiError::conflict(
-            "cannot_disable_self",
+            ErrorCode::CannotDisableSelf,
             "you cannot disable your own account",
         ));
     }
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
     let revoked = disable(&mut tx, &p.id, now).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::UserDisable, "user").resource(&p.id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::UserDisable, "user").resource(&p.id))
+        .await?;
     tx.commit().await?;
     Ok(Json(
         serde_json::json!({ "disabled": true, "sessions_revoked": revoked }),
@@ -426,17 +427,11 @@ async fn unlock_route(
     caller: Caller,
     ApiPath(p): ApiPath<UserPath>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
     unlock(&mut tx, &p.id).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::UserUnlock, "user").resource(&p.id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::UserUnlock, "user").resource(&p.id))
+        .await?;
     tx.commit().await?;
     Ok(Json(serde_json::json!({ "unlocked": true })))
 }
@@ -447,16 +442,11 @@ async fn reset_mfa_route(
     ApiPath(p): ApiPath<UserPath>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
     let revoked = reset_mfa(&mut tx, &p.id, now).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::MfaReset, "user").resource(&p.id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::MfaReset, "user").resource(&p.id))
+        .await?;
     tx.commit().await?;
     Ok(Json(
         serde_json::json!({ "mfa_reset": true, "sessions_revoked": revoked }),
@@ -469,14 +459,10 @@ async fn locations_route(
     ApiPath(p): ApiPath<UserPath>,
     ApiJson(body): ApiJson<SetLocations>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
     set_locations(&mut tx, &caller.clinic_id, &p.id, &body.location_ids).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
+    tx.audit(
         caller
             .event(Action::LocationAssign, "user")
             .resource(&p.id)

@@ -29,17 +29,19 @@ use imaging::tiering::{Refusal, TierPolicy, may_delete};
 use imaging::{Format, ImagingError, Limits};
 use serde::{Deserialize, Serialize};
 
-use crate::platform::audit::{self, Action};
-use crate::platform::authz::{Basis, Caller, Permission, Policy, Routes};
+use crate::domains::patients;
+use crate::platform::audit::Action;
+use crate::platform::authz::{Caller, Permission, Policy, Routes};
 use crate::platform::clock::rfc3339;
 use crate::platform::config::{Config, KeyProviderKind, StoreKind};
-use crate::platform::db::{Backend, Db, Tx};
-use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::db::{Db, TenantTx};
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ApiPath};
 use crate::platform::ids::{ClinicId, LocationId, PatientId};
 use crate::platform::keys::{KeyRing, Purpose};
 use crate::platform::pii::Pii;
 use crate::platform::state::AppState;
+use crate::platform::tx::{Reached, Target};
 
 /// The imaging services the API uses: keys, store, limits, policy, URL signing.
 pub struct Images {
@@ -411,28 +413,30 @@ pub fn routes() -> Routes {
 /// The problem answer for an imaging failure: 4xx for the upload's fault, 5xx for ours.
 fn imaging_error(e: ImagingError) -> ApiError {
     match e {
-        ImagingError::Empty => ApiError::bad_request("empty_upload", "the upload is empty"),
+        ImagingError::Empty => ApiError::bad_request(ErrorCode::EmptyUpload, "the upload is empty"),
         ImagingError::TooLarge { limit } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "upload_too_large",
+            ErrorCode::UploadTooLarge,
             format!("photos are limited to {} MB", limit / (1024 * 1024)),
         ),
         ImagingError::Unsupported => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_image_type",
+            ErrorCode::UnsupportedImageType,
             "only JPEG, PNG and WebP photos are accepted",
         ),
         ImagingError::HeicUnsupported => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "heic_not_supported",
+            ErrorCode::HeicNotSupported,
             "HEIC photos are not accepted here; set the camera to \"Most Compatible\" (JPEG) or share the photo as JPEG",
         ),
         e @ ImagingError::Dimensions { .. } => {
-            ApiError::unprocessable("image_too_large", e.to_string())
+            ApiError::unprocessable(ErrorCode::ImageTooLarge, e.to_string())
         }
-        e @ ImagingError::Corrupt(_) => ApiError::unprocessable("image_corrupt", e.to_string()),
+        e @ ImagingError::Corrupt(_) => {
+            ApiError::unprocessable(ErrorCode::ImageCorrupt, e.to_string())
+        }
         ImagingError::Memory => ApiError::unprocessable(
-            "image_too_complex",
+            ErrorCode::ImageTooComplex,
             "the image would need too much memory to decode",
         ),
         ImagingError::NotFound => ApiError::not_found("image file"),
@@ -440,7 +444,7 @@ fn imaging_error(e: ImagingError) -> ApiError {
             tracing::error!(error = %other, "imaging failure");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
+                ErrorCode::StorageUnavailable,
                 "the image store or key service is unavailable; try again",
             )
             .with_retry_after(5)
@@ -494,14 +498,14 @@ async fn read_upload<'a>(
         .map_err(|_| {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "upload_stalled",
+                ErrorCode::UploadStalled,
                 "the upload stopped sending data; try again",
             )
         })?
     {
         let chunk = chunk.map_err(|_| {
             ApiError::bad_request(
-                "upload_interrupted",
+                ErrorCode::UploadInterrupted,
                 "the upload was interrupted; try again",
             )
         })?;
@@ -528,31 +532,16 @@ async fn upload_for_patient(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ImageOut>)> {
     // Check reach first, and end the transaction before the (slow) body is read.
-    let tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let (tx, _, basis) =
-        crate::domains::patients::reach(&state, tx, &caller, &p.id, Permission::ClinicalWrite)
-            .await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (_, reached) = patients::reach(&mut tx, &caller, &p.id, Permission::ClinicalWrite).await?;
     tx.commit().await?;
     let (bytes, inflight) = read_upload(&headers, body, Images::of(&state)).await?;
-    let row = store_upload(&state, &caller, &p.id, "staff", &basis, bytes).await?;
+    let row = store_upload(&state, &caller, &p.id, "staff", &reached, bytes).await?;
     drop(inflight);
     let urls = crate::platform::authz::scope_of(caller.role, Permission::ImagesView)
         .is_some()
         .then_some((Images::of(&state), &caller, state.clock.now_ms()));
     Ok((StatusCode::CREATED, Json(ImageOut::from_row(row, urls))))
-}
-
-async fn own_patient(state: &AppState, caller: &Caller) -> ApiResult<PatientId> {
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let id: Option<(String,)> =
-        sqlx::query_as("SELECT id FROM patients WHERE user_id = $1 AND clinic_id = $2")
-            .bind(caller.user_id.as_str())
-            .bind(caller.clinic_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    id.map(|(id,)| PatientId::from_trusted(id))
-        .ok_or_else(|| ApiError::not_found("patient record"))
 }
 
 async fn upload_own(
@@ -561,9 +550,11 @@ async fn upload_own(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ImageOut>)> {
-    let patient = own_patient(&state, &caller).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (patient, reached) = tx.reach_own(&caller, Permission::OwnRecordsWrite).await?;
+    tx.commit().await?;
     let (bytes, inflight) = read_upload(&headers, body, Images::of(&state)).await?;
-    let row = store_upload(&state, &caller, &patient, "patient", &Basis::Own, bytes).await?;
+    let row = store_upload(&state, &caller, &patient, "patient", &reached, bytes).await?;
     drop(inflight);
     let now = state.clock.now_ms();
     Ok((
@@ -582,7 +573,7 @@ async fn store_upload(
     caller: &Caller,
     patient: &PatientId,
     source: &str,
-    basis: &Basis,
+    reached: &Reached,
     bytes: Vec<u8>,
 ) -> ApiResult<ImageRow> {
     let images = Images::of(state);
@@ -649,7 +640,7 @@ async fn store_upload(
         legal_hold_at: None,
     };
     let recorded: ApiResult<()> = async {
-        let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+        let mut tx = state.tx(&caller.clinic_id).await?;
         sqlx::query(
             "INSERT INTO images (id, clinic_id, patient_id, uploaded_by, source, format, width, height, \
              orientation, captured_at, original_bytes, original_key, preview_key, thumbnail_key, \
@@ -677,13 +668,9 @@ async fn store_upload(
         .bind(row.retain_until)
         .execute(&mut *tx)
         .await?;
-        audit::record(
-            &mut tx,
-            state.db.backend,
-            now,
-            caller
-                .event_on(Action::Create, "image", basis)
-                .patient(patient)
+        tx.audit(
+            reached
+                .event_for(Action::Create, "image")
                 .resource(&id)
                 .detail(format!("upload by {source}")),
         )
@@ -709,7 +696,11 @@ async fn remove_objects(images: &Images, tenant: &str, keys: &[ObjectKey]) {
     }
 }
 
-async fn list_rows(tx: &mut Tx, clinic: &ClinicId, patient: &str) -> sqlx::Result<Vec<ImageRow>> {
+async fn list_rows(
+    tx: &mut TenantTx,
+    clinic: &ClinicId,
+    patient: &str,
+) -> sqlx::Result<Vec<ImageRow>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM images WHERE clinic_id = $1 AND patient_id = $2 AND deleted_at IS NULL \
          ORDER BY created_at DESC, id LIMIT 500"
@@ -720,23 +711,11 @@ async fn list_rows(tx: &mut Tx, clinic: &ClinicId, patient: &str) -> sqlx::Resul
     .await
 }
 
-async fn audit_list(
-    state: &AppState,
-    tx: &mut Tx,
-    caller: &Caller,
-    basis: &Basis,
-    patient: &str,
-    rows: &[ImageRow],
-) -> ApiResult<()> {
-    let now = state.clock.now_ms();
+async fn audit_list(tx: &mut TenantTx, reached: &Reached, rows: &[ImageRow]) -> ApiResult<()> {
     for r in rows {
-        audit::record(
-            tx,
-            state.db.backend,
-            now,
-            caller
-                .event_on(Action::View, "image", basis)
-                .patient(patient)
+        tx.audit(
+            reached
+                .event_for(Action::View, "image")
                 .resource(&r.id)
                 .detail("list"),
         )
@@ -750,11 +729,10 @@ async fn list_for_patient(
     caller: Caller,
     ApiPath(p): ApiPath<PatientPath>,
 ) -> ApiResult<Json<Vec<ImageOut>>> {
-    let tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let (mut tx, _, basis) =
-        crate::domains::patients::reach(&state, tx, &caller, &p.id, Permission::ImagesView).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (_, reached) = patients::reach(&mut tx, &caller, &p.id, Permission::ImagesView).await?;
     let rows = list_rows(&mut tx, &caller.clinic_id, p.id.as_str()).await?;
-    audit_list(&state, &mut tx, &caller, &basis, p.id.as_str(), &rows).await?;
+    audit_list(&mut tx, &reached, &rows).await?;
     tx.commit().await?;
     let now = state.clock.now_ms();
     Ok(Json(
@@ -765,18 +743,10 @@ async fn list_for_patient(
 }
 
 async fn list_own(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<ImageOut>>> {
-    let patient = own_patient(&state, &caller).await?;
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (patient, reached) = tx.reach_own(&caller, Permission::OwnRecordsRead).await?;
     let rows = list_rows(&mut tx, &caller.clinic_id, patient.as_str()).await?;
-    audit_list(
-        &state,
-        &mut tx,
-        &caller,
-        &Basis::Own,
-        patient.as_str(),
-        &rows,
-    )
-    .await?;
+    audit_list(&mut tx, &reached, &rows).await?;
     tx.commit().await?;
     let now = state.clock.now_ms();
     Ok(Json(
@@ -788,7 +758,7 @@ async fn list_own(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
 
 /// An image of the caller's tenant (not deleted), with its patient's location and portal user.
 async fn load_image(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     id: &str,
 ) -> sqlx::Result<Option<(ImageRow, String, Option<String>)>> {
@@ -810,30 +780,23 @@ async fn load_image(
     Ok(Some((row, location, user)))
 }
 
-/// Checks `perm` on an image's patient; refusals are audited as denied.
+/// Loads an image and proves the caller's reach to it with the first of `perms` their role
+/// holds (refusals audited as denied and committed by the reach).
 async fn reach_image(
-    state: &AppState,
+    tx: &mut TenantTx,
     caller: &Caller,
     id: &str,
-    perm: Permission,
-) -> ApiResult<(Tx, ImageRow, Basis)> {
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let (row, location, _) = load_image(&mut tx, &caller.clinic_id, id)
+    perms: &[Permission],
+) -> ApiResult<(ImageRow, Reached)> {
+    let (row, location, _) = load_image(tx, &caller.clinic_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("image"))?;
-    match caller.check_location(perm, &LocationId::from_trusted(location)) {
-        Ok(basis) => Ok((tx, row, basis)),
-        Err(e) => {
-            let event = caller
-                .event(Action::Access, "image")
-                .patient(&row.patient_id)
-                .resource(&row.id)
-                .outcome(audit::Outcome::Denied);
-            audit::record(&mut tx, state.db.backend, state.clock.now_ms(), event).await?;
-            tx.commit().await?;
-            Err(e)
-        }
-    }
+    let location = LocationId::from_trusted(location);
+    let target = Target::object("image", &row.id)
+        .located(&location)
+        .of_patient(&row.patient_id);
+    let reached = tx.reach_any(caller, perms, target).await?;
+    Ok((row, reached))
 }
 
 async fn export(
@@ -841,7 +804,10 @@ async fn export(
     caller: Caller,
     ApiPath(p): ApiPath<ImagePath>,
 ) -> ApiResult<Json<SignedUrl>> {
-    let (tx, row, _) = reach_image(&state, &caller, &p.id, Permission::ImagesExport).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (row, reached) = reach_image(&mut tx, &caller, &p.id, &[Permission::ImagesExport]).await?;
+    tx.audit(reached.event(Action::Share).detail("export_url"))
+        .await?;
     tx.commit().await?;
     let expires = state.clock.now_ms() + Images::of(&state).export_ttl_ms;
     Ok(Json(SignedUrl {
@@ -865,27 +831,20 @@ async fn fetch_file(
     if now > claims.e {
         return Err(ApiError::new(
             StatusCode::GONE,
-            "url_expired",
+            ErrorCode::UrlExpired,
             "this image link has expired; reload the page for a new one",
         ));
     }
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let (row, location, portal_user) = load_image(&mut tx, &caller.clinic_id, &claims.i)
-        .await?
-        .ok_or_else(|| ApiError::not_found("image"))?;
-    // The caller must still be allowed: their own photo, or the patient's location.
-    let basis = if portal_user.as_deref() == Some(caller.user_id.as_str())
-        && variant != Variant::Original
-    {
-        Basis::Own
+    // The caller must still be allowed (their own photo, or the patient's location), proven in
+    // a short transaction: no transaction is held while the object is fetched and opened.
+    let perms: &[Permission] = if variant == Variant::Original {
+        &[Permission::ImagesExport]
     } else {
-        let perm = if variant == Variant::Original {
-            Permission::ImagesExport
-        } else {
-            Permission::ImagesView
-        };
-        caller.check_location(perm, &LocationId::from_trusted(location))?
+        &[Permission::ImagesView, Permission::OwnRecordsRead]
     };
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (row, reached) = reach_image(&mut tx, &caller, &claims.i, perms).await?;
+    tx.commit().await?;
     let key = row.key(variant).ok_or_else(ApiError::internal)?;
     let sealed = images
         .store
@@ -902,17 +861,10 @@ async fn fetch_file(
     } else {
         Action::View
     };
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller
-            .event_on(action, "image", &basis)
-            .patient(&row.patient_id)
-            .resource(&row.id)
-            .detail(variant.as_str()),
-    )
-    .await?;
+    // Audited before a byte is answered: a failure here answers 500 and shows nothing.
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    tx.audit(reached.event(action).detail(variant.as_str()))
+        .await?;
     tx.commit().await?;
     let media = match variant {
         Variant::Original => {
@@ -942,23 +894,16 @@ async fn fetch_file(
     Ok(resp)
 }
 
-/// Loads an image for a tenant-wide records action (holds, deletion).
-async fn tenant_image(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(Tx, ImageRow)> {
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let (row, _, _) = load_image(&mut tx, &caller.clinic_id, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("image"))?;
-    Ok((tx, row))
-}
-
 async fn legal_hold(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(p): ApiPath<ImagePath>,
     ApiJson(body): ApiJson<LegalHold>,
 ) -> ApiResult<Json<ImageOut>> {
-    let (mut tx, mut row) = tenant_image(&state, &caller, &p.id).await?;
-    let now = state.clock.now_ms();
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (mut row, reached) =
+        reach_image(&mut tx, &caller, &p.id, &[Permission::RecordsRetention]).await?;
+    let now = tx.now();
     let (at, by) = if body.hold {
         (Some(now), Some(caller.user_id.to_string()))
     } else {
@@ -973,20 +918,11 @@ async fn legal_hold(
     .bind(caller.clinic_id.as_str())
     .execute(&mut *tx)
     .await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller
-            .event(Action::Modify, "image")
-            .patient(&row.patient_id)
-            .resource(&row.id)
-            .detail(if body.hold {
-                "legal_hold_placed"
-            } else {
-                "legal_hold_lifted"
-            }),
-    )
+    tx.audit(reached.event(Action::Modify).detail(if body.hold {
+        "legal_hold_placed"
+    } else {
+        "legal_hold_lifted"
+    }))
     .await?;
     tx.commit().await?;
     row.legal_hold_at = at;
@@ -998,19 +934,22 @@ async fn delete_image(
     caller: Caller,
     ApiPath(p): ApiPath<ImagePath>,
 ) -> ApiResult<StatusCode> {
-    let (mut tx, row) = tenant_image(&state, &caller, &p.id).await?;
-    let now = state.clock.now_ms();
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (row, reached) =
+        reach_image(&mut tx, &caller, &p.id, &[Permission::RecordsRetention]).await?;
+    let now = tx.now();
+    let under_hold = || {
+        ApiError::conflict(
+            ErrorCode::LegalHold,
+            "the image is under legal hold and cannot be deleted",
+        )
+    };
     match may_delete(row.retain_until, row.legal_hold_at.is_some(), now) {
         Ok(()) => {}
-        Err(Refusal::LegalHold) => {
-            return Err(ApiError::conflict(
-                "legal_hold",
-                "the image is under legal hold and cannot be deleted",
-            ));
-        }
+        Err(Refusal::LegalHold) => return Err(under_hold()),
         Err(Refusal::Retention { until_ms }) => {
             return Err(ApiError::conflict(
-                "retention_period",
+                ErrorCode::RetentionPeriod,
                 format!("the image must be kept until {}", rfc3339(until_ms)),
             )
             .with_extra(serde_json::json!({ "retain_until": rfc3339(until_ms) })));
@@ -1018,22 +957,21 @@ async fn delete_image(
     }
     // The row is marked first: a failure deleting objects leaves unreachable objects, never a
     // row pointing at nothing.
-    sqlx::query("UPDATE images SET deleted_at = $1 WHERE id = $2 AND clinic_id = $3")
-        .bind(now)
-        .bind(&row.id)
-        .bind(caller.clinic_id.as_str())
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller
-            .event(Action::Delete, "image")
-            .patient(&row.patient_id)
-            .resource(&row.id),
+    // No hold in the UPDATE itself: a hold placed since the row was read wins (PostgreSQL
+    // reads at statement time; SQLite's write lock is held already).
+    let marked = sqlx::query(
+        "UPDATE images SET deleted_at = $1 WHERE id = $2 AND clinic_id = $3 \
+         AND deleted_at IS NULL AND legal_hold_at IS NULL",
     )
+    .bind(now)
+    .bind(&row.id)
+    .bind(caller.clinic_id.as_str())
+    .execute(&mut *tx)
     .await?;
+    if marked.rows_affected() == 0 {
+        return Err(under_hold());
+    }
+    tx.audit(reached.event(Action::Delete)).await?;
     tx.commit().await?;
     for v in [Variant::Original, Variant::Preview, Variant::Thumbnail] {
         if let Some(key) = row.key(v)
@@ -1060,26 +998,12 @@ pub struct TierReport {
     pub orphans_removed: u64,
 }
 
-async fn clinic_ids(db: &Db) -> sqlx::Result<Vec<ClinicId>> {
-    let sql = match db.backend {
-        Backend::Postgres => "SELECT clinic_ids()",
-        Backend::Sqlite => "SELECT id FROM clinics ORDER BY id",
-    };
-    let mut tx = db.begin().await?;
-    let ids: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(ids
-        .into_iter()
-        .map(|(id,)| ClinicId::from_trusted(id))
-        .collect())
-}
-
 /// Applies the tier policy to every tenant's originals: moves those whose age calls for a
 /// colder tier, then records the new tier. Thumbnails and previews stay hot.
 pub async fn apply_tiers(db: &Db, images: &Images, now: i64) -> anyhow::Result<TierReport> {
     let mut report = TierReport::default();
-    for clinic in clinic_ids(db).await? {
-        let mut tx = db.tenant_tx(&clinic).await?;
+    for clinic in db.clinic_ids().await? {
+        let mut tx = db.tenant_tx(&clinic, now).await?;
         let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
             "SELECT id, original_key, original_tier, created_at FROM images \
              WHERE clinic_id = $1 AND deleted_at IS NULL AND original_tier <> 'cold'",
@@ -1103,7 +1027,7 @@ pub async fn apply_tiers(db: &Db, images: &Images, now: i64) -> anyhow::Result<T
                 report.failed += 1;
                 continue;
             }
-            let mut tx = db.tenant_tx(&clinic).await?;
+            let mut tx = db.tenant_tx(&clinic, now).await?;
             sqlx::query(
                 "UPDATE images SET original_tier = $1, tier_changed_at = $2 WHERE id = $3 AND clinic_id = $4",
             )
@@ -1119,19 +1043,24 @@ pub async fn apply_tiers(db: &Db, images: &Images, now: i64) -> anyhow::Result<T
                 .entry(format!("{}->{}", from.as_str(), to.as_str()))
                 .or_default() += 1;
         }
-        report.orphans_removed += sweep_orphans(db, images, &clinic).await?;
+        report.orphans_removed += sweep_orphans(db, images, &clinic, now).await?;
     }
     Ok(report)
 }
 
 /// Removes a tenant's objects that no live image refers to and that are older than the grace
 /// period (younger ones may belong to an upload still being recorded).
-async fn sweep_orphans(db: &Db, images: &Images, clinic: &ClinicId) -> anyhow::Result<u64> {
+async fn sweep_orphans(
+    db: &Db,
+    images: &Images,
+    clinic: &ClinicId,
+    now: i64,
+) -> anyhow::Result<u64> {
     let listed = images.store.list_modified(clinic.as_str()).await?;
     if listed.is_empty() {
         return Ok(0);
     }
-    let mut tx = db.tenant_tx(clinic).await?;
+    let mut tx = db.tenant_tx(clinic, now).await?;
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT original_key, preview_key, thumbnail_key FROM images \
          WHERE clinic_id = $1 AND deleted_at IS NULL",

@@ -7,14 +7,14 @@ use axum::extract::State;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::platform::audit::{self, Action, Outcome};
-use crate::platform::authz::{Caller, Permission, Policy, Routes, Scope, scope_of};
-use crate::platform::db::Tx;
-use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::audit::Action;
+use crate::platform::authz::{Basis, Caller, Permission, Policy, Routes};
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::ids::{LocationId, PatientId};
 use crate::platform::pii::Pii;
 use crate::platform::state::AppState;
+use crate::platform::tx::{Reached, Target, TenantTx};
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub(crate) struct PatientRow {
@@ -130,7 +130,7 @@ fn validate_name(field: &str, v: &Pii<String>) -> ApiResult<()> {
     let n = v.expose().trim().chars().count();
     if n == 0 || n > 200 {
         return Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!("{field} must be 1 to 200 characters"),
         ));
     }
@@ -141,20 +141,23 @@ fn validate_birth_date(v: &Pii<String>) -> ApiResult<()> {
     chrono::NaiveDate::parse_from_str(v.expose(), "%Y-%m-%d")
         .map(|_| ())
         .map_err(|_| {
-            ApiError::unprocessable("invalid_body", "birth_date must be a date as YYYY-MM-DD")
+            ApiError::unprocessable(
+                ErrorCode::InvalidBody,
+                "birth_date must be a date as YYYY-MM-DD",
+            )
         })
 }
 
-async fn location_exists(tx: &mut Tx, caller: &Caller, loc: &LocationId) -> ApiResult<()> {
+async fn location_exists(tx: &mut TenantTx, caller: &Caller, loc: &LocationId) -> ApiResult<()> {
     let found: Option<(String,)> =
         sqlx::query_as("SELECT id FROM locations WHERE id = $1 AND clinic_id = $2")
             .bind(loc.as_str())
             .bind(caller.clinic_id.as_str())
             .fetch_optional(&mut **tx)
             .await?;
-    found
-        .map(|_| ())
-        .ok_or_else(|| ApiError::unprocessable("unknown_location", "that location does not exist"))
+    found.map(|_| ()).ok_or_else(|| {
+        ApiError::unprocessable(ErrorCode::UnknownLocation, "that location does not exist")
+    })
 }
 
 async fn create(
@@ -165,10 +168,16 @@ async fn create(
     validate_name("given_name", &body.given_name)?;
     validate_name("family_name", &body.family_name)?;
     validate_birth_date(&body.birth_date)?;
-    let basis = caller.check_location(Permission::PatientsWrite, &body.location_id)?;
     let now = state.clock.now_ms();
     let id = PatientId::new();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let reached = tx
+        .reach(
+            &caller,
+            Permission::PatientsWrite,
+            Target::at("patient", &body.location_id),
+        )
+        .await?;
     location_exists(&mut tx, &caller, &body.location_id).await?;
     sqlx::query(
         "INSERT INTO patients (id, clinic_id, location_id, given_name, family_name, birth_date, created_at, updated_at) \
@@ -184,16 +193,8 @@ async fn create(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller
-            .event_on(Action::Create, "patient", &basis)
-            .patient(&id)
-            .resource(&id),
-    )
-    .await?;
+    tx.audit(reached.event(Action::Create).patient(&id).resource(&id))
+        .await?;
     let row = fetch(&mut tx, &caller, &id)
         .await?
         .ok_or_else(ApiError::internal)?;
@@ -201,7 +202,11 @@ async fn create(
     Ok(Json(row.into()))
 }
 
-async fn fetch(tx: &mut Tx, caller: &Caller, id: &PatientId) -> sqlx::Result<Option<PatientRow>> {
+async fn fetch(
+    tx: &mut TenantTx,
+    caller: &Caller,
+    id: &PatientId,
+) -> sqlx::Result<Option<PatientRow>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM patients WHERE id = $1 AND clinic_id = $2"
     ))
@@ -211,31 +216,24 @@ async fn fetch(tx: &mut Tx, caller: &Caller, id: &PatientId) -> sqlx::Result<Opt
     .await
 }
 
-/// Loads a patient and checks the caller's reach. A refusal is audited as denied and committed
-/// in this same transaction (a second one would wait on SQLite's write lock).
+/// Loads a patient and proves the caller's reach to it (`TenantTx::reach`: a refusal is audited
+/// as denied and committed, and the error returned). Other domains reach a patient's records
+/// through this function.
 pub(crate) async fn reach(
-    state: &AppState,
-    mut tx: Tx,
+    tx: &mut TenantTx,
     caller: &Caller,
     id: &PatientId,
     perm: Permission,
-) -> ApiResult<(Tx, PatientRow, crate::platform::authz::Basis)> {
-    let row = fetch(&mut tx, caller, id)
+) -> ApiResult<(PatientRow, Reached)> {
+    let row = fetch(tx, caller, id)
         .await?
         .ok_or_else(|| ApiError::not_found("patient"))?;
-    match caller.check_location(perm, &LocationId::from_trusted(row.location_id.clone())) {
-        Ok(basis) => Ok((tx, row, basis)),
-        Err(e) => {
-            let event = caller
-                .event(Action::Access, "patient")
-                .patient(id)
-                .resource(id)
-                .outcome(Outcome::Denied);
-            audit::record(&mut tx, state.db.backend, state.clock.now_ms(), event).await?;
-            tx.commit().await?;
-            Err(e)
-        }
-    }
+    let location = LocationId::from_trusted(row.location_id.clone());
+    let target = Target::object("patient", id.as_str())
+        .located(&location)
+        .of_patient(id.as_str());
+    let reached = tx.reach(caller, perm, target).await?;
+    Ok((row, reached))
 }
 
 async fn get(
@@ -243,19 +241,9 @@ async fn get(
     caller: Caller,
     ApiPath(p): ApiPath<PatientPath>,
 ) -> ApiResult<Json<PatientOut>> {
-    let now = state.clock.now_ms();
-    let tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let (mut tx, row, basis) = reach(&state, tx, &caller, &p.id, Permission::PatientsRead).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller
-            .event_on(Action::View, "patient", &basis)
-            .patient(&p.id)
-            .resource(&p.id),
-    )
-    .await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (row, reached) = reach(&mut tx, &caller, &p.id, Permission::PatientsRead).await?;
+    tx.audit(reached.event(Action::View)).await?;
     tx.commit().await?;
     Ok(Json(row.into()))
 }
@@ -265,18 +253,20 @@ async fn list(
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Vec<PatientOut>>> {
-    let now = state.clock.now_ms();
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    let tenant_wide = scope_of(caller.role, Permission::PatientsRead) == Some(Scope::Tenant);
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let target = match &q.location_id {
+        Some(l) => Target::at("patient", l),
+        None => Target::listing("patient"),
+    };
+    let reached = tx.reach(&caller, Permission::PatientsRead, target).await?;
     let locations: Vec<LocationId> = match &q.location_id {
-        Some(l) => {
-            caller.check_location(Permission::PatientsRead, l)?;
-            vec![l.clone()]
-        }
-        None if tenant_wide => Vec::new(),
+        Some(l) => vec![l.clone()],
+        None if reached.basis == Basis::Tenant => Vec::new(),
         None => caller.locations.clone(),
     };
-    if locations.is_empty() && !tenant_wide {
+    if locations.is_empty() && reached.basis != Basis::Tenant {
+        tx.commit().await?;
         return Ok(Json(Vec::new()));
     }
     let mut sql = format!("SELECT {COLUMNS} FROM patients WHERE clinic_id = $1");
@@ -293,15 +283,11 @@ async fn list(
     for l in &locations {
         query = query.bind(l.as_str());
     }
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
     let rows = query.fetch_all(&mut *tx).await?;
     for r in &rows {
-        audit::record(
-            &mut tx,
-            state.db.backend,
-            now,
-            caller
-                .event(Action::View, "patient")
+        tx.audit(
+            reached
+                .event(Action::View)
                 .patient(&r.id)
                 .resource(&r.id)
                 .detail("list"),
@@ -328,10 +314,29 @@ async fn update(
         validate_birth_date(v)?;
     }
     let now = state.clock.now_ms();
-    let tx = state.db.tenant_tx(&caller.clinic_id).await?;
-    let (mut tx, row, basis) = reach(&state, tx, &caller, &p.id, Permission::PatientsWrite).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let (row, reached) = reach(&mut tx, &caller, &p.id, Permission::PatientsWrite).await?;
     if let Some(loc) = &body.location_id {
-        caller.check_location(Permission::PatientsWrite, loc)?;
+        // The new home location must be in reach too, and break-glass reaches a record where
+        // it is: it never moves one.
+        let to = tx
+            .reach(
+                &caller,
+                Permission::PatientsWrite,
+                Target::at("patient", loc).of_patient(p.id.as_str()),
+            )
+            .await?;
+        if reached.is_break_glass() || to.is_break_glass() {
+            let event = reached.event(Action::Modify).detail("location_id");
+            return tx
+                .refuse(
+                    event,
+                    ApiError::forbidden(
+                        "break-glass access does not move a patient's home location",
+                    ),
+                )
+                .await;
+        }
         location_exists(&mut tx, &caller, loc).await?;
     }
     let mut changed = Vec::new();
@@ -376,17 +381,8 @@ async fn update(
         .execute(&mut *tx)
         .await?;
     // The detail names the fields changed, never their values.
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller
-            .event_on(Action::Modify, "patient", &basis)
-            .patient(&p.id)
-            .resource(&p.id)
-            .detail(changed.join(",")),
-    )
-    .await?;
+    tx.audit(reached.event(Action::Modify).detail(changed.join(",")))
+        .await?;
     let row = fetch(&mut tx, &caller, &p.id)
         .await?
         .ok_or_else(ApiError::internal)?;
@@ -395,8 +391,7 @@ async fn update(
 }
 
 async fn own_record(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<PatientOut>> {
-    let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let row: Option<PatientRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM patients WHERE user_id = $1 AND clinic_id = $2"
     ))
@@ -405,10 +400,7 @@ async fn own_record(State(state): State<AppState>, caller: Caller) -> ApiResult<
     .fetch_optional(&mut *tx)
     .await?;
     let row = row.ok_or_else(|| ApiError::not_found("patient record"))?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
+    tx.audit(
         caller
             .event(Action::View, "patient")
             .patient(&row.id)

@@ -23,11 +23,11 @@ use super::{
     ACTIVE, Search, TypeRow, find_slots, load_type, location_tz, parse_instant, provider_at,
     within_availability,
 };
-use crate::platform::audit::{self, Action, Outcome};
+use crate::platform::audit::{Action, Outcome};
 use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
 use crate::platform::clock::rfc3339;
-use crate::platform::db::Tx;
-use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::db::TenantTx;
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::ids::{ClinicId, LocationId, PatientId, RecordId, UserId};
 use crate::platform::keys::sha256_hex;
@@ -628,7 +628,7 @@ async fn conflict_error(
     let mut c = c;
     if c.span.is_none()
         && let Some((n, exclude)) = n
-        && let Ok(mut tx) = state.db.tenant_tx(clinic).await
+        && let Ok(mut tx) = state.tx(clinic).await
     {
         let now = state.clock.now_ms();
         if let Ok(Some(found)) = find_conflict(
@@ -668,7 +668,7 @@ async fn conflict_error(
             serde_json::json!({ "conflict": { "with": c.with } }),
         ),
     };
-    ApiError::conflict("slot_unavailable", detail).with_extra(extra)
+    ApiError::conflict(ErrorCode::SlotUnavailable, detail).with_extra(extra)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,7 +681,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
             let k = v.to_str().unwrap_or_default().trim();
             if k.is_empty() || k.len() > 200 || !k.chars().all(|c| c.is_ascii_graphic()) {
                 return Err(ApiError::bad_request(
-                    "invalid_idempotency_key",
+                    ErrorCode::InvalidIdempotencyKey,
                     "Idempotency-Key must be 1 to 200 visible ASCII characters",
                 ));
             }
@@ -709,7 +709,7 @@ async fn replay(
     match row {
         None => Ok(None),
         Some((h, _, _)) if h != hash => Err(ApiError::unprocessable(
-            "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request",
         )),
         Some((_, status, body)) => {
@@ -772,7 +772,7 @@ pub struct BookBody {
 /// Checks a booking request against the type, location, provider, patient and availability.
 #[allow(clippy::too_many_arguments)]
 async fn prepare(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     caller: &Caller,
     type_id: &str,
     location: &LocationId,
@@ -789,7 +789,7 @@ async fn prepare(
     if !ty.bookable_by(caller.role) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "type_not_bookable",
+            ErrorCode::TypeNotBookable,
             format!("your role may not book {} appointments", ty.name),
         ));
     }
@@ -802,7 +802,7 @@ async fn prepare(
             .await?;
     if found.is_none() {
         return Err(ApiError::unprocessable(
-            "unknown_patient",
+            ErrorCode::UnknownPatient,
             "that patient does not exist",
         ));
     }
@@ -817,7 +817,7 @@ async fn prepare(
         .await?;
         if ok.is_none() || ty.needs_room == 0 {
             return Err(ApiError::unprocessable(
-                "unknown_room",
+                ErrorCode::UnknownRoom,
                 "that room is not bookable at this location for this type",
             ));
         }
@@ -825,13 +825,13 @@ async fn prepare(
     let start = parse_instant(start, Some(tz))?;
     if start < now {
         return Err(ApiError::unprocessable(
-            "start_in_past",
+            ErrorCode::StartInPast,
             "the start is in the past",
         ));
     }
     if start > now + 3 * 366 * 86_400_000 {
         return Err(ApiError::unprocessable(
-            "start_too_far",
+            ErrorCode::StartTooFar,
             "book at most three years ahead",
         ));
     }
@@ -852,7 +852,7 @@ async fn prepare(
         && !within_availability(tx, clinic, location, tz, &n.ty, provider, n.start, n.end()).await?
     {
         return Err(ApiError::unprocessable(
-            "outside_availability",
+            ErrorCode::OutsideAvailability,
             "the provider does not see patients of this type at that time",
         ));
     }
@@ -863,7 +863,7 @@ async fn prepare(
 async fn commit_booking(
     state: &AppState,
     caller: &Caller,
-    mut tx: Tx,
+    mut tx: TenantTx,
     n: NewAppointment,
     tz: Tz,
     idem: Option<(String, String)>,
@@ -880,7 +880,7 @@ async fn commit_booking(
                 .resource(&id)
                 .patient(&n.patient)
                 .detail(format!("status={}", n.status));
-            audit::record(&mut tx, state.db.backend, now, event).await?;
+            tx.audit(event).await?;
             let body = serde_json::to_value(out(state, row, may_see_names(caller)))
                 .map_err(|_| ApiError::internal())?;
             if let Some((key, hash)) = &idem {
@@ -922,7 +922,7 @@ async fn replay_after_race(
     let Some((key, hash)) = idem else {
         return Ok(None);
     };
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let found = replay(&mut tx, caller, key, hash).await;
     tx.commit().await?;
     found
@@ -947,7 +947,7 @@ async fn book(
     caller.check_location(Permission::ScheduleWrite, &body.location_id)?;
     let idem = idempotency_key(&headers)?.map(|k| (k, request_hash("/api/v1/appointments", &body)));
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     if let Some((key, hash)) = &idem
         && let Some(resp) = replay(&mut tx, &caller, key, hash).await?
     {
@@ -998,12 +998,12 @@ async fn list(
 ) -> ApiResult<Json<Vec<AppointmentOut>>> {
     let basis = caller.check_location(Permission::ScheduleRead, &q.location_id)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let tz = location_tz(&mut tx, &caller.clinic_id, &q.location_id).await?;
     let (from, to) = (parse_bound(&q.from, tz)?, parse_bound(&q.to, tz)?);
     if to <= from || to - from > 62 * 86_400_000 {
         return Err(ApiError::unprocessable(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             "to must be after from, within 62 days",
         ));
     }
@@ -1027,7 +1027,7 @@ async fn list(
             .resource(&r.id)
             .patient(&r.patient_id)
             .detail("list");
-        audit::record(&mut tx, state.db.backend, now, event).await?;
+        tx.audit(event).await?;
     }
     tx.commit().await?;
     let names = may_see_names(&caller);
@@ -1043,8 +1043,8 @@ struct IdPath {
 
 /// Loads an appointment for a staff caller with `perm` at its location (denials audited).
 async fn reach(
-    state: &AppState,
-    tx: &mut Tx,
+    _state: &AppState,
+    tx: &mut TenantTx,
     caller: &Caller,
     id: &str,
     perm: Permission,
@@ -1061,7 +1061,7 @@ async fn reach(
                 .resource(id)
                 .patient(&row.patient_id)
                 .outcome(Outcome::Denied);
-            audit::record(tx, state.db.backend, state.clock.now_ms(), event).await?;
+            tx.audit(event).await?;
             Err(e)
         }
     }
@@ -1073,8 +1073,7 @@ async fn get(
     ApiPath(p): ApiPath<IdPath>,
 ) -> ApiResult<Json<AppointmentDetail>> {
     let id = p.id.to_string();
-    let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let (row, basis) = match reach(&state, &mut tx, &caller, &id, Permission::ScheduleRead).await {
         Ok(r) => r,
         Err(e) => {
@@ -1095,7 +1094,7 @@ async fn get(
         .event_on(Action::View, "appointment", &basis)
         .resource(&id)
         .patient(&row.patient_id);
-    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     tx.commit().await?;
     Ok(Json(AppointmentDetail {
         appointment: out(&state, row, may_see_names(&caller)),
@@ -1122,7 +1121,7 @@ async fn get(
 /// it was.
 async fn transition(
     state: &AppState,
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     caller: &Caller,
     row: &ApptRow,
     basis: &crate::platform::authz::Basis,
@@ -1131,7 +1130,7 @@ async fn transition(
 ) -> ApiResult<()> {
     if !from.contains(&row.status.as_str()) {
         return Err(ApiError::conflict(
-            "invalid_transition",
+            ErrorCode::InvalidTransition,
             format!("an appointment that is {} cannot become {to}", row.status),
         ));
     }
@@ -1146,7 +1145,7 @@ async fn transition(
         .await?;
     if done.rows_affected() != 1 {
         return Err(ApiError::conflict(
-            "changed_concurrently",
+            ErrorCode::ChangedConcurrently,
             "the appointment changed meanwhile; reload it",
         ));
     }
@@ -1197,7 +1196,7 @@ async fn transition(
         .resource(&row.id)
         .patient(&row.patient_id)
         .detail(format!("{} -> {to}", row.status));
-    audit::record(tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     Ok(())
 }
 
@@ -1209,7 +1208,7 @@ async fn change_status(
     to: &str,
 ) -> ApiResult<Json<AppointmentOut>> {
     let id = id.to_string();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let (row, basis) = match reach(&state, &mut tx, &caller, &id, Permission::ScheduleWrite).await {
         Ok(r) => r,
         Err(e) => {
@@ -1220,7 +1219,7 @@ async fn change_status(
     let now = state.clock.now_ms();
     if to == "no_show" && now < row.starts_at {
         return Err(ApiError::conflict(
-            "not_started",
+            ErrorCode::NotStarted,
             "a no-show can be marked only after the start",
         ));
     }
@@ -1284,7 +1283,7 @@ async fn reschedule(
 ) -> ApiResult<Json<AppointmentOut>> {
     let id = p.id.to_string();
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let (row, basis) = match reach(&state, &mut tx, &caller, &id, Permission::ScheduleWrite).await {
         Ok(r) => r,
         Err(e) => {
@@ -1294,7 +1293,7 @@ async fn reschedule(
     };
     if row.status != "booked" {
         return Err(ApiError::conflict(
-            "invalid_transition",
+            ErrorCode::InvalidTransition,
             format!("an appointment that is {} cannot be moved", row.status),
         ));
     }
@@ -1352,7 +1351,7 @@ async fn reschedule(
         .resource(&id)
         .patient(&row.patient_id)
         .detail("reschedule");
-    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     let row = fetch(&mut tx, &caller.clinic_id, &id)
         .await?
         .ok_or_else(ApiError::internal)?;
@@ -1389,7 +1388,7 @@ async fn follow_up(
         )
     });
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let (row, _) = match reach(&state, &mut tx, &caller, &id, Permission::ScheduleWrite).await {
         Ok(r) => r,
         Err(e) => {
@@ -1411,7 +1410,7 @@ async fn follow_up(
             let after = body.after_days.unwrap_or(14);
             if !(0..=730).contains(&after) {
                 return Err(ApiError::unprocessable(
-                    "invalid_body",
+                    ErrorCode::InvalidBody,
                     "after_days must be 0 to 730",
                 ));
             }
@@ -1434,7 +1433,7 @@ async fn follow_up(
                 .next()
                 .ok_or_else(|| {
                     ApiError::conflict(
-                        "no_open_slot",
+                        ErrorCode::NoOpenSlot,
                         "the provider has no open slot in the four weeks from that day",
                     )
                 })?;
@@ -1497,7 +1496,7 @@ pub struct SeriesOut {
 
 /// The series' occurrences as instants (wall time kept in the location's zone).
 fn expand(rrule: &str, tz: Tz, start_local: &str) -> ApiResult<Vec<Ms>> {
-    let bad = |d: String| ApiError::unprocessable("invalid_rrule", d);
+    let bad = |d: String| ApiError::unprocessable(ErrorCode::InvalidRrule, d);
     let rule = rrule.trim().trim_start_matches("RRULE:");
     if rule.contains('\n') || rule.to_ascii_uppercase().contains("DTSTART") {
         return Err(bad(
@@ -1535,7 +1534,7 @@ async fn series(
 ) -> ApiResult<(StatusCode, Json<SeriesOut>)> {
     let basis = caller.check_location(Permission::ScheduleWrite, &body.location_id)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let tz = location_tz(&mut tx, &caller.clinic_id, &body.location_id).await?;
     let starts = expand(&body.rrule, tz, &body.start)?;
     // Checks the type, provider, patient and room once, with the first occurrence.
@@ -1655,7 +1654,7 @@ async fn series(
             .resource(o)
             .patient(body.patient_id.as_str())
             .detail(format!("series={series_id}"));
-        audit::record(&mut tx, state.db.backend, now, event).await?;
+        tx.audit(event).await?;
     }
     tx.commit().await?;
     Ok((
@@ -1679,7 +1678,7 @@ async fn join(
 ) -> ApiResult<Json<crate::domains::consults::LinkOut>> {
     let id = p.id.to_string();
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let row = fetch(&mut tx, &caller.clinic_id, &id)
         .await?
         .filter(|r| r.status != "expired")
@@ -1705,7 +1704,7 @@ async fn join(
             .patient(&row.patient_id)
             .outcome(Outcome::Denied)
             .detail("join");
-        audit::record(&mut tx, state.db.backend, now, event).await?;
+        tx.audit(event).await?;
         tx.commit().await?;
         return Err(if caller.role == Role::Patient {
             ApiError::not_found("appointment")
@@ -1719,14 +1718,14 @@ async fn join(
         .filter(|_| row.modality == "telemedicine")
     else {
         return Err(ApiError::conflict(
-            "not_telemedicine",
+            ErrorCode::NotTelemedicine,
             "this appointment is in person",
         ));
     };
     if !matches!(row.status.as_str(), "booked" | "checked_in") {
         return Err(ApiError::new(
             StatusCode::GONE,
-            "appointment_closed",
+            ErrorCode::AppointmentClosed,
             format!("this appointment is {}", row.status),
         ));
     }
@@ -1737,7 +1736,7 @@ async fn join(
     );
     if now < opens {
         return Err(ApiError::conflict(
-            "join_not_open",
+            ErrorCode::JoinNotOpen,
             format!(
                 "you can join from {} ({} minutes before the start)",
                 time::local_rfc3339(row.tz(), opens),
@@ -1749,7 +1748,7 @@ async fn join(
     if now > closes {
         return Err(ApiError::new(
             StatusCode::GONE,
-            "join_closed",
+            ErrorCode::JoinClosed,
             "this appointment's join window has closed",
         ));
     }
@@ -1777,7 +1776,7 @@ async fn join(
                 "provider"
             }
         ));
-    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     tx.commit().await?;
     Ok(Json(link))
 }
@@ -1785,7 +1784,7 @@ async fn join(
 // ---------------------------------------------------------------------------------------------
 // Patients: their own appointments, holds and bookings
 
-async fn own_patient(tx: &mut Tx, caller: &Caller) -> ApiResult<String> {
+async fn own_patient(tx: &mut TenantTx, caller: &Caller) -> ApiResult<String> {
     let id: Option<(String,)> =
         sqlx::query_as("SELECT id FROM patients WHERE user_id = $1 AND clinic_id = $2")
             .bind(caller.user_id.as_str())
@@ -1801,7 +1800,7 @@ async fn list_own(
     caller: Caller,
 ) -> ApiResult<Json<Vec<AppointmentOut>>> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let patient = own_patient(&mut tx, &caller).await?;
     let rows: Vec<ApptRow> = sqlx::query_as(&format!(
         "{SELECT} WHERE a.clinic_id = $1 AND a.patient_id = $2 AND a.status <> 'expired' \
@@ -1816,7 +1815,7 @@ async fn list_own(
         .event(Action::View, "appointment")
         .patient(&patient)
         .detail(format!("own list n={}", rows.len()));
-    audit::record(&mut tx, state.db.backend, now, event).await?;
+    tx.audit(event).await?;
     tx.commit().await?;
     Ok(Json(
         rows.into_iter().map(|r| out(&state, r, false)).collect(),
@@ -1851,7 +1850,7 @@ async fn hold(
     ApiJson(body): ApiJson<SlotChoice>,
 ) -> ApiResult<Response> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let patient = own_patient(&mut tx, &caller).await?;
     // One hold per patient: a new choice releases the previous one.
     sqlx::query("UPDATE appointments SET status = 'expired', updated_at = $3 WHERE clinic_id = $1 AND patient_id = $2 AND status = 'held'")
@@ -1887,7 +1886,7 @@ async fn book_own(
     let idem =
         idempotency_key(&headers)?.map(|k| (k, request_hash("/api/v1/me/appointments", &body)));
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     if let Some((key, hash)) = &idem
         && let Some(resp) = replay(&mut tx, &caller, key, hash).await?
     {
@@ -1905,7 +1904,7 @@ async fn book_own(
         (None, None, None, None) => None,
         _ => {
             return Err(ApiError::unprocessable(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "a slot needs type_id, location_id, provider_id and start",
             ));
         }
@@ -1922,7 +1921,7 @@ async fn book_own(
             if row.status == "expired" || row.hold_expires_at.is_none_or(|t| t <= now) {
                 return Err(ApiError::new(
                     StatusCode::GONE,
-                    "hold_expired",
+                    ErrorCode::HoldExpired,
                     "the hold expired; choose the slot again",
                 ));
             }
@@ -1972,7 +1971,7 @@ async fn book_own(
                 .resource(&hold)
                 .patient(&patient)
                 .detail("hold -> booked");
-            audit::record(&mut tx, state.db.backend, now, event).await?;
+            tx.audit(event).await?;
             let row = fetch(&mut tx, &caller.clinic_id, &hold)
                 .await?
                 .ok_or_else(ApiError::internal)?;
@@ -2001,7 +2000,7 @@ async fn book_own(
             commit_booking(&state, &caller, tx, n, tz, idem).await
         }
         _ => Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "send either hold_id or a slot (type_id, location_id, provider_id, start)",
         )),
     }
@@ -2014,7 +2013,7 @@ async fn cancel_own(
 ) -> ApiResult<Json<AppointmentOut>> {
     let id = p.id.to_string();
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let patient = own_patient(&mut tx, &caller).await?;
     let row = fetch(&mut tx, &caller.clinic_id, &id)
         .await?
@@ -2022,7 +2021,7 @@ async fn cancel_own(
         .ok_or_else(|| ApiError::not_found("appointment"))?;
     if row.starts_at <= now {
         return Err(ApiError::conflict(
-            "already_started",
+            ErrorCode::AlreadyStarted,
             "call the practice to change an appointment that has started",
         ));
     }

@@ -13,10 +13,10 @@ use chrono::{Duration, NaiveDate};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::platform::audit::{self, Action};
+use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
-use crate::platform::db::Tx;
-use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::db::TenantTx;
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::ids::{ClinicId, LocationId, RecordId, UserId};
 use crate::platform::state::AppState;
@@ -177,7 +177,11 @@ pub struct FollowupRule {
     pub kind: String,
 }
 
-pub(crate) async fn load_type(tx: &mut Tx, clinic: &ClinicId, id: &str) -> ApiResult<TypeRow> {
+pub(crate) async fn load_type(
+    tx: &mut TenantTx,
+    clinic: &ClinicId,
+    id: &str,
+) -> ApiResult<TypeRow> {
     let row: Option<TypeRow> = sqlx::query_as(&format!(
         "SELECT {TYPE_COLUMNS} FROM appointment_types WHERE id = $1 AND clinic_id = $2 AND disabled_at IS NULL"
     ))
@@ -186,12 +190,15 @@ pub(crate) async fn load_type(tx: &mut Tx, clinic: &ClinicId, id: &str) -> ApiRe
     .fetch_optional(&mut **tx)
     .await?;
     row.ok_or_else(|| {
-        ApiError::unprocessable("unknown_type", "that appointment type does not exist")
+        ApiError::unprocessable(
+            ErrorCode::UnknownType,
+            "that appointment type does not exist",
+        )
     })
 }
 
 pub(crate) async fn location_tz(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     location: &LocationId,
 ) -> ApiResult<Tz> {
@@ -202,14 +209,14 @@ pub(crate) async fn location_tz(
             .fetch_optional(&mut **tx)
             .await?;
     let (tz,) = row.ok_or_else(|| {
-        ApiError::unprocessable("unknown_location", "that location does not exist")
+        ApiError::unprocessable(ErrorCode::UnknownLocation, "that location does not exist")
     })?;
     tz.parse().map_err(|_| ApiError::internal())
 }
 
 /// The provider's display name, if they are an active provider assigned to `location`.
 pub(crate) async fn provider_at(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     provider: &str,
     location: &LocationId,
@@ -230,13 +237,13 @@ pub(crate) async fn provider_at(
                 Ok(name)
             } else {
                 Err(ApiError::unprocessable(
-                    "provider_not_at_location",
+                    ErrorCode::ProviderNotAtLocation,
                     "that provider does not work at this location",
                 ))
             }
         }
         _ => Err(ApiError::unprocessable(
-            "unknown_provider",
+            ErrorCode::UnknownProvider,
             "that provider does not exist",
         )),
     }
@@ -244,7 +251,7 @@ pub(crate) async fn provider_at(
 
 /// Active providers assigned to a location.
 async fn providers_at(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     location: &LocationId,
 ) -> ApiResult<Vec<(String, String)>> {
@@ -260,7 +267,7 @@ async fn providers_at(
 }
 
 async fn load_templates(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     provider: &str,
     location: &LocationId,
@@ -286,7 +293,7 @@ async fn load_templates(
 }
 
 async fn load_exceptions(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     provider: &str,
     location: &LocationId,
@@ -317,7 +324,7 @@ async fn load_exceptions(
 }
 
 async fn load_hours(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     location: &LocationId,
 ) -> ApiResult<Vec<(i64, i64, i64)>> {
@@ -333,7 +340,7 @@ async fn load_hours(
 
 /// Busy intervals of one provider (to each appointment's buffer end), anywhere.
 async fn provider_busy(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     provider: &str,
     from: Ms,
@@ -357,7 +364,7 @@ async fn provider_busy(
 
 /// Each active room of a location with its busy intervals.
 async fn rooms_busy(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     location: &LocationId,
     from: Ms,
@@ -421,7 +428,7 @@ pub(crate) struct Search<'a> {
 }
 
 /// A provider's windows for `ty` at a location over the search's dates.
-async fn windows(tx: &mut Tx, s: &Search<'_>, provider: &str) -> ApiResult<Vec<(Ms, Ms)>> {
+async fn windows(tx: &mut TenantTx, s: &Search<'_>, provider: &str) -> ApiResult<Vec<(Ms, Ms)>> {
     let range = (
         time::resolve(s.tz, s.from, 0, false),
         time::resolve(s.tz, s.from + Duration::days(s.days), 0, false),
@@ -444,7 +451,7 @@ async fn windows(tx: &mut Tx, s: &Search<'_>, provider: &str) -> ApiResult<Vec<(
     ))
 }
 
-pub(crate) async fn find_slots(tx: &mut Tx, s: &Search<'_>) -> ApiResult<Vec<Slot>> {
+pub(crate) async fn find_slots(tx: &mut TenantTx, s: &Search<'_>) -> ApiResult<Vec<Slot>> {
     let range = (
         time::resolve(s.tz, s.from, 0, false),
         time::resolve(s.tz, s.from + Duration::days(s.days + 1), 0, false),
@@ -483,7 +490,7 @@ pub(crate) async fn find_slots(tx: &mut Tx, s: &Search<'_>) -> ApiResult<Vec<Slo
 /// Whether `[start, end)` lies inside the provider's availability for `ty` at the location.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn within_availability(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     location: &LocationId,
     tz: Tz,
@@ -537,7 +544,7 @@ pub struct HoursBody {
 fn parse_hours(hours: &[HoursEntry]) -> ApiResult<Vec<(i64, i64, i64)>> {
     if hours.len() > 50 {
         return Err(ApiError::unprocessable(
-            "invalid_hours",
+            ErrorCode::InvalidHours,
             "at most 50 entries",
         ));
     }
@@ -548,7 +555,7 @@ fn parse_hours(hours: &[HoursEntry]) -> ApiResult<Vec<(i64, i64, i64)>> {
             match (h.weekday, o, c) {
                 (1..=7, Some(o), Some(c)) if o < c => Ok((h.weekday, o, c)),
                 _ => Err(ApiError::unprocessable(
-                    "invalid_hours",
+                    ErrorCode::InvalidHours,
                     "each entry needs weekday 1-7 and opens < closes as HH:MM",
                 )),
             }
@@ -566,7 +573,7 @@ pub(crate) const DEFAULT_HOURS: [(i64, i64, i64); 5] = [
 ];
 
 pub(crate) async fn set_hours(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     location: &LocationId,
     hours: &[(i64, i64, i64)],
@@ -610,7 +617,7 @@ async fn get_hours(
     caller: Caller,
     ApiPath(p): ApiPath<IdPath>,
 ) -> ApiResult<Json<HoursBody>> {
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     location_tz(&mut tx, &caller.clinic_id, &p.id)
         .await
         .map_err(|_| ApiError::not_found("location"))?;
@@ -626,16 +633,12 @@ async fn put_hours(
     ApiJson(body): ApiJson<HoursBody>,
 ) -> ApiResult<Json<HoursBody>> {
     let hours = parse_hours(&body.hours)?;
-    let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     location_tz(&mut tx, &caller.clinic_id, &p.id)
         .await
         .map_err(|_| ApiError::not_found("location"))?;
     set_hours(&mut tx, &caller.clinic_id, &p.id, &hours).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
+    tx.audit(
         caller
             .event(Action::Modify, "location_hours")
             .resource(&p.id),
@@ -675,7 +678,7 @@ async fn list_rooms(
     ApiQuery(q): ApiQuery<LocationQuery>,
 ) -> ApiResult<Json<Vec<RoomOut>>> {
     caller.check_location(Permission::ScheduleRead, &q.location_id)?;
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let rows: Vec<RoomOut> = sqlx::query_as(
         "SELECT id, location_id, name FROM rooms WHERE clinic_id = $1 AND location_id = $2 AND disabled_at IS NULL ORDER BY name",
     )
@@ -695,12 +698,12 @@ async fn create_room(
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "name must be 1 to 100 characters",
         ));
     }
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     location_tz(&mut tx, &caller.clinic_id, &body.location_id).await?;
     let id = uuid::Uuid::new_v4().to_string();
     sqlx::query("INSERT INTO rooms (id, clinic_id, location_id, name, created_at) VALUES ($1, $2, $3, $4, $5)")
@@ -712,16 +715,11 @@ async fn create_room(
         .execute(&mut *tx)
         .await
         .map_err(|e| match ApiError::from(e) {
-            err if err.code == "conflict" => ApiError::conflict("room_exists", "that location has a room with this name"),
+            err if err.code == ErrorCode::Conflict => ApiError::conflict(ErrorCode::RoomExists, "that location has a room with this name"),
             err => err,
         })?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::Create, "room").resource(&id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::Create, "room").resource(&id))
+        .await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
@@ -792,13 +790,13 @@ pub(crate) const FOLLOWUP_KINDS: [&str; 2] = ["checkin", "photo_prompt"];
 
 /// Inserts an appointment type after checking it.
 pub async fn insert_type(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     t: &CreateType,
     now: Ms,
 ) -> ApiResult<String> {
     let name = t.name.trim();
-    let bad = |detail: &str| ApiError::unprocessable("invalid_body", detail.to_string());
+    let bad = |detail: &str| ApiError::unprocessable(ErrorCode::InvalidBody, detail.to_string());
     if name.is_empty() || name.chars().count() > 100 {
         return Err(bad("name must be 1 to 100 characters"));
     }
@@ -843,14 +841,14 @@ pub async fn insert_type(
     .execute(&mut **tx)
     .await
     .map_err(|e| match ApiError::from(e) {
-        err if err.code == "conflict" => ApiError::conflict("type_exists", "an appointment type with that name exists"),
+        err if err.code == ErrorCode::Conflict => ApiError::conflict(ErrorCode::TypeExists, "an appointment type with that name exists"),
         err => err,
     })?;
     Ok(id)
 }
 
 async fn all_types(state: &AppState, clinic: &ClinicId) -> ApiResult<Vec<TypeRow>> {
-    let mut tx = state.db.tenant_tx(clinic).await?;
+    let mut tx = state.tx(clinic).await?;
     let rows: Vec<TypeRow> = sqlx::query_as(&format!(
         "SELECT {TYPE_COLUMNS} FROM appointment_types WHERE clinic_id = $1 AND disabled_at IS NULL ORDER BY name"
     ))
@@ -888,12 +886,9 @@ async fn create_type(
     ApiJson(body): ApiJson<CreateType>,
 ) -> ApiResult<(StatusCode, Json<TypeOut>)> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let id = insert_type(&mut tx, &caller.clinic_id, &body, now).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
+    tx.audit(
         caller
             .event(Action::Create, "appointment_type")
             .resource(&id),
@@ -979,7 +974,7 @@ fn check_modality(m: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "modality must be any, in_person or telemedicine",
         ))
     }
@@ -992,25 +987,25 @@ pub(crate) fn parse_instant(s: &str, tz: Option<Tz>) -> ApiResult<Ms> {
     }
     let local = time::parse_local(s).ok_or_else(|| {
         ApiError::unprocessable(
-            "invalid_time",
+            ErrorCode::InvalidTime,
             "times are local YYYY-MM-DDTHH:MM, or RFC 3339 with an offset",
         )
     })?;
     let tz = tz.ok_or_else(|| {
         ApiError::unprocessable(
-            "invalid_time",
+            ErrorCode::InvalidTime,
             "without a location, give RFC 3339 times with an offset",
         )
     })?;
     time::local_instant(tz, local).map_err(|e| match e {
         time::LocalTimeError::Nonexistent => ApiError::unprocessable(
-            "nonexistent_local_time",
+            ErrorCode::NonexistentLocalTime,
             format!(
                 "{s} does not exist in {tz}: the clocks skip that hour (daylight-saving change)"
             ),
         ),
         time::LocalTimeError::Ambiguous { earlier, later } => ApiError::unprocessable(
-            "ambiguous_local_time",
+            ErrorCode::AmbiguousLocalTime,
             format!(
                 "{s} happens twice in {tz} (daylight-saving change); send the time with its offset"
             ),
@@ -1027,7 +1022,7 @@ async fn get_availability(
     ApiQuery(q): ApiQuery<AvailabilityQuery>,
 ) -> ApiResult<Json<AvailabilityOut>> {
     caller.check_location(Permission::ScheduleRead, &q.location_id)?;
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let tz = location_tz(&mut tx, &caller.clinic_id, &q.location_id).await?;
     let rows: Vec<(String, i64, i64, i64, String)> = sqlx::query_as(
         "SELECT id, weekday, start_min, end_min, modality FROM availability \
@@ -1076,7 +1071,7 @@ async fn get_availability(
 
 /// Adds a template block (also used by the demo seed).
 pub async fn insert_block(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     b: &CreateBlock,
     now: Ms,
@@ -1085,13 +1080,13 @@ pub async fn insert_block(
     let (s, e) = (time::parse_hhmm(&b.start), time::parse_hhmm(&b.end));
     let (Some(s), Some(e), 1..=7) = (s, e, b.weekday) else {
         return Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "weekday must be 1-7 and start, end local HH:MM",
         ));
     };
     if s >= e {
         return Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "start must be before end",
         ));
     }
@@ -1121,15 +1116,10 @@ async fn create_block(
     ApiJson(body): ApiJson<CreateBlock>,
 ) -> ApiResult<(StatusCode, Json<BlockOut>)> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let id = insert_block(&mut tx, &caller.clinic_id, &body, now).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::Create, "availability").resource(&id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::Create, "availability").resource(&id))
+        .await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
@@ -1153,9 +1143,8 @@ async fn delete_block(
     caller: Caller,
     ApiPath(p): ApiPath<BlockPath>,
 ) -> ApiResult<StatusCode> {
-    let now = state.clock.now_ms();
     let id = p.id.to_string();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let done = sqlx::query("DELETE FROM availability WHERE id = $1 AND clinic_id = $2")
         .bind(&id)
         .bind(caller.clinic_id.as_str())
@@ -1164,13 +1153,8 @@ async fn delete_block(
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("availability block"));
     }
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::Delete, "availability").resource(&id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::Delete, "availability").resource(&id))
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1183,12 +1167,12 @@ async fn create_exception(
     check_modality(&body.modality)?;
     if body.kind != "off" && body.kind != "extra" {
         return Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "kind must be off or extra",
         ));
     }
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let tz = match &body.location_id {
         Some(l) => {
             provider_at(&mut tx, &caller.clinic_id, body.provider_id.as_str(), l).await?;
@@ -1196,7 +1180,7 @@ async fn create_exception(
         }
         None if body.kind == "extra" => {
             return Err(ApiError::unprocessable(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "extra hours need a location_id",
             ));
         }
@@ -1208,7 +1192,7 @@ async fn create_exception(
     );
     if s >= e || e - s > 366 * 86_400_000 {
         return Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "start must be before end, within a year",
         ));
     }
@@ -1228,10 +1212,7 @@ async fn create_exception(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
+    tx.audit(
         caller
             .event(Action::Create, "availability_exception")
             .resource(&id),
@@ -1284,23 +1265,23 @@ async fn slots(state: &AppState, caller: &Caller, q: &SlotQuery) -> ApiResult<Ve
     let days = q.days.unwrap_or(7);
     if !(1..=MAX_SEARCH_DAYS).contains(&days) {
         return Err(ApiError::unprocessable(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             "days must be 1 to 62",
         ));
     }
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let tz = location_tz(&mut tx, &caller.clinic_id, &q.location_id).await?;
     let ty = load_type(&mut tx, &caller.clinic_id, &q.type_id.to_string()).await?;
     if !ty.bookable_by(caller.role) && caller.role == Role::Patient {
         return Err(ApiError::unprocessable(
-            "unknown_type",
+            ErrorCode::UnknownType,
             "that appointment type does not exist",
         ));
     }
     let from = match &q.from {
         Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
-            ApiError::unprocessable("invalid_query", "from must be a date YYYY-MM-DD")
+            ApiError::unprocessable(ErrorCode::InvalidQuery, "from must be a date YYYY-MM-DD")
         })?,
         None => time::local_date(tz, now),
     };

@@ -18,7 +18,7 @@ pub async fn create(db: &Db, slug: &str, name: &str, now: i64) -> anyhow::Result
         "a clinic with slug {slug} already exists"
     );
     let id = ClinicId::new();
-    let mut tx = db.tenant_tx(&id).await?;
+    let mut tx = db.tenant_tx(&id, now).await?;
     sqlx::query("INSERT INTO clinics (id, slug, name, created_at) VALUES ($1, $2, $3, $4)")
         .bind(id.as_str())
         .bind(slug)

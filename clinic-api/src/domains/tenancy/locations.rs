@@ -5,10 +5,10 @@ use axum::extract::State;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::platform::audit::{self, Action};
+use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission, Policy, Routes};
-use crate::platform::db::Tx;
-use crate::platform::error::{ApiError, ApiResult};
+use crate::platform::db::TenantTx;
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::ApiJson;
 use crate::platform::ids::{ClinicId, LocationId};
 use crate::platform::state::AppState;
@@ -49,7 +49,7 @@ pub fn routes() -> Routes {
 
 /// Inserts a location after checking its name and time zone.
 pub async fn create(
-    tx: &mut Tx,
+    tx: &mut TenantTx,
     clinic: &ClinicId,
     name: &str,
     time_zone: &str,
@@ -58,13 +58,13 @@ pub async fn create(
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "name must be 1 to 200 characters",
         ));
     }
     if time_zone.parse::<chrono_tz::Tz>().is_err() {
         return Err(ApiError::unprocessable(
-            "invalid_time_zone",
+            ErrorCode::InvalidTimeZone,
             "time_zone must be an IANA zone such as America/New_York",
         ));
     }
@@ -78,7 +78,7 @@ pub async fn create(
         .execute(&mut **tx)
         .await
         .map_err(|e| match ApiError::from(e) {
-            err if err.code == "conflict" => ApiError::conflict("location_exists", "a location with that name exists"),
+            err if err.code == ErrorCode::Conflict => ApiError::conflict(ErrorCode::LocationExists, "a location with that name exists"),
             err => err,
         })?;
     crate::domains::scheduling::set_hours(
@@ -92,7 +92,7 @@ pub async fn create(
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<LocationOut>>> {
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let rows: Vec<LocationOut> = sqlx::query_as(
         "SELECT id, name, time_zone FROM locations WHERE clinic_id = $1 ORDER BY name",
     )
@@ -109,15 +109,10 @@ async fn create_route(
     ApiJson(body): ApiJson<CreateLocation>,
 ) -> ApiResult<Json<LocationOut>> {
     let now = state.clock.now_ms();
-    let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
     let id = create(&mut tx, &caller.clinic_id, &body.name, &body.time_zone, now).await?;
-    audit::record(
-        &mut tx,
-        state.db.backend,
-        now,
-        caller.event(Action::Create, "location").resource(&id),
-    )
-    .await?;
+    tx.audit(caller.event(Action::Create, "location").resource(&id))
+        .await?;
     tx.commit().await?;
     Ok(Json(LocationOut {
         id: id.to_string(),
