@@ -159,6 +159,8 @@ pub enum EndReason {
     EndedByProvider,
     /// Nobody was connected for the idle timeout.
     Idle,
+    /// Its appointment was cancelled (or marked a no-show).
+    Cancelled,
     /// You were removed by a host.
     Removed,
     /// You left.

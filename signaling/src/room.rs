@@ -66,8 +66,11 @@ pub enum Input {
     },
     /// Time passed: expire grace periods, end an idle consult.
     Tick,
-    /// A host ended the consult from outside the room (the REST API).
-    EndNow,
+    /// The consult was ended from outside the room: a host through the REST API
+    /// (`EndedByProvider`) or its appointment was cancelled (`Cancelled`).
+    EndNow {
+        reason: EndReason,
+    },
 }
 
 /// What the room asks the shell to record.
@@ -222,7 +225,7 @@ impl Room {
             Input::Msg { conn, msg } => self.message(now, conn, msg, &mut out),
             Input::Closed { conn } => self.closed(now, conn, &mut out),
             Input::Tick => self.tick(now, &mut out),
-            Input::EndNow => self.end(EndReason::EndedByProvider, None, &mut out),
+            Input::EndNow { reason } => self.end(reason, None, &mut out),
         }
         self.update_empty(now);
         out

@@ -126,6 +126,10 @@ pub enum Permission {
     ScheduleManage,
     /// A patient's own booking: see open slots of self-bookable types, hold, book and cancel.
     SelfSchedule,
+    /// Book outside a provider's availability (an override the front desk may make).
+    ScheduleOverride,
+    /// Join a telemedicine appointment's video visit: its patient, or its provider.
+    VisitsJoin,
     /// Read submitted intake forms.
     IntakeRead,
     /// Route and complete intake.
@@ -157,7 +161,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 27] = [
+    pub const ALL: [Permission; 29] = [
         Permission::PatientsRead,
         Permission::PatientsWrite,
         Permission::ClinicalRead,
@@ -171,6 +175,8 @@ impl Permission {
         Permission::ScheduleWrite,
         Permission::ScheduleManage,
         Permission::SelfSchedule,
+        Permission::ScheduleOverride,
+        Permission::VisitsJoin,
         Permission::IntakeRead,
         Permission::IntakeWrite,
         Permission::BreakGlass,
@@ -202,6 +208,8 @@ impl Permission {
             Permission::ScheduleWrite => "schedule_write",
             Permission::ScheduleManage => "schedule_manage",
             Permission::SelfSchedule => "self_schedule",
+            Permission::ScheduleOverride => "schedule_override",
+            Permission::VisitsJoin => "visits_join",
             Permission::IntakeRead => "intake_read",
             Permission::IntakeWrite => "intake_write",
             Permission::BreakGlass => "break_glass",
@@ -268,8 +276,10 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::Prescribe, Loc),
             (P::EpcsSign, Loc),
             (P::ConsultsRun, Loc),
+            (P::VisitsJoin, Loc),
             (P::ScheduleRead, Loc),
             (P::ScheduleWrite, Loc),
+            (P::ScheduleOverride, Loc),
             (P::IntakeRead, Loc),
             (P::BreakGlass, Tenant),
             (P::LocationsRead, Tenant),
@@ -282,6 +292,7 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::ImagesView, Loc),
             (P::ScheduleRead, Loc),
             (P::ScheduleWrite, Loc),
+            (P::ScheduleOverride, Loc),
             (P::IntakeRead, Loc),
             (P::IntakeWrite, Loc),
             (P::LocationsRead, Tenant),
@@ -291,6 +302,7 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::PatientsWrite, Loc),
             (P::ScheduleRead, Loc),
             (P::ScheduleWrite, Loc),
+            (P::ScheduleOverride, Loc),
             (P::IntakeRead, Loc),
             (P::IntakeWrite, Loc),
             (P::LocationsRead, Tenant),
@@ -305,6 +317,7 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::OwnRecordsRead, Own),
             (P::OwnRecordsWrite, Own),
             (P::SelfSchedule, Own),
+            (P::VisitsJoin, Own),
         ],
         Role::ReferringPartner => &[(P::ReferralsWrite, Own)],
     }
@@ -504,7 +517,7 @@ pub enum Basis {
 impl Caller {
     /// Checks that `perm` reaches a resource at `location`: tenant-wide grants always do; location
     /// grants only for assigned locations, or with a break-glass reason for roles that may.
-    pub fn check_location(
+    pub(in crate::platform) fn check_location(
         &self,
         perm: Permission,
         location: &LocationId,
@@ -529,6 +542,13 @@ impl Caller {
         }
     }
 
+    /// Whether the caller's role holds `perm` at all (for choices inside a route the caller
+    /// already reached, such as an availability override; reaching an object is
+    /// `TenantTx::reach`).
+    pub fn may(&self, perm: Permission) -> bool {
+        scope_of(self.role, perm).is_some()
+    }
+
     /// An audit event by this caller, with its session, client and purpose filled in.
     pub fn event(&self, action: Action, resource_type: &'static str) -> AuditEvent {
         let mut e = AuditEvent::new(self.clinic_id.clone(), action, resource_type);
@@ -542,7 +562,7 @@ impl Caller {
     }
 
     /// As [`Caller::event`], for a resource reached on `basis` (break-glass sets purpose and reason).
-    pub fn event_on(
+    pub(in crate::platform) fn event_on(
         &self,
         action: Action,
         resource_type: &'static str,

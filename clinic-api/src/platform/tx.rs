@@ -23,6 +23,8 @@ pub struct TenantTx {
     clinic: ClinicId,
     backend: Backend,
     now: i64,
+    /// What to do once the transaction has committed (tell a live room what the rows say).
+    on_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl TenantTx {
@@ -37,7 +39,14 @@ impl TenantTx {
             clinic,
             backend,
             now,
+            on_commit: Vec::new(),
         }
+    }
+
+    /// Runs `f` after this transaction commits, never if it rolls back: effects outside the
+    /// database (a live consult room told it has ended) follow what was committed.
+    pub fn on_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.on_commit.push(Box::new(f));
     }
 
     /// The tenant this transaction is scoped to.
@@ -62,10 +71,13 @@ impl TenantTx {
     }
 
     pub async fn commit(mut self) -> sqlx::Result<()> {
-        match self.inner.take() {
-            Some(tx) => tx.commit().await,
-            None => Ok(()),
+        if let Some(tx) = self.inner.take() {
+            tx.commit().await?;
         }
+        for f in std::mem::take(&mut self.on_commit) {
+            f();
+        }
+        Ok(())
     }
 
     pub async fn rollback(mut self) -> sqlx::Result<()> {
@@ -148,6 +160,7 @@ impl TenantTx {
                 if let Some(tx) = self.inner.take() {
                     tx.commit().await?;
                 }
+                self.on_commit.clear();
                 Err(err)
             }
         }

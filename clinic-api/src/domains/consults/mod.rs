@@ -33,6 +33,10 @@ use crate::platform::http::{ApiJson, ApiPath, ClientInfo};
 use crate::platform::ids::{ClinicId, LocationId, PatientId};
 use crate::platform::keys::{Purpose, sha256_hex};
 use crate::platform::state::AppState;
+use crate::platform::tx::{Reached, Target, TenantTx};
+
+/// Why a consult ended (the signaling protocol's reasons); see [`end`].
+pub use signaling::protocol::EndReason;
 
 /// How long a join link's code may wait to be exchanged.
 const LINK_TTL_SECS: i64 = 24 * 3600;
@@ -173,6 +177,14 @@ impl Hub {
     /// Number of live rooms (for metrics and tests).
     pub fn live_rooms(&self) -> usize {
         self.rooms.lock().expect("hub lock").len()
+    }
+
+    /// Tells a live room (if the consult has one on this node) that it has ended: its
+    /// participants get `ended` with `reason` and are disconnected.
+    fn end_live(&self, consult: &str, reason: EndReason) {
+        if let Some(room) = self.room(consult) {
+            let _ = room.send(RoomCmd::Input(Input::EndNow { reason }));
+        }
     }
 
     fn room(&self, consult: &str) -> Option<mpsc::UnboundedSender<RoomCmd>> {
@@ -425,15 +437,9 @@ async fn apply(
                 .drop_participant(&participant),
             Effect::ClientStats { .. } => {}
             Effect::Ended { reason } => {
-                let now = state.clock.now_ms();
                 let result = async {
                     let mut tx = state.tx(clinic).await?;
-                    sqlx::query("UPDATE consults SET status = 'ended', ended_at = $1, end_reason = $2 WHERE id = $3 AND status = 'open'")
-                        .bind(now)
-                        .bind(format!("{reason:?}"))
-                        .bind(consult)
-                        .execute(&mut *tx)
-                        .await?;
+                    mark_ended(&mut tx, consult, reason).await?;
                     tx.commit().await
                 }
                 .await;
@@ -687,6 +693,50 @@ struct ConsultPath {
     id: PatientId,
 }
 
+/// How an end reason is stored in `consults.end_reason`.
+fn stored_reason(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::EndedByProvider => "EndedByProvider",
+        EndReason::Idle => "Idle",
+        EndReason::Cancelled => "AppointmentCancelled",
+        EndReason::Removed => "Removed",
+        EndReason::Left => "Left",
+    }
+}
+
+/// Ends a consult: marks it ended in `tx` (if it is still open) and, once `tx` commits, tells
+/// its live room, whose participants are then disconnected. The one way a consult ends from
+/// outside its room: the provider's end, and an appointment's cancellation or no-show. (A room
+/// that ends by itself, idle, records it through the same row update.) Returns whether it was
+/// open.
+pub async fn end(
+    state: &AppState,
+    tx: &mut TenantTx,
+    consult: &str,
+    reason: EndReason,
+) -> sqlx::Result<bool> {
+    let done = mark_ended(tx, consult, reason).await?;
+    let hub = state.get_arc::<Hub>();
+    let consult = consult.to_string();
+    tx.on_commit(move || hub.end_live(&consult, reason));
+    Ok(done)
+}
+
+async fn mark_ended(tx: &mut TenantTx, consult: &str, reason: EndReason) -> sqlx::Result<bool> {
+    let (now, clinic) = (tx.now(), tx.clinic().clone());
+    let done = sqlx::query(
+        "UPDATE consults SET status = 'ended', ended_at = $1, end_reason = $2 \
+         WHERE id = $3 AND clinic_id = $4 AND status = 'open'",
+    )
+    .bind(now)
+    .bind(stored_reason(reason))
+    .bind(consult)
+    .bind(clinic.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub fn routes() -> Routes {
     Routes::new("consults")
         .add(
@@ -710,7 +760,7 @@ pub fn routes() -> Routes {
             "/api/v1/consults/{id}/end",
             Policy::perm(Permission::ConsultsRun),
             "End a consult for everyone",
-            end,
+            end_route,
         )
         .add(
             Method::POST,
@@ -729,30 +779,30 @@ pub fn routes() -> Routes {
         )
 }
 
-/// Loads an open consult of the caller's tenant and checks the caller's location scope.
-async fn reach_consult(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-) -> ApiResult<(String, Option<String>)> {
-    let mut tx = state.tx(&caller.clinic_id).await?;
+/// Loads a consult of the caller's tenant and proves the caller's reach to it (refusals
+/// audited and committed by the reach); an ended consult is a conflict.
+async fn reach_consult(tx: &mut TenantTx, caller: &Caller, id: &str) -> ApiResult<Reached> {
     let row: Option<(String, Option<String>, String)> = sqlx::query_as(
         "SELECT location_id, patient_id, status FROM consults WHERE id = $1 AND clinic_id = $2",
     )
     .bind(id)
     .bind(caller.clinic_id.as_str())
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    tx.commit().await?;
     let (location, patient, status) = row.ok_or_else(|| ApiError::not_found("consult"))?;
-    caller.check_location(Permission::ConsultsRun, &LocationId::from_trusted(location))?;
+    let location = LocationId::from_trusted(location);
+    let mut target = Target::object("consult", id).located(&location);
+    if let Some(p) = &patient {
+        target = target.of_patient(p);
+    }
+    let reached = tx.reach(caller, Permission::ConsultsRun, target).await?;
     if status != "open" {
         return Err(ApiError::conflict(
             ErrorCode::ConsultEnded,
             "this consult has ended",
         ));
     }
-    Ok((id.to_string(), patient))
+    Ok(reached)
 }
 
 async fn create(
@@ -760,10 +810,16 @@ async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateConsult>,
 ) -> ApiResult<Json<ConsultOut>> {
-    let basis = caller.check_location(Permission::ConsultsRun, &body.location_id)?;
     let now = state.clock.now_ms();
     let id = uuid::Uuid::new_v4().to_string();
     let mut tx = state.tx(&caller.clinic_id).await?;
+    let reached = tx
+        .reach(
+            &caller,
+            Permission::ConsultsRun,
+            Target::at("consult", &body.location_id),
+        )
+        .await?;
     if let Some(p) = &body.patient_id {
         let found: Option<(String,)> =
             sqlx::query_as("SELECT location_id FROM patients WHERE id = $1 AND clinic_id = $2")
@@ -774,7 +830,11 @@ async fn create(
         let (loc,) = found.ok_or_else(|| {
             ApiError::unprocessable(ErrorCode::UnknownPatient, "that patient does not exist")
         })?;
-        caller.check_location(Permission::PatientsRead, &LocationId::from_trusted(loc))?;
+        let loc = LocationId::from_trusted(loc);
+        let patient = Target::object("patient", p.as_str())
+            .located(&loc)
+            .of_patient(p.as_str());
+        tx.reach(&caller, Permission::PatientsRead, patient).await?;
     }
     sqlx::query("INSERT INTO consults (id, clinic_id, location_id, patient_id, created_by, status, created_at) VALUES ($1, $2, $3, $4, $5, 'open', $6)")
         .bind(&id)
@@ -785,9 +845,7 @@ async fn create(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    let mut event = caller
-        .event_on(Action::Create, "consult", &basis)
-        .resource(&id);
+    let mut event = reached.event(Action::Create).resource(&id);
     event.patient_id = body.patient_id.as_ref().map(|p| p.to_string());
     tx.audit(event).await?;
     tx.commit().await?;
@@ -817,9 +875,10 @@ async fn create_link(
             "display_name must be 1 to 80 characters",
         ));
     }
-    let (consult, patient) = reach_consult(&state, &caller, p.id.as_str()).await?;
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
+    let reached = reach_consult(&mut tx, &caller, p.id.as_str()).await?;
+    let consult = p.id.to_string();
     // A scheduled consult's links work only in its appointment's join window.
     let window = appointment_window(&state, &mut tx, &consult).await?;
     let (not_before, expires) = match window {
@@ -845,11 +904,10 @@ async fn create_link(
         expires,
     )
     .await?;
-    let mut event = caller
-        .event(Action::Share, "consult_link")
+    let event = reached
+        .event_for(Action::Share, "consult_link")
         .resource(&consult)
         .detail(format!("role={}", body.role));
-    event.patient_id = patient;
     tx.audit(event).await?;
     tx.commit().await?;
     Ok(Json(link))
@@ -1036,30 +1094,19 @@ async fn join(
     }))
 }
 
-async fn end(
+async fn end_route(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(p): ApiPath<ConsultPath>,
 ) -> ApiResult<Json<ConsultOut>> {
-    let (consult, patient) = reach_consult(&state, &caller, p.id.as_str()).await?;
-    let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    sqlx::query("UPDATE consults SET status = 'ended', ended_at = $1, end_reason = 'EndedByProvider' WHERE id = $2 AND status = 'open'")
-        .bind(now)
-        .bind(&consult)
-        .execute(&mut *tx)
+    let reached = reach_consult(&mut tx, &caller, p.id.as_str()).await?;
+    let consult = p.id.to_string();
+    end(&state, &mut tx, &consult, EndReason::EndedByProvider).await?;
+    tx.audit(reached.event(Action::Modify).detail("end"))
         .await?;
-    let mut event = caller
-        .event(Action::Modify, "consult")
-        .resource(&consult)
-        .detail("end");
-    event.patient_id = patient;
-    tx.audit(event).await?;
+    // Committing tells the live room; its participants get `ended` and are disconnected.
     tx.commit().await?;
-    // A live room is told too; its participants get `ended` and are disconnected.
-    if let Some(room) = Hub::of(&state).room(&consult) {
-        let _ = room.send(RoomCmd::Input(Input::EndNow));
-    }
     Ok(Json(ConsultOut {
         id: consult,
         status: "ended".into(),

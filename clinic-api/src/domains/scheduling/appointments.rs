@@ -18,13 +18,15 @@ use serde::{Deserialize, Serialize};
 use signaling::token::ConsultRole;
 use sqlx::AnyConnection;
 
+use super::status::Status;
 use super::time::{self, Ms};
 use super::{
-    ACTIVE, Search, TypeRow, find_slots, load_type, location_tz, parse_instant, provider_at,
+    Search, TypeRow, find_slots, load_type, location_tz, parse_instant, provider_at,
     within_availability,
 };
-use crate::platform::audit::{Action, Outcome};
-use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
+use crate::domains::consults::{self, EndReason};
+use crate::platform::audit::Action;
+use crate::platform::authz::{Basis, Caller, Permission, Policy, Routes};
 use crate::platform::clock::rfc3339;
 use crate::platform::db::TenantTx;
 use crate::platform::error::{ApiError, ApiResult, ErrorCode};
@@ -33,6 +35,7 @@ use crate::platform::ids::{ClinicId, LocationId, PatientId, RecordId, UserId};
 use crate::platform::keys::sha256_hex;
 use crate::platform::pii::Pii;
 use crate::platform::state::AppState;
+use crate::platform::tx::{Reached, Target};
 
 /// Most occurrences one series may create (two years of weekly visits).
 const MAX_OCCURRENCES: u16 = 104;
@@ -117,7 +120,7 @@ pub fn routes() -> Routes {
         .add(
             Method::POST,
             "/api/v1/appointments/{id}/join",
-            Policy::AUTHENTICATED,
+            Policy::perm(Permission::VisitsJoin),
             "A one-time join link for the appointment's patient or provider, inside the join window",
             join,
         )
@@ -164,7 +167,6 @@ pub(crate) struct ApptRow {
     pub provider_id: String,
     pub provider_name: String,
     pub patient_id: String,
-    pub patient_user_id: Option<String>,
     pub given_name: String,
     pub family_name: String,
     pub room_id: Option<String>,
@@ -181,7 +183,7 @@ pub(crate) struct ApptRow {
 }
 
 const SELECT: &str = "SELECT a.id, a.location_id, l.time_zone, a.provider_id, u.display_name AS provider_name, \
-    a.patient_id, p.user_id AS patient_user_id, p.given_name, p.family_name, a.room_id, a.type_id, t.name AS type_name, \
+    a.patient_id, p.given_name, p.family_name, a.room_id, a.type_id, t.name AS type_name, \
     a.modality, a.starts_at, a.ends_at, a.status, a.hold_expires_at, a.series_id, a.follow_up_of, a.consult_id \
     FROM appointments a JOIN locations l ON l.id = a.location_id JOIN users u ON u.id = a.provider_id \
     JOIN patients p ON p.id = a.patient_id JOIN appointment_types t ON t.id = a.type_id";
@@ -192,6 +194,11 @@ impl ApptRow {
     }
     fn location(&self) -> LocationId {
         LocationId::from_trusted(self.location_id.clone())
+    }
+    /// The status (a value the schema does not know reads as expired: shown to nobody, and
+    /// nothing follows it).
+    fn status(&self) -> Status {
+        Status::parse(&self.status).unwrap_or(Status::Expired)
     }
 }
 
@@ -294,7 +301,7 @@ fn out(state: &AppState, r: ApptRow, with_name: bool) -> AppointmentOut {
 }
 
 fn may_see_names(caller: &Caller) -> bool {
-    crate::platform::authz::scope_of(caller.role, Permission::PatientsRead).is_some()
+    caller.may(Permission::PatientsRead)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,7 +378,7 @@ async fn find_conflict(
     busy_until: Ms,
     now: Ms,
 ) -> sqlx::Result<Option<Conflict>> {
-    let active = ACTIVE.replace("$NOW", "$6");
+    let active = super::status::active_sql().replace("$NOW", "$6");
     let checks: [(&'static str, &str, Option<&str>, Ms); 3] = [
         (
             "provider",
@@ -455,7 +462,7 @@ async fn pick_room(
     .fetch_all(&mut *conn)
     .await?;
     let mut first = None;
-    let active = ACTIVE.replace("$NOW", "$6");
+    let active = super::status::active_sql().replace("$NOW", "$6");
     for (room,) in rooms {
         let row: Option<(Ms, Ms)> = sqlx::query_as(&format!(
             "SELECT starts_at, ends_at FROM appointments WHERE clinic_id = $1 AND room_id = $2 AND starts_at < $4 \
@@ -842,12 +849,12 @@ async fn prepare(
         patient: patient.to_string(),
         room,
         start,
-        status: "booked",
+        status: Status::Booked.as_str(),
         hold_expires_at: None,
         series: None,
         follow_up_of: None,
     };
-    let may_override = override_availability && caller.role.is_staff();
+    let may_override = override_availability && caller.may(Permission::ScheduleOverride);
     if !may_override
         && !within_availability(tx, clinic, location, tz, &n.ty, provider, n.start, n.end()).await?
     {
@@ -863,6 +870,7 @@ async fn prepare(
 async fn commit_booking(
     state: &AppState,
     caller: &Caller,
+    reached: &Reached,
     mut tx: TenantTx,
     n: NewAppointment,
     tz: Tz,
@@ -875,8 +883,8 @@ async fn commit_booking(
             let row = fetch(&mut tx, &caller.clinic_id, &id)
                 .await?
                 .ok_or_else(ApiError::internal)?;
-            let event = caller
-                .event(Action::Create, "appointment")
+            let event = reached
+                .event_for(Action::Create, "appointment")
                 .resource(&id)
                 .patient(&n.patient)
                 .detail(format!("status={}", n.status));
@@ -944,10 +952,16 @@ async fn book(
     headers: HeaderMap,
     ApiJson(body): ApiJson<BookBody>,
 ) -> ApiResult<Response> {
-    caller.check_location(Permission::ScheduleWrite, &body.location_id)?;
     let idem = idempotency_key(&headers)?.map(|k| (k, request_hash("/api/v1/appointments", &body)));
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
+    let reached = tx
+        .reach(
+            &caller,
+            Permission::ScheduleWrite,
+            Target::at("appointment", &body.location_id),
+        )
+        .await?;
     if let Some((key, hash)) = &idem
         && let Some(resp) = replay(&mut tx, &caller, key, hash).await?
     {
@@ -967,7 +981,7 @@ async fn book(
         now,
     )
     .await?;
-    commit_booking(&state, &caller, tx, n, tz, idem).await
+    commit_booking(&state, &caller, &reached, tx, n, tz, idem).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -996,9 +1010,15 @@ async fn list(
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Vec<AppointmentOut>>> {
-    let basis = caller.check_location(Permission::ScheduleRead, &q.location_id)?;
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
+    let reached = tx
+        .reach(
+            &caller,
+            Permission::ScheduleRead,
+            Target::at("appointment", &q.location_id),
+        )
+        .await?;
     let tz = location_tz(&mut tx, &caller.clinic_id, &q.location_id).await?;
     let (from, to) = (parse_bound(&q.from, tz)?, parse_bound(&q.to, tz)?);
     if to <= from || to - from > 62 * 86_400_000 {
@@ -1022,8 +1042,8 @@ async fn list(
     .fetch_all(&mut *tx)
     .await?;
     for r in &rows {
-        let event = caller
-            .event_on(Action::View, "appointment", &basis)
+        let event = reached
+            .event_for(Action::View, "appointment")
             .resource(&r.id)
             .patient(&r.patient_id)
             .detail("list");
@@ -1041,30 +1061,24 @@ struct IdPath {
     id: RecordId,
 }
 
-/// Loads an appointment for a staff caller with `perm` at its location (denials audited).
+/// Loads an appointment and proves the caller's reach to it with `perm` (refusals audited and
+/// committed by the reach; a patient's own grant reaches only their own appointments).
 async fn reach(
-    _state: &AppState,
     tx: &mut TenantTx,
     caller: &Caller,
     id: &str,
     perm: Permission,
-) -> ApiResult<(ApptRow, crate::platform::authz::Basis)> {
+) -> ApiResult<(ApptRow, Reached)> {
     let row = fetch(tx, &caller.clinic_id, id)
         .await?
-        .filter(|r| r.status != "expired")
+        .filter(|r| r.status() != Status::Expired)
         .ok_or_else(|| ApiError::not_found("appointment"))?;
-    match caller.check_location(perm, &row.location()) {
-        Ok(basis) => Ok((row, basis)),
-        Err(e) => {
-            let event = caller
-                .event(Action::Access, "appointment")
-                .resource(id)
-                .patient(&row.patient_id)
-                .outcome(Outcome::Denied);
-            tx.audit(event).await?;
-            Err(e)
-        }
-    }
+    let location = row.location();
+    let target = Target::object("appointment", id)
+        .located(&location)
+        .of_patient(&row.patient_id);
+    let reached = tx.reach(caller, perm, target).await?;
+    Ok((row, reached))
 }
 
 async fn get(
@@ -1074,13 +1088,7 @@ async fn get(
 ) -> ApiResult<Json<AppointmentDetail>> {
     let id = p.id.to_string();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    let (row, basis) = match reach(&state, &mut tx, &caller, &id, Permission::ScheduleRead).await {
-        Ok(r) => r,
-        Err(e) => {
-            tx.commit().await?;
-            return Err(e);
-        }
-    };
+    let (row, reached) = reach(&mut tx, &caller, &id, Permission::ScheduleRead).await?;
     let tz = row.tz();
     let events: Vec<EventRow> = sqlx::query_as(
         "SELECT at, actor_id, from_status, to_status, starts_at, ends_at, provider_id, room_id FROM appointment_events \
@@ -1090,10 +1098,7 @@ async fn get(
     .bind(&id)
     .fetch_all(&mut *tx)
     .await?;
-    let event = caller
-        .event_on(Action::View, "appointment", &basis)
-        .resource(&id)
-        .patient(&row.patient_id);
+    let event = reached.event(Action::View);
     tx.audit(event).await?;
     tx.commit().await?;
     Ok(Json(AppointmentDetail {
@@ -1124,11 +1129,10 @@ async fn transition(
     tx: &mut TenantTx,
     caller: &Caller,
     row: &ApptRow,
-    basis: &crate::platform::authz::Basis,
-    from: &[&str],
-    to: &str,
+    reached: &Reached,
+    to: Status,
 ) -> ApiResult<()> {
-    if !from.contains(&row.status.as_str()) {
+    if !row.status().can_become(to) {
         return Err(ApiError::conflict(
             ErrorCode::InvalidTransition,
             format!("an appointment that is {} cannot become {to}", row.status),
@@ -1136,7 +1140,7 @@ async fn transition(
     }
     let now = state.clock.now_ms();
     let done = sqlx::query("UPDATE appointments SET status = $1, updated_at = $2, hold_expires_at = NULL WHERE id = $3 AND clinic_id = $4 AND status = $5")
-        .bind(to)
+        .bind(to.as_str())
         .bind(now)
         .bind(&row.id)
         .bind(caller.clinic_id.as_str())
@@ -1155,7 +1159,7 @@ async fn transition(
         &row.id,
         caller.user_id.as_str(),
         Some(&row.status),
-        to,
+        to.as_str(),
         (
             row.starts_at,
             row.ends_at,
@@ -1165,19 +1169,16 @@ async fn transition(
         now,
     )
     .await?;
-    if matches!(to, "cancelled" | "no_show")
+    if matches!(to, Status::Cancelled | Status::NoShow)
         && let Some(consult) = &row.consult_id
     {
-        sqlx::query("UPDATE consults SET status = 'ended', ended_at = $1, end_reason = 'AppointmentCancelled' WHERE id = $2 AND status = 'open'")
-            .bind(now)
-            .bind(consult)
-            .execute(&mut **tx)
-            .await?;
+        // Ended for everyone in it, too, once this commits.
+        consults::end(state, tx, consult, EndReason::Cancelled).await?;
     }
-    if to == "cancelled" {
+    if to == Status::Cancelled {
         crate::domains::outbox::cancel_for(tx, &caller.clinic_id, &row.id).await?;
     }
-    if to == "completed" {
+    if to == Status::Completed {
         let ty = load_type(tx, &caller.clinic_id, &row.type_id).await?;
         crate::domains::outbox::schedule_followups(
             tx,
@@ -1191,10 +1192,8 @@ async fn transition(
         )
         .await?;
     }
-    let event = caller
-        .event_on(Action::Modify, "appointment", basis)
-        .resource(&row.id)
-        .patient(&row.patient_id)
+    let event = reached
+        .event(Action::Modify)
         .detail(format!("{} -> {to}", row.status));
     tx.audit(event).await?;
     Ok(())
@@ -1204,26 +1203,19 @@ async fn change_status(
     state: AppState,
     caller: Caller,
     id: RecordId,
-    from: &[&str],
-    to: &str,
+    to: Status,
 ) -> ApiResult<Json<AppointmentOut>> {
     let id = id.to_string();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    let (row, basis) = match reach(&state, &mut tx, &caller, &id, Permission::ScheduleWrite).await {
-        Ok(r) => r,
-        Err(e) => {
-            tx.commit().await?;
-            return Err(e);
-        }
-    };
+    let (row, reached) = reach(&mut tx, &caller, &id, Permission::ScheduleWrite).await?;
     let now = state.clock.now_ms();
-    if to == "no_show" && now < row.starts_at {
+    if to == Status::NoShow && now < row.starts_at {
         return Err(ApiError::conflict(
             ErrorCode::NotStarted,
             "a no-show can be marked only after the start",
         ));
     }
-    transition(&state, &mut tx, &caller, &row, &basis, from, to).await?;
+    transition(&state, &mut tx, &caller, &row, &reached, to).await?;
     let row = fetch(&mut tx, &caller.clinic_id, &id)
         .await?
         .ok_or_else(ApiError::internal)?;
@@ -1236,7 +1228,7 @@ async fn check_in(
     caller: Caller,
     ApiPath(p): ApiPath<IdPath>,
 ) -> ApiResult<Json<AppointmentOut>> {
-    change_status(state, caller, p.id, &["booked"], "checked_in").await
+    change_status(state, caller, p.id, Status::CheckedIn).await
 }
 
 async fn no_show(
@@ -1244,7 +1236,7 @@ async fn no_show(
     caller: Caller,
     ApiPath(p): ApiPath<IdPath>,
 ) -> ApiResult<Json<AppointmentOut>> {
-    change_status(state, caller, p.id, &["booked"], "no_show").await
+    change_status(state, caller, p.id, Status::NoShow).await
 }
 
 async fn complete(
@@ -1252,7 +1244,7 @@ async fn complete(
     caller: Caller,
     ApiPath(p): ApiPath<IdPath>,
 ) -> ApiResult<Json<AppointmentOut>> {
-    change_status(state, caller, p.id, &["booked", "checked_in"], "completed").await
+    change_status(state, caller, p.id, Status::Completed).await
 }
 
 async fn cancel(
@@ -1260,7 +1252,7 @@ async fn cancel(
     caller: Caller,
     ApiPath(p): ApiPath<IdPath>,
 ) -> ApiResult<Json<AppointmentOut>> {
-    change_status(state, caller, p.id, &["held", "booked"], "cancelled").await
+    change_status(state, caller, p.id, Status::Cancelled).await
 }
 
 #[derive(Deserialize, Serialize, schemars::JsonSchema)]
@@ -1284,14 +1276,8 @@ async fn reschedule(
     let id = p.id.to_string();
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    let (row, basis) = match reach(&state, &mut tx, &caller, &id, Permission::ScheduleWrite).await {
-        Ok(r) => r,
-        Err(e) => {
-            tx.commit().await?;
-            return Err(e);
-        }
-    };
-    if row.status != "booked" {
+    let (row, reached) = reach(&mut tx, &caller, &id, Permission::ScheduleWrite).await?;
+    if row.status() != Status::Booked {
         return Err(ApiError::conflict(
             ErrorCode::InvalidTransition,
             format!("an appointment that is {} cannot be moved", row.status),
@@ -1346,11 +1332,7 @@ async fn reschedule(
             return Err(conflict_error(&state, &caller.clinic_id, c, Some((&n, &id)), tz).await);
         }
     }
-    let event = caller
-        .event_on(Action::Modify, "appointment", &basis)
-        .resource(&id)
-        .patient(&row.patient_id)
-        .detail("reschedule");
+    let event = reached.event(Action::Modify).detail("reschedule");
     tx.audit(event).await?;
     let row = fetch(&mut tx, &caller.clinic_id, &id)
         .await?
@@ -1389,13 +1371,7 @@ async fn follow_up(
     });
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    let (row, _) = match reach(&state, &mut tx, &caller, &id, Permission::ScheduleWrite).await {
-        Ok(r) => r,
-        Err(e) => {
-            tx.commit().await?;
-            return Err(e);
-        }
-    };
+    let (row, reached) = reach(&mut tx, &caller, &id, Permission::ScheduleWrite).await?;
     if let Some((key, hash)) = &idem
         && let Some(resp) = replay(&mut tx, &caller, key, hash).await?
     {
@@ -1454,7 +1430,7 @@ async fn follow_up(
     )
     .await?;
     n.follow_up_of = Some(id.clone());
-    commit_booking(&state, &caller, tx, n, tz, idem).await
+    commit_booking(&state, &caller, &reached, tx, n, tz, idem).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1532,9 +1508,15 @@ async fn series(
     caller: Caller,
     ApiJson(body): ApiJson<SeriesBody>,
 ) -> ApiResult<(StatusCode, Json<SeriesOut>)> {
-    let basis = caller.check_location(Permission::ScheduleWrite, &body.location_id)?;
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
+    let reached = tx
+        .reach(
+            &caller,
+            Permission::ScheduleWrite,
+            Target::at("appointment", &body.location_id),
+        )
+        .await?;
     let tz = location_tz(&mut tx, &caller.clinic_id, &body.location_id).await?;
     let starts = expand(&body.rrule, tz, &body.start)?;
     // Checks the type, provider, patient and room once, with the first occurrence.
@@ -1561,7 +1543,7 @@ async fn series(
         .execute(&mut *tx)
         .await?;
     let actor = caller.user_id.to_string();
-    let may_override = body.override_availability && caller.role.is_staff();
+    let may_override = body.override_availability && caller.may(Permission::ScheduleOverride);
     let mut occurrences = Vec::with_capacity(starts.len());
     for start in starts {
         let n = NewAppointment {
@@ -1572,7 +1554,7 @@ async fn series(
             location: template.location.clone(),
             provider: template.provider.clone(),
             patient: template.patient.clone(),
-            status: "booked",
+            status: Status::Booked.as_str(),
             hold_expires_at: None,
             follow_up_of: None,
         };
@@ -1649,8 +1631,8 @@ async fn series(
         .filter(|o| o.outcome == "conflict")
         .count();
     for o in occurrences.iter().filter_map(|o| o.appointment_id.as_ref()) {
-        let event = caller
-            .event_on(Action::Create, "appointment", &basis)
+        let event = reached
+            .event_for(Action::Create, "appointment")
             .resource(o)
             .patient(body.patient_id.as_str())
             .detail(format!("series={series_id}"));
@@ -1679,14 +1661,10 @@ async fn join(
     let id = p.id.to_string();
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    let row = fetch(&mut tx, &caller.clinic_id, &id)
-        .await?
-        .filter(|r| r.status != "expired")
-        .ok_or_else(|| ApiError::not_found("appointment"))?;
-    // Only the appointment's own patient and provider join it.
-    let (role, display) = if caller.role == Role::Patient
-        && row.patient_user_id.as_deref() == Some(caller.user_id.as_str())
-    {
+    let (row, reached) = reach(&mut tx, &caller, &id, Permission::VisitsJoin).await?;
+    // Only the appointment's own patient and provider join it: the patient on their own
+    // record's grant, a provider only as this appointment's provider.
+    let (role, display) = if reached.basis == Basis::Own {
         (
             ConsultRole::Patient,
             format!(
@@ -1695,22 +1673,12 @@ async fn join(
                 row.family_name.chars().next().unwrap_or(' ')
             ),
         )
-    } else if caller.role == Role::Provider && row.provider_id == caller.user_id.as_str() {
+    } else if row.provider_id == caller.user_id.as_str() {
         (ConsultRole::Provider, row.provider_name.clone())
     } else {
-        let event = caller
-            .event(Action::Access, "appointment")
-            .resource(&id)
-            .patient(&row.patient_id)
-            .outcome(Outcome::Denied)
-            .detail("join");
-        tx.audit(event).await?;
-        tx.commit().await?;
-        return Err(if caller.role == Role::Patient {
-            ApiError::not_found("appointment")
-        } else {
-            ApiError::forbidden("only the appointment's provider and patient join it")
-        });
+        let event = reached.event(Action::Access).detail("join");
+        let refusal = ApiError::forbidden("only the appointment's provider and patient join it");
+        return tx.refuse(event, refusal).await;
     };
     let Some(consult) = row
         .consult_id
@@ -1722,7 +1690,7 @@ async fn join(
             "this appointment is in person",
         ));
     };
-    if !matches!(row.status.as_str(), "booked" | "checked_in") {
+    if !matches!(row.status(), Status::Booked | Status::CheckedIn) {
         return Err(ApiError::new(
             StatusCode::GONE,
             ErrorCode::AppointmentClosed,
@@ -1764,10 +1732,9 @@ async fn join(
         closes,
     )
     .await?;
-    let event = caller
-        .event(Action::Share, "consult_link")
+    let event = reached
+        .event_for(Action::Share, "consult_link")
         .resource(&consult)
-        .patient(&row.patient_id)
         .detail(format!(
             "appointment join role={}",
             if role == ConsultRole::Patient {
@@ -1784,24 +1751,14 @@ async fn join(
 // ---------------------------------------------------------------------------------------------
 // Patients: their own appointments, holds and bookings
 
-async fn own_patient(tx: &mut TenantTx, caller: &Caller) -> ApiResult<String> {
-    let id: Option<(String,)> =
-        sqlx::query_as("SELECT id FROM patients WHERE user_id = $1 AND clinic_id = $2")
-            .bind(caller.user_id.as_str())
-            .bind(caller.clinic_id.as_str())
-            .fetch_optional(&mut **tx)
-            .await?;
-    id.map(|(id,)| id)
-        .ok_or_else(|| ApiError::not_found("patient record"))
-}
-
 async fn list_own(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<AppointmentOut>>> {
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    let patient = own_patient(&mut tx, &caller).await?;
+    let (patient, reached) = tx.reach_own(&caller, Permission::OwnRecordsRead).await?;
+    let patient = patient.to_string();
     let rows: Vec<ApptRow> = sqlx::query_as(&format!(
         "{SELECT} WHERE a.clinic_id = $1 AND a.patient_id = $2 AND a.status <> 'expired' \
          AND NOT (a.status = 'held' AND a.hold_expires_at <= $3) ORDER BY a.starts_at DESC LIMIT 500"
@@ -1811,9 +1768,8 @@ async fn list_own(
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    let event = caller
-        .event(Action::View, "appointment")
-        .patient(&patient)
+    let event = reached
+        .event_for(Action::View, "appointment")
         .detail(format!("own list n={}", rows.len()));
     tx.audit(event).await?;
     tx.commit().await?;
@@ -1851,7 +1807,8 @@ async fn hold(
 ) -> ApiResult<Response> {
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    let patient = own_patient(&mut tx, &caller).await?;
+    let (patient, reached) = tx.reach_own(&caller, Permission::SelfSchedule).await?;
+    let patient = patient.to_string();
     // One hold per patient: a new choice releases the previous one.
     sqlx::query("UPDATE appointments SET status = 'expired', updated_at = $3 WHERE clinic_id = $1 AND patient_id = $2 AND status = 'held'")
         .bind(caller.clinic_id.as_str())
@@ -1872,9 +1829,9 @@ async fn hold(
         now,
     )
     .await?;
-    n.status = "held";
+    n.status = Status::Held.as_str();
     n.hold_expires_at = Some(now + state.config.scheduling.hold_secs * 1000);
-    commit_booking(&state, &caller, tx, n, tz, None).await
+    commit_booking(&state, &caller, &reached, tx, n, tz, None).await
 }
 
 async fn book_own(
@@ -1893,7 +1850,8 @@ async fn book_own(
         tx.commit().await?;
         return Ok(resp);
     }
-    let patient = own_patient(&mut tx, &caller).await?;
+    let (patient, reached) = tx.reach_own(&caller, Permission::SelfSchedule).await?;
+    let patient = patient.to_string();
     let slot = match (
         &body.type_id,
         &body.location_id,
@@ -1997,7 +1955,7 @@ async fn book_own(
                 now,
             )
             .await?;
-            commit_booking(&state, &caller, tx, n, tz, idem).await
+            commit_booking(&state, &caller, &reached, tx, n, tz, idem).await
         }
         _ => Err(ApiError::unprocessable(
             ErrorCode::InvalidBody,
@@ -2014,27 +1972,14 @@ async fn cancel_own(
     let id = p.id.to_string();
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    let patient = own_patient(&mut tx, &caller).await?;
-    let row = fetch(&mut tx, &caller.clinic_id, &id)
-        .await?
-        .filter(|r| r.patient_id == patient && r.status != "expired")
-        .ok_or_else(|| ApiError::not_found("appointment"))?;
+    let (row, reached) = reach(&mut tx, &caller, &id, Permission::SelfSchedule).await?;
     if row.starts_at <= now {
         return Err(ApiError::conflict(
             ErrorCode::AlreadyStarted,
             "call the practice to change an appointment that has started",
         ));
     }
-    transition(
-        &state,
-        &mut tx,
-        &caller,
-        &row,
-        &crate::platform::authz::Basis::Own,
-        &["held", "booked"],
-        "cancelled",
-    )
-    .await?;
+    transition(&state, &mut tx, &caller, &row, &reached, Status::Cancelled).await?;
     let row = fetch(&mut tx, &caller.clinic_id, &id)
         .await?
         .ok_or_else(ApiError::internal)?;

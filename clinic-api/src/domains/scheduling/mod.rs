@@ -4,6 +4,7 @@
 //! [`appointments`]; the follow-up messages it schedules in [`crate::domains::outbox`].
 
 pub mod appointments;
+pub mod status;
 pub mod time;
 
 use axum::Json;
@@ -20,11 +21,8 @@ use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::ids::{ClinicId, LocationId, RecordId, UserId};
 use crate::platform::state::AppState;
+use crate::platform::tx::Target;
 use time::{Block, Exception, Ms};
-
-/// SQL: an appointment that holds its provider, room and patient (expired holds do not).
-pub(crate) const ACTIVE: &str =
-    "(status IN ('booked', 'checked_in') OR (status = 'held' AND hold_expires_at > $NOW))";
 
 /// Longest range a slot search may cover.
 const MAX_SEARCH_DAYS: i64 = 62;
@@ -350,7 +348,7 @@ async fn provider_busy(
     let sql = format!(
         "SELECT starts_at, busy_until FROM appointments WHERE clinic_id = $1 AND provider_id = $2 \
          AND starts_at < $4 AND busy_until > $3 AND {}",
-        ACTIVE.replace("$NOW", "$5")
+        status::active_sql().replace("$NOW", "$5")
     );
     Ok(sqlx::query_as(&sql)
         .bind(clinic.as_str())
@@ -381,7 +379,7 @@ async fn rooms_busy(
     let sql = format!(
         "SELECT room_id, starts_at, busy_until FROM appointments WHERE clinic_id = $1 AND location_id = $2 \
          AND room_id IS NOT NULL AND starts_at < $4 AND busy_until > $3 AND {}",
-        ACTIVE.replace("$NOW", "$5")
+        status::active_sql().replace("$NOW", "$5")
     );
     let busy: Vec<(String, Ms, Ms)> = sqlx::query_as(&sql)
         .bind(clinic.as_str())
@@ -677,8 +675,13 @@ async fn list_rooms(
     caller: Caller,
     ApiQuery(q): ApiQuery<LocationQuery>,
 ) -> ApiResult<Json<Vec<RoomOut>>> {
-    caller.check_location(Permission::ScheduleRead, &q.location_id)?;
     let mut tx = state.tx(&caller.clinic_id).await?;
+    tx.reach(
+        &caller,
+        Permission::ScheduleRead,
+        Target::at("room", &q.location_id),
+    )
+    .await?;
     let rows: Vec<RoomOut> = sqlx::query_as(
         "SELECT id, location_id, name FROM rooms WHERE clinic_id = $1 AND location_id = $2 AND disabled_at IS NULL ORDER BY name",
     )
@@ -1021,8 +1024,13 @@ async fn get_availability(
     caller: Caller,
     ApiQuery(q): ApiQuery<AvailabilityQuery>,
 ) -> ApiResult<Json<AvailabilityOut>> {
-    caller.check_location(Permission::ScheduleRead, &q.location_id)?;
     let mut tx = state.tx(&caller.clinic_id).await?;
+    tx.reach(
+        &caller,
+        Permission::ScheduleRead,
+        Target::at("availability", &q.location_id),
+    )
+    .await?;
     let tz = location_tz(&mut tx, &caller.clinic_id, &q.location_id).await?;
     let rows: Vec<(String, i64, i64, i64, String)> = sqlx::query_as(
         "SELECT id, weekday, start_min, end_min, modality FROM availability \
@@ -1273,7 +1281,7 @@ async fn slots(state: &AppState, caller: &Caller, q: &SlotQuery) -> ApiResult<Ve
     let mut tx = state.tx(&caller.clinic_id).await?;
     let tz = location_tz(&mut tx, &caller.clinic_id, &q.location_id).await?;
     let ty = load_type(&mut tx, &caller.clinic_id, &q.type_id.to_string()).await?;
-    if !ty.bookable_by(caller.role) && caller.role == Role::Patient {
+    if !ty.bookable_by(caller.role) && caller.may(Permission::SelfSchedule) {
         return Err(ApiError::unprocessable(
             ErrorCode::UnknownType,
             "that appointment type does not exist",
@@ -1325,7 +1333,14 @@ async fn staff_slots(
     caller: Caller,
     ApiQuery(q): ApiQuery<SlotQuery>,
 ) -> ApiResult<Json<Vec<SlotOut>>> {
-    caller.check_location(Permission::ScheduleRead, &q.location_id)?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    tx.reach(
+        &caller,
+        Permission::ScheduleRead,
+        Target::at("slots", &q.location_id),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Json(slots(&state, &caller, &q).await?))
 }
 
