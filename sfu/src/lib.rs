@@ -12,8 +12,10 @@
 //! opaque ids.
 
 pub mod codec;
+pub mod forward;
 pub mod keyframes;
 pub mod layers;
+pub mod mlines;
 pub mod rewrite;
 pub mod udp;
 pub mod worker;
