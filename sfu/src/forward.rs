@@ -25,6 +25,7 @@ pub struct Packet {
     pub layer: u8,
     /// The extended incoming sequence number.
     pub seq: u64,
+    /// The incoming RTP timestamp.
     pub timestamp: u32,
     /// Whether a keyframe starts in it. Always true where there is no keyframe to wait for
     /// (audio, codecs the forwarder does not parse).
@@ -104,6 +105,7 @@ pub struct Downtrack {
 }
 
 impl Downtrack {
+    /// A subscriber's copy of a `kind` track, for a subscriber who prefers `preference`.
     pub fn new(kind: MediaKind, preference: Preference) -> Self {
         let mut selector = LayerSelector::default();
         selector.set_preference(preference);
@@ -114,6 +116,7 @@ impl Downtrack {
         }
     }
 
+    /// The subscriber changed its wish (normal, low data, audio only).
     pub fn set_preference(&mut self, preference: Preference) {
         self.selector.set_preference(preference);
     }
@@ -202,6 +205,7 @@ pub struct KeyframeRequests<S> {
 }
 
 impl<S: Hash + Eq + Copy> KeyframeRequests<S> {
+    /// At most one request per source layer per `interval`.
     pub fn new(interval: Duration) -> Self {
         Self {
             throttle: KeyframeThrottle::new(interval),
@@ -224,6 +228,7 @@ impl<S: Hash + Eq + Copy> KeyframeRequests<S> {
         self.throttle.len()
     }
 
+    /// Whether no source layer is remembered.
     pub fn is_empty(&self) -> bool {
         self.throttle.is_empty()
     }

@@ -39,7 +39,9 @@ pub struct TrackOut {
     pub source_peer: usize,
     /// The published track, in the publisher's session.
     pub source_mid: Mid,
+    /// Audio or video.
     pub kind: MediaKind,
+    /// Where its m-line stands.
     pub state: OutState,
     /// Layer choice and renumbering.
     pub down: Downtrack,
@@ -61,6 +63,7 @@ struct Parked {
 pub struct NewLine {
     /// The track, for [`MLines::added`].
     pub track: usize,
+    /// The m-line's kind.
     pub kind: MediaKind,
     /// The `msid` stream id: the source participant.
     pub stream: String,
@@ -118,6 +121,7 @@ impl MLines {
         });
     }
 
+    /// The subscriber changed its wish: every track's layer choice follows it.
     pub fn set_preference(&mut self, preference: Preference) {
         for t in &mut self.tracks {
             t.down.set_preference(preference);
