@@ -1,20 +1,23 @@
 //! The browser pages in `web/`, embedded in the binary so `clinic serve` needs no files beside it.
 //!
 //! Each page is HTML only: its script is an ES module and its style the one stylesheet, both
-//! served from here.
+//! served from here, so the CSP allows no inline script or style at all.
 
 use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::authz::{Policy, Routes};
 
-/// The pages' Content-Security-Policy: same-origin only, no framing. The pages still allow inline
-/// script and style, hence 'unsafe-inline' for those two. The consult pages open the signaling
-/// WebSocket (`ws:`/`wss:`: older Safari does not match them with 'self') and play camera and
-/// remote streams.
-const CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
-     img-src 'self' data:; connect-src 'self' ws: wss:; media-src 'self' blob:; frame-ancestors 'none'; \
-     base-uri 'none'; form-action 'self'";
+/// The pages' Content-Security-Policy: nothing but this origin's own files. No inline script or
+/// style is allowed, so an injected `<script>`, `on…=` handler or `style=` does not run. The
+/// pages fetch and open the signaling WebSocket only to this origin: CSP Level 3 matches `ws:` and
+/// `wss:` of the same host with 'self'; a browser without that (Chrome before 70, Safari before
+/// WebKit bug 235873 was fixed) refuses the socket rather than letting any host through. Images
+/// are ours (thumbnails) or `data:` (the empty favicon). Camera and remote streams play through
+/// `srcObject`, which loads no URL, so media needs no source. No framing, no `<base>`, and forms
+/// post only here.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// What a file in `web/` is, which decides its Content-Type (and whether it gets the CSP).
 #[derive(Clone, Copy)]
