@@ -9,13 +9,16 @@
 
 use std::collections::BTreeMap;
 
-use clinic_api::audit::{self, Action, AuditEvent};
-use clinic_api::authz::Role;
-use clinic_api::db::{Backend, Db};
-use clinic_api::keys::KeyRing;
+use clinic_api::domains::identity::users::NewUser;
+use clinic_api::platform::audit::{self, Action, AuditEvent};
+use clinic_api::platform::authz::Role;
+use clinic_api::platform::db::{Backend, Db};
+use clinic_api::platform::keys::KeyRing;
 use clinic_api::testkit::{postgres_url_or_skip, with_database};
-use clinic_api::users::NewUser;
-use clinic_api::{access_review, clinics, locations, users};
+use clinic_api::{
+    domains::identity::access_review, domains::identity::users, domains::tenancy::clinics,
+    domains::tenancy::locations,
+};
 use sqlx::{PgPool, SqlitePool};
 
 /// One column as both backends can describe it.
@@ -509,7 +512,7 @@ async fn an_ordinary_owner_keeps_its_jobs_under_forced_row_level_security() {
         .await
         .unwrap();
     for c in [&clinic, &other] {
-        let mut tx = owner.tenant_tx(c).await.unwrap();
+        let mut tx = owner.tenant_tx(c, now).await.unwrap();
         let location = locations::create(&mut tx, c, "Main", "UTC", now)
             .await
             .unwrap();
@@ -528,14 +531,9 @@ async fn an_ordinary_owner_keeps_its_jobs_under_forced_row_level_security() {
         )
         .await
         .unwrap();
-        audit::record(
-            &mut tx,
-            Backend::Postgres,
-            now,
-            AuditEvent::new(c.clone(), Action::UserCreate, "user").resource(&user),
-        )
-        .await
-        .unwrap();
+        tx.audit(AuditEvent::new(c.clone(), Action::UserCreate, "user").resource(&user))
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
     }
 

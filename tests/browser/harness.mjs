@@ -17,6 +17,8 @@ export async function startServer() {
   const dir = mkdtempSync(join(tmpdir(), 'clinic-browser-'));
   const env = { ...process.env, CLINIC_DATA_DIR: join(dir, 'data'), CLINIC_LISTEN: '127.0.0.1:0' };
   delete env.DATABASE_URL;
+  // The server reads every CLINIC_* variable as configuration and refuses unknown ones.
+  delete env.CLINIC_BIN;
   const child = spawn(CLINIC_BIN, ['serve', '--demo'], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
   // Keep the server's recent log lines for failure reports (CLINIC_LOG__FILTER=debug for more).
   const stderr = [];

@@ -1,128 +1,161 @@
 //! The browser pages in `web/`, embedded in the binary so `clinic serve` needs no files beside it.
+//!
+//! Each page is HTML only: its script is an ES module and its style the one stylesheet, both
+//! served from here, so the CSP allows no inline script or style at all.
 
-use axum::http::{Method, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
 
 use crate::platform::authz::{Policy, Routes};
 
-const INDEX: &str = include_str!("../../../web/index.html");
-const CONSULT_JOIN: &str = include_str!("../../../web/consult-join.html");
-const CONSULT_PROVIDER: &str = include_str!("../../../web/consult-provider.html");
-const PHOTOS: &str = include_str!("../../../web/photos.html");
-const SCHEDULE: &str = include_str!("../../../web/schedule.html");
-const APPOINTMENTS: &str = include_str!("../../../web/appointments.html");
-/// The consult pages' shared client (signaling, media, reconnect); plain ES2017, no build step.
-const CONSULT_JS: &str = include_str!("../../../web/consult.js");
-/// The scheduling pages' shared helpers (dates, wall times, the API client); plain ES2017.
-const SCHEDULING_JS: &str = include_str!("../../../web/scheduling.js");
+/// The pages' Content-Security-Policy: nothing but this origin's own files. No inline script or
+/// style is allowed, so an injected `<script>`, `on…=` handler or `style=` does not run. The
+/// pages fetch and open the signaling WebSocket only to this origin: CSP Level 3 matches `ws:` and
+/// `wss:` of the same host with 'self'; a browser without that (Chrome before 70, Safari before
+/// WebKit bug 235873 was fixed) refuses the socket rather than letting any host through. Images
+/// are ours (thumbnails) or `data:` (the empty favicon). Camera and remote streams play through
+/// `srcObject`, which loads no URL, so media needs no source. No framing, no `<base>`, and forms
+/// post only here.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// The pages' Content-Security-Policy: same-origin only, no framing. The pages are single files
-/// with inline script and style (no build step), hence 'unsafe-inline' for those two. The consult
-/// pages open the signaling WebSocket (`ws:`/`wss:`: older Safari does not match them with 'self')
-/// and play camera and remote streams.
-const CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
-     img-src 'self' data:; connect-src 'self' ws: wss:; media-src 'self' blob:; frame-ancestors 'none'; \
-     base-uri 'none'; form-action 'self'";
+/// What a file in `web/` is, which decides its Content-Type (and whether it gets the CSP).
+#[derive(Clone, Copy)]
+enum Kind {
+    Page,
+    Script,
+    Style,
+}
+
+/// One embedded file and where it is served.
+struct File {
+    path: &'static str,
+    kind: Kind,
+    summary: &'static str,
+    body: &'static str,
+}
+
+const FILES: &[File] = &[
+    File {
+        path: "/",
+        kind: Kind::Page,
+        summary: "The sign-in page",
+        body: include_str!("../../../web/index.html"),
+    },
+    File {
+        path: "/consult/join",
+        kind: Kind::Page,
+        summary: "The video consult page for patients, caregivers and interpreters (code in the fragment)",
+        body: include_str!("../../../web/consult-join.html"),
+    },
+    File {
+        path: "/consult/provider",
+        kind: Kind::Page,
+        summary: "The video consult page for providers (code in the fragment, or start one when signed in)",
+        body: include_str!("../../../web/consult-provider.html"),
+    },
+    File {
+        path: "/photos",
+        kind: Kind::Page,
+        summary: "The patient page for sending wound photos (signs in through `/`)",
+        body: include_str!("../../../web/photos.html"),
+    },
+    File {
+        path: "/schedule",
+        kind: Kind::Page,
+        summary: "The staff scheduling page: a location's day, booking, check-in, joining video visits (signs in through `/`)",
+        body: include_str!("../../../web/schedule.html"),
+    },
+    File {
+        path: "/appointments",
+        kind: Kind::Page,
+        summary: "The patient page for appointments: booking, joining video visits, messages (signs in through `/`)",
+        body: include_str!("../../../web/appointments.html"),
+    },
+    File {
+        path: "/clinic.css",
+        kind: Kind::Style,
+        summary: "The pages' stylesheet",
+        body: include_str!("../../../web/clinic.css"),
+    },
+    File {
+        path: "/api.js",
+        kind: Kind::Script,
+        summary: "The pages' JSON API client (problem+json errors, the server's clock)",
+        body: include_str!("../../../web/api.js"),
+    },
+    File {
+        path: "/page.js",
+        kind: Kind::Script,
+        summary: "The pages' document helpers (messages, busy buttons)",
+        body: include_str!("../../../web/page.js"),
+    },
+    File {
+        path: "/signin.js",
+        kind: Kind::Script,
+        summary: "The sign-in page's script",
+        body: include_str!("../../../web/signin.js"),
+    },
+    File {
+        path: "/photos/photos.js",
+        kind: Kind::Script,
+        summary: "The photo page's script",
+        body: include_str!("../../../web/photos.js"),
+    },
+    File {
+        path: "/consult/consult.js",
+        kind: Kind::Script,
+        summary: "The consult pages' script (signaling, media, reconnect)",
+        body: include_str!("../../../web/consult.js"),
+    },
+    File {
+        path: "/schedule/scheduling.js",
+        kind: Kind::Script,
+        summary: "The scheduling pages' shared script (dates and wall times)",
+        body: include_str!("../../../web/scheduling.js"),
+    },
+    File {
+        path: "/schedule/schedule.js",
+        kind: Kind::Script,
+        summary: "The staff scheduling page's script",
+        body: include_str!("../../../web/schedule.js"),
+    },
+    File {
+        path: "/appointments/appointments.js",
+        kind: Kind::Script,
+        summary: "The patient appointments page's script",
+        body: include_str!("../../../web/appointments.js"),
+    },
+];
 
 pub fn routes() -> Routes {
-    Routes::new("web")
-        .add(Method::GET, "/", Policy::PUBLIC, "The sign-in page", index)
-        .add(
+    FILES.iter().fold(Routes::new("web"), |routes, file| {
+        routes.add(
             Method::GET,
-            "/consult/join",
+            file.path,
             Policy::PUBLIC,
-            "The video consult page for patients, caregivers and interpreters (code in the fragment)",
-            consult_join,
+            file.summary,
+            move || async move { file.response() },
         )
-        .add(
-            Method::GET,
-            "/consult/provider",
-            Policy::PUBLIC,
-            "The video consult page for providers (code in the fragment, or start one when signed in)",
-            consult_provider,
-        )
-        .add(
-            Method::GET,
-            "/photos",
-            Policy::PUBLIC,
-            "The patient page for sending wound photos (signs in through `/`)",
-            photos,
-        )
-        .add(
-            Method::GET,
-            "/schedule",
-            Policy::PUBLIC,
-            "The staff scheduling page: a location's day, booking, check-in, joining video visits (signs in through `/`)",
-            schedule,
-        )
-        .add(
-            Method::GET,
-            "/appointments",
-            Policy::PUBLIC,
-            "The patient page for appointments: booking, joining video visits, messages (signs in through `/`)",
-            appointments,
-        )
-        .add(
-            Method::GET,
-            "/consult/consult.js",
-            Policy::PUBLIC,
-            "The consult pages' script",
-            consult_js,
-        )
-        .add(
-            Method::GET,
-            "/schedule/scheduling.js",
-            Policy::PUBLIC,
-            "The scheduling pages' shared script",
-            scheduling_js,
-        )
+    })
 }
 
-fn page(body: &'static str) -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
-        ],
-        body,
-    )
-}
-
-async fn index() -> impl IntoResponse {
-    page(INDEX)
-}
-
-async fn consult_join() -> impl IntoResponse {
-    page(CONSULT_JOIN)
-}
-
-async fn consult_provider() -> impl IntoResponse {
-    page(CONSULT_PROVIDER)
-}
-
-async fn photos() -> impl IntoResponse {
-    page(PHOTOS)
-}
-
-async fn schedule() -> impl IntoResponse {
-    page(SCHEDULE)
-}
-
-async fn appointments() -> impl IntoResponse {
-    page(APPOINTMENTS)
-}
-
-async fn consult_js() -> impl IntoResponse {
-    script(CONSULT_JS)
-}
-
-async fn scheduling_js() -> impl IntoResponse {
-    script(SCHEDULING_JS)
-}
-
-fn script(body: &'static str) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        body,
-    )
+impl File {
+    fn response(&self) -> Response {
+        let content_type = match self.kind {
+            Kind::Page => "text/html; charset=utf-8",
+            Kind::Script => "text/javascript; charset=utf-8",
+            Kind::Style => "text/css; charset=utf-8",
+        };
+        let mut response = self.body.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Kind::Page = self.kind {
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            );
+        }
+        response
+    }
 }
