@@ -444,3 +444,117 @@ async fn links_need_the_consult_permission_and_a_valid_role() {
         "{url}"
     );
 }
+
+#[tokio::test]
+async fn cancelling_a_telemedicine_appointment_ends_its_consult_for_everyone_in_it() {
+    let app = TestApp::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(clinic_api::run(
+        listener,
+        app.state.clone(),
+        std::future::pending(),
+    ));
+    let north = app.locations[0].clone();
+    let admin = app.user(Role::ClinicAdmin).await;
+    let admin = app.session(&admin, Stage::Full).await;
+    let provider = app.user(Role::Provider).await;
+    let cookie = app.session(&provider, Stage::Full).await;
+    let patient = app
+        .patient_in(&app.clinic, &north, "Cass", "Cancelled")
+        .await;
+    let ty = app
+        .call(
+            Method::POST,
+            "/api/v1/appointment-types",
+            Some(&admin),
+            Some(
+                json!({ "name": "Video wound check", "duration_min": 20, "buffer_min": 0,
+                         "modality": "telemedicine", "bookable_by": ["provider"] }),
+            ),
+        )
+        .await;
+    assert_eq!(ty.status, StatusCode::CREATED, "{}", ty.text);
+    // Starting in five minutes: inside the join window.
+    let start = chrono::DateTime::from_timestamp_millis(app.now() + 5 * 60_000)
+        .unwrap()
+        .to_rfc3339();
+    let booked = app
+        .call(
+            Method::POST,
+            "/api/v1/appointments",
+            Some(&cookie),
+            Some(
+                json!({ "type_id": ty.body["id"], "location_id": north, "provider_id": provider.id,
+                         "patient_id": patient, "start": start, "override_availability": true }),
+            ),
+        )
+        .await;
+    assert_eq!(booked.status, StatusCode::CREATED, "{}", booked.text);
+    let appointment = booked.body["id"].as_str().unwrap().to_string();
+    let consult = booked.body["consult_id"].as_str().unwrap().to_string();
+    let c = Consult {
+        app,
+        addr,
+        cookie,
+        id: consult.clone(),
+    };
+    let (mut dr, welcome) = c.join(&c.token("provider", "Dr. Hartwell").await).await;
+    assert_eq!(welcome["admitted"], true, "{welcome}");
+    let (mut pat, _) = c.join(&c.token("patient", "Cass").await).await;
+    let mut waiting = until(&mut dr, "waiting_room").await;
+    while waiting["waiting"].as_array().unwrap().is_empty() {
+        waiting = until(&mut dr, "waiting_room").await;
+    }
+    let patient_id = waiting["waiting"][0]["id"].as_str().unwrap().to_string();
+    send(
+        &mut dr,
+        json!({ "type": "admit", "participant": patient_id }),
+    )
+    .await;
+    until(&mut pat, "admitted").await;
+
+    let r = c
+        .app
+        .call(
+            Method::POST,
+            &format!("/api/v1/appointments/{appointment}/cancel"),
+            Some(&c.cookie),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "cancelled");
+    // Both are told, and both connections close.
+    assert_eq!(until(&mut dr, "ended").await["reason"], "cancelled");
+    assert_eq!(until(&mut pat, "ended").await["reason"], "cancelled");
+    for ws in [&mut dr, &mut pat] {
+        loop {
+            let m = recv(ws).await;
+            if m.is_null() {
+                break;
+            }
+        }
+    }
+    let (status, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT status, end_reason FROM consults WHERE id = $1")
+            .bind(&consult)
+            .fetch_one(&c.app.admin.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("ended", Some("AppointmentCancelled"))
+    );
+    // The consult is over: no new links for it.
+    let link = c
+        .app
+        .call(
+            Method::POST,
+            &format!("/api/v1/consults/{consult}/links"),
+            Some(&c.cookie),
+            Some(json!({ "role": "patient", "display_name": "Cass" })),
+        )
+        .await;
+    assert_eq!(link.code(), "consult_ended", "{}", link.text);
+}
