@@ -464,6 +464,7 @@ function onEnded(reason) {
   var text = {
     ended_by_provider: PROVIDER ? 'The visit has ended for everyone.' : 'The provider has ended the visit. You can close this page.',
     idle: 'The visit ended because nobody was connected.',
+    cancelled: 'This visit was cancelled by the practice. You can close this page.',
     removed: 'You were removed from the visit.',
     left: 'You left the visit. You can close this page.'
   }[reason] || 'The visit has ended.';

@@ -232,7 +232,16 @@ impl From<sqlx::Error> for ApiError {
         match &err {
             sqlx::Error::RowNotFound => ApiError::not_found("record"),
             sqlx::Error::Database(db) => {
-                tracing::error!(kind = ?db.kind(), constraint = db.constraint(), code = ?db.code(), "database error");
+                match db.kind() {
+                    // The caller's input collided with a key: an answer, not a fault.
+                    sqlx::error::ErrorKind::UniqueViolation
+                    | sqlx::error::ErrorKind::ForeignKeyViolation => {
+                        tracing::info!(kind = ?db.kind(), constraint = db.constraint(), "refused by a constraint")
+                    }
+                    _ => {
+                        tracing::error!(kind = ?db.kind(), constraint = db.constraint(), code = ?db.code(), "database error")
+                    }
+                }
                 match db.kind() {
                     sqlx::error::ErrorKind::UniqueViolation => ApiError::conflict(
                         ErrorCode::Conflict,
@@ -270,6 +279,34 @@ impl From<anyhow::Error> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A database refusal by name, the same on both backends: the one place constraint violations
+/// become answers. Expected conflicts are not logged as errors.
+pub trait OnConstraint<T> {
+    /// A unique-key violation by this statement becomes `answer` (SQLite does not name the
+    /// constraint, so a statement that can collide on more than one key must not use this).
+    fn on_unique(self, answer: impl FnOnce() -> ApiError) -> ApiResult<T>;
+}
+
+impl<T> OnConstraint<T> for Result<T, sqlx::Error> {
+    fn on_unique(self, answer: impl FnOnce() -> ApiError) -> ApiResult<T> {
+        self.map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+                answer()
+            }
+            _ => e.into(),
+        })
+    }
+}
+
+/// The name of the PostgreSQL exclusion constraint (SQLSTATE 23P01) `e` violated, if that is
+/// what it is (SQLite has none: there the same overlap is found by a query under its write lock).
+pub fn exclusion_violated(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23P01") => db.constraint(),
+        _ => None,
+    }
+}
 
 /// The fallback for unknown routes, as a problem body.
 pub async fn not_found_fallback() -> ApiError {

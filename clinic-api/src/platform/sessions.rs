@@ -166,8 +166,7 @@ pub async fn authenticate(
             .bind(&row.id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        return Err(expired());
+        return tx.fail(expired()).await;
     }
     sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
         .bind(now)

@@ -245,8 +245,7 @@ async fn login(
         e.ip = client.ip.clone();
         e.user_agent = client.user_agent.clone();
         tx.audit(e).await?;
-        tx.commit().await?;
-        return Err(invalid_credentials());
+        return tx.fail(invalid_credentials()).await;
     };
     if let Some(lock) = locked_answer(&state, &user, now) {
         tx.audit(
@@ -255,8 +254,7 @@ async fn login(
                 .detail("locked"),
         )
         .await?;
-        tx.commit().await?;
-        return Err(lock);
+        return tx.fail(lock).await;
     }
     let hash = user.password_hash.clone();
     let password = req.password.clone();
@@ -265,8 +263,7 @@ async fn login(
         .map_err(anyhow::Error::from)?;
     if !ok {
         let err = count_failure(&mut tx, &state, &user, &client, Action::LoginFailed).await?;
-        tx.commit().await?;
-        return Err(err);
+        return tx.fail(err).await;
     }
     if user.disabled_at.is_some() {
         tx.audit(
@@ -418,8 +415,7 @@ async fn verify_mfa(
         }
     };
     if let Err(e) = outcome {
-        tx.commit().await?;
-        return Err(e);
+        return tx.fail(e).await;
     }
     sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
     tx.audit(caller.event(Action::MfaVerify, "user").resource(&user.id))
@@ -496,8 +492,7 @@ async fn enroll_confirm(
         Err(_) => {
             let err =
                 count_failure(&mut tx, &state, &user, &caller.client, Action::MfaFailed).await?;
-            tx.commit().await?;
-            return Err(err);
+            return tx.fail(err).await;
         }
     };
     sqlx::query(
@@ -543,8 +538,7 @@ async fn step_up(
         return Err(lock);
     }
     if let Err(e) = check_code(&mut tx, &state, &user, &caller, &req.code).await? {
-        tx.commit().await?;
-        return Err(e);
+        return tx.fail(e).await;
     }
     sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
     tx.audit(caller.event(Action::StepUp, "user").resource(&user.id))
@@ -621,8 +615,7 @@ async fn change_password(
     if !ok {
         let err =
             count_failure(&mut tx, &state, &user, &caller.client, Action::LoginFailed).await?;
-        tx.commit().await?;
-        return Err(err);
+        return tx.fail(err).await;
     }
     users::set_password(
         &mut tx,

@@ -10,7 +10,7 @@ use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
 use crate::platform::clock::rfc3339;
 use crate::platform::db::TenantTx;
-use crate::platform::error::{ApiError, ApiResult, ErrorCode};
+use crate::platform::error::{ApiError, ApiResult, ErrorCode, OnConstraint};
 use crate::platform::http::{ApiJson, ApiPath};
 use crate::platform::ids::{ClinicId, LocationId, UserId};
 use crate::platform::state::AppState;
@@ -125,10 +125,7 @@ pub async fn create(
     .bind(now)
     .execute(&mut **tx)
     .await
-    .map_err(|e| match ApiError::from(e) {
-        err if err.code == ErrorCode::Conflict => ApiError::conflict(ErrorCode::UsernameTaken, "that username is already in use"),
-        err => err,
-    })?;
+    .on_unique(|| ApiError::conflict(ErrorCode::UsernameTaken, "that username is already in use"))?;
     set_locations(tx, clinic, &id, new.locations).await?;
     Ok(id)
 }

@@ -29,7 +29,7 @@ use crate::platform::audit::Action;
 use crate::platform::authz::{Basis, Caller, Permission, Policy, Routes};
 use crate::platform::clock::rfc3339;
 use crate::platform::db::TenantTx;
-use crate::platform::error::{ApiError, ApiResult, ErrorCode};
+use crate::platform::error::{ApiError, ApiResult, ErrorCode, exclusion_violated};
 use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::ids::{ClinicId, LocationId, PatientId, RecordId, UserId};
 use crate::platform::keys::sha256_hex;
@@ -344,17 +344,14 @@ pub(crate) enum BookError {
 
 impl From<sqlx::Error> for BookError {
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &e
-            && db.code().as_deref() == Some("23P01")
-        {
-            let with = match db.constraint() {
-                Some(c) if c.contains("room") => "room",
-                Some(c) if c.contains("patient") => "patient",
-                _ => "provider",
-            };
-            return BookError::Conflict(Conflict { with, span: None });
-        }
-        BookError::Api(e.into())
+        // The three exclusion constraints of migrations/postgres/0004_scheduling.sql.
+        let with = match exclusion_violated(&e) {
+            Some("appointments_room_overlap") => "room",
+            Some("appointments_patient_overlap") => "patient",
+            Some(_) => "provider",
+            None => return BookError::Api(e.into()),
+        };
+        BookError::Conflict(Conflict { with, span: None })
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
 use crate::platform::db::TenantTx;
-use crate::platform::error::{ApiError, ApiResult, ErrorCode};
+use crate::platform::error::{ApiError, ApiResult, ErrorCode, OnConstraint};
 use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::ids::{ClinicId, LocationId, RecordId, UserId};
 use crate::platform::state::AppState;
@@ -717,10 +717,7 @@ async fn create_room(
         .bind(now)
         .execute(&mut *tx)
         .await
-        .map_err(|e| match ApiError::from(e) {
-            err if err.code == ErrorCode::Conflict => ApiError::conflict(ErrorCode::RoomExists, "that location has a room with this name"),
-            err => err,
-        })?;
+        .on_unique(|| ApiError::conflict(ErrorCode::RoomExists, "that location has a room with this name"))?;
     tx.audit(caller.event(Action::Create, "room").resource(&id))
         .await?;
     tx.commit().await?;
@@ -843,10 +840,7 @@ pub async fn insert_type(
     .bind(now)
     .execute(&mut **tx)
     .await
-    .map_err(|e| match ApiError::from(e) {
-        err if err.code == ErrorCode::Conflict => ApiError::conflict(ErrorCode::TypeExists, "an appointment type with that name exists"),
-        err => err,
-    })?;
+    .on_unique(|| ApiError::conflict(ErrorCode::TypeExists, "an appointment type with that name exists"))?;
     Ok(id)
 }
 

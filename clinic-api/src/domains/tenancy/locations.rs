@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission, Policy, Routes};
 use crate::platform::db::TenantTx;
-use crate::platform::error::{ApiError, ApiResult, ErrorCode};
+use crate::platform::error::{ApiError, ApiResult, ErrorCode, OnConstraint};
 use crate::platform::http::ApiJson;
 use crate::platform::ids::{ClinicId, LocationId};
 use crate::platform::state::AppState;
@@ -77,10 +77,7 @@ pub async fn create(
         .bind(now)
         .execute(&mut **tx)
         .await
-        .map_err(|e| match ApiError::from(e) {
-            err if err.code == ErrorCode::Conflict => ApiError::conflict(ErrorCode::LocationExists, "a location with that name exists"),
-            err => err,
-        })?;
+        .on_unique(|| ApiError::conflict(ErrorCode::LocationExists, "a location with that name exists"))?;
     crate::domains::scheduling::set_hours(
         tx,
         clinic,
