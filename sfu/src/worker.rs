@@ -52,6 +52,8 @@ pub enum SfuError {
     UnknownParticipant,
     #[error("the media worker has stopped")]
     Stopped,
+    #[error("the media worker is overloaded; try again")]
+    Busy,
 }
 
 /// What the worker tells signaling.
@@ -133,7 +135,7 @@ enum Command {
 
 /// The signaling side's handle on a worker.
 pub struct SfuHandle {
-    tx: smpsc::Sender<Command>,
+    tx: smpsc::SyncSender<Command>,
     /// The UDP address peers send media to.
     pub udp_addr: SocketAddr,
     /// The ICE-TCP address (RFC 4571 framing) for networks that block UDP.
@@ -144,10 +146,15 @@ pub struct SfuHandle {
 impl SfuHandle {
     /// Binds `bind` for UDP (port 0 for any) and, with `tcp_bind`, a TCP listener for ICE-TCP,
     /// and starts the worker thread; notices go to `notices`.
+    ///
+    /// Both queues are bounded. Notices are offered with `try_send` (the worker thread never
+    /// waits for signaling): when `notices` is full, stats are dropped first, and an offer is
+    /// dropped with a warning. Commands beyond [`COMMAND_QUEUE`] waiting for the worker are
+    /// refused: an offer or answer with [`SfuError::Busy`], a candidate or preference silently.
     pub fn start(
         bind: SocketAddr,
         tcp_bind: Option<SocketAddr>,
-        notices: mpsc::UnboundedSender<Notice>,
+        notices: mpsc::Sender<Notice>,
     ) -> std::io::Result<Self> {
         static CRYPTO: std::sync::Once = std::sync::Once::new();
         CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
@@ -163,7 +170,7 @@ impl SfuHandle {
             None => None,
         };
         let tcp_addr = tcp.as_ref().map(|(_, a)| *a);
-        let (tx, rx) = smpsc::channel();
+        let (tx, rx) = smpsc::sync_channel(COMMAND_QUEUE);
         let thread = std::thread::Builder::new()
             .name(format!("sfu-{}", udp_addr.port()))
             .spawn(move || Worker::new(socket, udp_addr, tcp, notices).run(rx))?;
@@ -184,39 +191,43 @@ impl SfuHandle {
         sdp: String,
     ) -> Result<String, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Offer {
-                consult: consult.into(),
-                participant: participant.into(),
-                sdp,
-                reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+        self.command(Command::Offer {
+            consult: consult.into(),
+            participant: participant.into(),
+            sdp,
+            reply,
+        })?;
         rx.await.map_err(|_| SfuError::Stopped)?
     }
 
     /// Applies a participant's answer to the worker's last offer.
     pub async fn answer(&self, participant: &str, sdp: String) -> Result<(), SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Answer {
-                participant: participant.into(),
-                sdp,
-                reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+        self.command(Command::Answer {
+            participant: participant.into(),
+            sdp,
+            reply,
+        })?;
         rx.await.map_err(|_| SfuError::Stopped)?
     }
 
+    /// Queues a command for the worker without waiting.
+    fn command(&self, cmd: Command) -> Result<(), SfuError> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            smpsc::TrySendError::Full(_) => SfuError::Busy,
+            smpsc::TrySendError::Disconnected(_) => SfuError::Stopped,
+        })
+    }
+
     pub fn candidate(&self, participant: &str, candidate: String) {
-        let _ = self.tx.send(Command::Candidate {
+        let _ = self.command(Command::Candidate {
             participant: participant.into(),
             candidate,
         });
     }
 
     pub fn preference(&self, participant: &str, preference: Preference) {
-        let _ = self.tx.send(Command::Preference {
+        let _ = self.command(Command::Preference {
             participant: participant.into(),
             preference,
         });
@@ -224,14 +235,18 @@ impl SfuHandle {
 
     /// Ends a participant's media session.
     pub fn drop_participant(&self, participant: &str) {
-        let _ = self.tx.send(Command::Drop {
+        let dropped = self.command(Command::Drop {
             participant: participant.into(),
         });
+        if matches!(dropped, Err(SfuError::Busy)) {
+            tracing::warn!("media worker queue full; a participant's session is not dropped");
+        }
     }
 }
 
 impl Drop for SfuHandle {
     fn drop(&mut self) {
+        // Blocking is fine here: the worker drains its queue on every pass.
         let _ = self.tx.send(Command::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -353,13 +368,16 @@ const ACCEPT_EVERY: Duration = Duration::from_millis(5);
 const MAX_TCP_CONNS: usize = 512;
 /// A connection whose unsent data grows past this is too slow: packets are dropped for it.
 const MAX_TCP_BACKLOG: usize = 1 << 20;
+/// Commands waiting for a worker, at most (a worker drains them on every pass, so a full queue
+/// means it is far behind).
+pub const COMMAND_QUEUE: usize = 4096;
 
 struct Worker {
     socket: UdpSocket,
     addr: SocketAddr,
     tcp: Option<(TcpListener, SocketAddr)>,
     tcp_conns: Vec<TcpConn>,
-    notices: mpsc::UnboundedSender<Notice>,
+    notices: mpsc::Sender<Notice>,
     peers: Vec<Peer>,
     throttle: KeyframeThrottle<(String, Mid, u8)>,
     last_stats: Instant,
@@ -398,7 +416,7 @@ impl Worker {
         socket: UdpSocket,
         addr: SocketAddr,
         tcp: Option<(TcpListener, SocketAddr)>,
-        notices: mpsc::UnboundedSender<Notice>,
+        notices: mpsc::Sender<Notice>,
     ) -> Self {
         Self {
             socket,
@@ -1021,11 +1039,14 @@ impl Worker {
             peer.dirty = true;
             if let Some((offer, pending)) = change.apply() {
                 peer.pending = Some(pending);
-                let _ = self.notices.send(Notice::Offer {
+                let sent = self.notices.try_send(Notice::Offer {
                     consult: peer.consult.clone(),
                     participant: peer.participant.clone(),
                     sdp: offer.to_sdp_string(),
                 });
+                if let Err(mpsc::error::TrySendError::Full(_)) = sent {
+                    tracing::warn!("notice queue full; an offer to a participant was dropped");
+                }
             }
         }
         self.request_starting_keyframes(keyframes);
@@ -1386,13 +1407,14 @@ impl Worker {
                 .iter()
                 .filter_map(|t| t.selector.current())
                 .max();
-            let _ = self.notices.send(Notice::Stats {
+            // Stats are the first to go when signaling is behind.
+            let _ = self.notices.try_send(Notice::Stats {
                 consult: p.consult.clone(),
                 participant: p.participant.clone(),
                 stats: p.stats.clone(),
             });
         }
-        let _ = self.notices.send(Notice::Worker {
+        let _ = self.notices.try_send(Notice::Worker {
             udp_addr: self.addr,
             peers: self.peers.len(),
             dropped_unknown: self.dropped_unknown,

@@ -12,6 +12,7 @@ pub mod edge;
 pub mod error;
 pub mod heap;
 pub mod http;
+pub mod jobs;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
