@@ -7,8 +7,8 @@
 //! ring's consult-token key, without a database call.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,7 @@ const MAX_WS_MESSAGE: usize = 1 << 20;
 const ROOM_QUEUE: usize = 1024;
 /// Messages waiting to be written to one connection, at most. A connection whose queue fills
 /// is not reading: it is closed with `slow_consumer` and its queue freed.
-const CONNECTION_QUEUE: usize = 256;
+const CONNECTION_QUEUE: usize = 128;
 /// Notices from all media workers waiting for the task that routes them to rooms.
 const NOTICE_QUEUE: usize = 4096;
 /// A frame that the client's socket does not take within this long closes the connection
@@ -202,7 +202,9 @@ impl Hub {
                         continue;
                     }
                 };
-                let Some(room) = hub.room(&consult) else { continue };
+                let Some(room) = hub.room(&consult) else {
+                    continue;
+                };
                 match room.try_send(cmd) {
                     Ok(()) => {}
                     // Stats are the first to drop; an offer waits, on its own task, so one
@@ -210,7 +212,9 @@ impl Hub {
                     Err(mpsc::error::TrySendError::Full(cmd @ RoomCmd::Deliver { .. })) => {
                         tokio::spawn(async move {
                             if room.send_timeout(cmd, SEND_TIMEOUT).await.is_err() {
-                                tracing::warn!("a consult room is too busy; a media offer was dropped");
+                                tracing::warn!(
+                                    "a consult room is too busy; a media offer was dropped"
+                                );
                             }
                         });
                     }
@@ -247,7 +251,13 @@ impl Hub {
     /// consults stay open, so the participants can join again once the server is back.
     pub fn going_away(&self) {
         self.going_away.store(true, Ordering::SeqCst);
-        let rooms: Vec<_> = self.rooms.lock().expect("hub lock").values().cloned().collect();
+        let rooms: Vec<_> = self
+            .rooms
+            .lock()
+            .expect("hub lock")
+            .values()
+            .cloned()
+            .collect();
         for room in rooms {
             if let Err(mpsc::error::TrySendError::Full(cmd)) = room.try_send(RoomCmd::GoingAway) {
                 tokio::spawn(async move {
@@ -741,7 +751,14 @@ async fn connection(
             }
             out = out_rx.recv() => match out {
                 Some(Outbound::Msg(m)) => {
-                    if !send_within(&mut sink, text(&m)).await {
+                    // A send blocked on a client that does not read ends as soon as the room
+                    // gives up on it (its queue full), or after the send timeout.
+                    let sent = tokio::select! {
+                        sent = send_within(&mut sink, text(&m)) => sent,
+                        _ = slow.notified() => false,
+                    };
+                    if !sent {
+                        drop(out_rx);
                         close_slow_consumer(&mut sink).await;
                         break;
                     }
