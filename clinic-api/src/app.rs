@@ -15,10 +15,10 @@ use crate::platform::authz::Routes;
 use crate::platform::clock::{Clock, SystemClock};
 use crate::platform::config::Config;
 use crate::platform::db::Db;
+use crate::platform::jobs::{self, First, Jobs};
 use crate::platform::keys::KeyRing;
 use crate::platform::metrics::metrics_handle;
 use crate::platform::state::AppState;
-use crate::platform::jobs::{self, First, Jobs};
 use crate::platform::{audit, edge, openapi, ops, pages};
 
 /// Every route of the API, each with its policy.

@@ -141,7 +141,8 @@ fn assert_problem(answer: &str, status: u16, code: &str) {
     assert_eq!(body["code"], code, "{answer}");
 }
 
-const JOIN_HEAD: &str = "POST /api/v1/consults/join HTTP/1.1\r\nHost: clinic\r\nContent-Type: application/json\r\n";
+const JOIN_HEAD: &str =
+    "POST /api/v1/consults/join HTTP/1.1\r\nHost: clinic\r\nContent-Type: application/json\r\n";
 
 #[tokio::test]
 async fn a_declared_length_over_the_limit_is_refused_before_any_body() {
@@ -340,7 +341,10 @@ async fn shutdown_lets_a_request_in_flight_finish_refuses_new_connections_and_st
     // (The 100 Continue was read above.)
     let answer = until_closed(&mut slow).await;
     assert_problem(&answer, 401, "invalid_link");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
 
     s.finished().await;
     assert_eq!(
@@ -404,9 +408,10 @@ async fn consult_participants_are_told_the_server_is_going_away() {
         )
         .await;
     let token = joined.body["token"].as_str().unwrap().to_string();
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/consults/ws", s.addr))
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/api/v1/consults/ws", s.addr))
+            .await
+            .unwrap();
     ws.send(Message::Text(
         json!({ "type": "join", "v": 1, "token": token })
             .to_string()

@@ -130,10 +130,11 @@ fn too_large() -> Response {
 /// gets 408 instead of holding a task and a connection; and the handler must answer within
 /// the request timeout.
 async fn guard_request(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
-    let streaming = req
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| guard.streaming.contains(&(req.method().clone(), p.as_str())));
+    let streaming = req.extensions().get::<MatchedPath>().is_some_and(|p| {
+        guard
+            .streaming
+            .contains(&(req.method().clone(), p.as_str()))
+    });
     if streaming {
         return next.run(req).await;
     }
@@ -244,10 +245,8 @@ pub async fn serve(
     drop(listener);
     let _ = stop.send(true);
     let drain = Duration::from_secs(http.drain_timeout_secs);
-    let drained = tokio::time::timeout(drain, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             connections = conns.len(),
@@ -267,10 +266,11 @@ async fn connection(
     app: Router,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(addr));
-        tower::ServiceExt::oneshot(app.clone(), req)
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(addr));
+            tower::ServiceExt::oneshot(app.clone(), req)
+        });
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -332,5 +332,64 @@ impl AsyncWrite for Capped {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    /// A route that takes `takes` to answer, behind the guard with a 100 ms request timeout.
+    fn app(takes: Duration, streaming: bool) -> Router {
+        let guard = Arc::new(Guard {
+            streaming: if streaming {
+                HashSet::from([(Method::GET, "/slow")])
+            } else {
+                HashSet::new()
+            },
+            body_limit: 1024,
+            body_read: Duration::from_secs(5),
+            request: Duration::from_millis(100),
+        });
+        Router::new()
+            .route(
+                "/slow",
+                get(move || async move {
+                    tokio::time::sleep(takes).await;
+                    "late"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(guard, guard_request))
+    }
+
+    fn get_slow() -> Request {
+        Request::builder().uri("/slow").body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handler_past_the_request_timeout_gets_503_problem() {
+        let resp = app(Duration::from_secs(3600), false)
+            .oneshot(get_slow())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "timeout");
+    }
+
+    #[tokio::test]
+    async fn a_streaming_route_is_not_cut_by_the_request_timeout() {
+        let resp = app(Duration::from_millis(400), true)
+            .oneshot(get_slow())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
     }
 }
