@@ -475,7 +475,7 @@ async fn apply(
                 {
                     Ok(answer) => ServerMsg::Answer { sdp: answer },
                     Err(e) => ServerMsg::Error {
-                        code: "invalid_sdp".into(),
+                        code: media_error_code(&e).into(),
                         message: e.to_string(),
                         fatal: false,
                     },
@@ -492,7 +492,7 @@ async fn apply(
                     && let Some(conn) = room.conn_of(&participant)
                 {
                     let error = ServerMsg::Error {
-                        code: "invalid_sdp".into(),
+                        code: media_error_code(&e).into(),
                         message: e.to_string(),
                         fatal: false,
                     };
@@ -602,6 +602,15 @@ where
         let _ = sink.close().await;
     })
     .await;
+}
+
+/// The signaling error code for a media worker's refusal of an offer or answer.
+fn media_error_code(e: &sfu::SfuError) -> &'static str {
+    match e {
+        sfu::SfuError::InvalidSdp(_) | sfu::SfuError::UnknownParticipant => "invalid_sdp",
+        // Its command queue is full, or it has stopped: try again later.
+        sfu::SfuError::Busy | sfu::SfuError::Stopped => "media_unavailable",
+    }
 }
 
 /// What a participant is told when the server shuts down.
