@@ -499,7 +499,10 @@ function onError(m) {
     save();
     return; // the server closes; socketLost reconnects with join
   }
-  if (m.code === 'join_timeout' || m.code === 'rate_limited') return; // reconnect
+  // Reconnect: after a drop for not keeping up (resume within the grace period), or a server
+  // restart (the resume is refused, then the page joins again with its token).
+  if (m.code === 'join_timeout' || m.code === 'rate_limited' ||
+      m.code === 'slow_consumer' || m.code === 'server_going_away') return;
   finish(FATAL[m.code] || m.message || 'The connection was refused.');
 }
 

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use crate::platform::authz::Routes;
 use crate::platform::clock::{Clock, SystemClock};
 use crate::platform::config::Config;
 use crate::platform::db::Db;
+use crate::platform::jobs::{self, First, Jobs};
 use crate::platform::keys::KeyRing;
 use crate::platform::metrics::metrics_handle;
 use crate::platform::state::AppState;
@@ -51,7 +53,8 @@ pub async fn assemble(
         AppState::new(config, db, Arc::new(keys), clock, metrics_handle())
             .with(hub)
             .with(images)
-            .with(doc),
+            .with(doc)
+            .with(Arc::new(jobs::Running::default())),
     )
 }
 
@@ -83,11 +86,83 @@ pub fn router(state: &AppState) -> Router {
     edge::router(all_routes(), state)
 }
 
-/// Serves `state`'s app on `listener` until `shutdown` resolves, then drains.
+/// Serves `state`'s app on `listener` until `shutdown` resolves, with the server's background
+/// jobs (audit checkpoints, image tiering, the outbox worker; each off when its interval is 0).
+/// On shutdown: the listener closes, every live consult room tells its participants the server
+/// is going away and closes their connections, the jobs stop between passes, and requests in
+/// flight finish, up to `http.drain_timeout_secs`. Returns once all of that is done.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    edge::serve(listener, router(&state), shutdown).await
+    let jobs = start_jobs(&state);
+    let hub = state.get_arc::<Hub>();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("draining");
+        hub.going_away();
+    };
+    let served = edge::serve(listener, router(&state), &state.config.http, shutdown).await;
+    jobs.stop(Duration::from_secs(state.config.http.drain_timeout_secs))
+        .await;
+    served
+}
+
+/// The server's background jobs, on their configured intervals.
+fn start_jobs(state: &AppState) -> Jobs {
+    let secs = Duration::from_secs;
+    let mut jobs = Jobs::new(state.get_arc::<jobs::Running>());
+    let s = state.clone();
+    jobs.every(
+        "audit_checkpoints",
+        secs(state.config.audit.checkpoint_interval_secs),
+        First::AfterInterval,
+        move || checkpoint_pass(s.clone()),
+    );
+    let s = state.clone();
+    jobs.every(
+        "image_tiering",
+        secs(state.config.imaging.tier_interval_secs),
+        First::Now,
+        move || tiering_pass(s.clone()),
+    );
+    let s = state.clone();
+    jobs.every(
+        "outbox",
+        secs(state.config.scheduling.outbox_interval_secs),
+        First::Now,
+        move || {
+            let s = s.clone();
+            async move { outbox::worker_pass(&s, &outbox::PortalChannel).await }
+        },
+    );
+    jobs
+}
+
+/// Writes signed audit checkpoints of every tenant's chain head.
+async fn checkpoint_pass(state: AppState) {
+    let path = state.config.checkpoint_file();
+    match audit::checkpoint(&state.db, &state.keys, state.clock.now_ms(), &path).await {
+        Ok(written) => tracing::info!(count = written.len(), "audit checkpoints written"),
+        Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
+    }
+}
+
+/// Applies the image tier policy.
+async fn tiering_pass(state: AppState) {
+    match images::apply_tiers(&state.db, Images::of(&state), state.clock.now_ms()).await {
+        Ok(r) => {
+            let moved: u64 = r.moved.values().sum();
+            if moved > 0 || r.failed > 0 {
+                tracing::info!(
+                    moved,
+                    failed = r.failed,
+                    examined = r.examined,
+                    "image tiers applied"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "image tiering failed"),
+    }
 }

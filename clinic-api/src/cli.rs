@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::app;
-use crate::domains::images::Images;
 use crate::platform::audit::{self, Action, AuditEvent};
 use crate::platform::authz::Role;
 use crate::platform::clock::{Clock, SystemClock};
@@ -14,7 +13,6 @@ use crate::platform::config::Config;
 use crate::platform::db::Db;
 use crate::platform::ids::{ClinicId, LocationId};
 use crate::platform::keys::KeyRing;
-use crate::platform::state::AppState;
 use crate::{
     demo, domains::identity::access_review, domains::identity::passwords, domains::identity::users,
     domains::tenancy::clinics,
@@ -399,68 +397,11 @@ async fn serve(config: Config, seed_demo: bool) -> anyhow::Result<()> {
             ),
         }
     }
-    spawn_checkpoints(state.clone());
-    spawn_tiering(state.clone());
-    crate::domains::outbox::spawn(
-        state.clone(),
-        std::sync::Arc::new(crate::domains::outbox::PortalChannel),
-    );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     println!("clinic listening on http://{}", listener.local_addr()?);
     app::run(listener, state, shutdown_signal()).await?;
     Ok(())
-}
-
-/// Writes signed audit checkpoints on the configured interval.
-fn spawn_checkpoints(state: AppState) {
-    let every = std::time::Duration::from_secs(state.config.audit.checkpoint_interval_secs.max(60));
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(every);
-        ticker.tick().await;
-        loop {
-            ticker.tick().await;
-            let path = state.config.checkpoint_file();
-            match audit::checkpoint(&state.db, &state.keys, state.clock.now_ms(), &path).await {
-                Ok(written) => tracing::info!(count = written.len(), "audit checkpoints written"),
-                Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
-            }
-        }
-    });
-}
-
-/// Applies the image tier policy on the configured interval.
-fn spawn_tiering(state: AppState) {
-    let secs = state.config.imaging.tier_interval_secs;
-    if secs == 0 {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(secs.max(60)));
-        loop {
-            ticker.tick().await;
-            match crate::domains::images::apply_tiers(
-                &state.db,
-                Images::of(&state),
-                state.clock.now_ms(),
-            )
-            .await
-            {
-                Ok(r) => {
-                    let moved: u64 = r.moved.values().sum();
-                    if moved > 0 || r.failed > 0 {
-                        tracing::info!(
-                            moved,
-                            failed = r.failed,
-                            examined = r.examined,
-                            "image tiers applied"
-                        );
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "image tiering failed"),
-            }
-        }
-    });
 }
 
 async fn shutdown_signal() {

@@ -127,6 +127,11 @@ impl TestApp {
             ..Config::default()
         };
         config.database.max_connections = 4;
+        // No background jobs unless a test asks for them: they would write (checkpoints, tier
+        // moves, deliveries) under tests that drive those by hand on a manual clock.
+        config.audit.checkpoint_interval_secs = 0;
+        config.imaging.tier_interval_secs = 0;
+        config.scheduling.outbox_interval_secs = 0;
         let (app_url, admin_url) = match std::env::var("TEST_DATABASE_URL") {
             Ok(admin) if admin.starts_with("postgres") => {
                 let name = format!("clinic_t_{}", uuid::Uuid::new_v4().simple());

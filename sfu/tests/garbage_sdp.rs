@@ -34,7 +34,7 @@ fn valid_offer() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_offers_get_answers_or_invalid_sdp() {
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, _rx) = tokio::sync::mpsc::channel(64);
     let sfu = SfuHandle::start("127.0.0.1:0".parse().unwrap(), None, tx).unwrap();
     let seed = valid_offer();
     assert!(

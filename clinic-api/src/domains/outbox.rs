@@ -14,7 +14,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
@@ -269,33 +268,26 @@ pub async fn deliver_due(
     Ok(report)
 }
 
-/// The worker loop `clinic serve` runs.
-pub fn spawn(state: AppState, channel: Arc<dyn Channel>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let cfg = WorkerConfig {
-            lease_ms: state.config.scheduling.outbox_lease_secs * 1000,
-            max_attempts: state.config.scheduling.outbox_max_attempts,
-            batch: 100,
-        };
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(
-            state.config.scheduling.outbox_interval_secs.max(1),
-        ));
-        loop {
-            tick.tick().await;
-            match deliver_due(&state.db, &*channel, state.clock.now_ms(), &cfg).await {
-                Ok(r) if r != DeliveryReport::default() => {
-                    tracing::info!(
-                        sent = r.sent,
-                        retried = r.retried,
-                        failed = r.failed,
-                        "outbox pass"
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "outbox pass failed"),
-            }
+/// One pass of the outbox worker (a server job, every `scheduling.outbox_interval_secs`):
+/// delivers what is due now through `channel`.
+pub async fn worker_pass(state: &AppState, channel: &dyn Channel) {
+    let cfg = WorkerConfig {
+        lease_ms: state.config.scheduling.outbox_lease_secs * 1000,
+        max_attempts: state.config.scheduling.outbox_max_attempts,
+        batch: 100,
+    };
+    match deliver_due(&state.db, channel, state.clock.now_ms(), &cfg).await {
+        Ok(r) if r != DeliveryReport::default() => {
+            tracing::info!(
+                sent = r.sent,
+                retried = r.retried,
+                failed = r.failed,
+                "outbox pass"
+            )
         }
-    })
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "outbox pass failed"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

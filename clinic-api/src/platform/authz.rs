@@ -399,6 +399,9 @@ pub struct RouteSpec {
     pub tag: &'static str,
     pub request_body: Option<SchemaFn>,
     pub query: Option<SchemaFn>,
+    /// The route streams its request or response (or upgrades): the edge neither buffers its
+    /// body nor applies the request timeout; the route has its own limits.
+    pub streaming: bool,
 }
 
 /// A domain's routes, each with its policy.
@@ -437,6 +440,7 @@ impl Routes {
             tag: self.tag,
             request_body: None,
             query: None,
+            streaming: false,
         };
         self.entries
             .push((spec, axum::routing::on(filter, handler)));
@@ -455,6 +459,14 @@ impl Routes {
     pub fn query<Q: schemars::JsonSchema>(mut self) -> Self {
         if let Some((spec, _)) = self.entries.last_mut() {
             spec.query = Some(|g| g.root_schema_for::<Q>());
+        }
+        self
+    }
+
+    /// Marks the route added last as streaming (see [`RouteSpec::streaming`]).
+    pub fn streaming(mut self) -> Self {
+        if let Some((spec, _)) = self.entries.last_mut() {
+            spec.streaming = true;
         }
         self
     }

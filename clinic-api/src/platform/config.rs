@@ -41,7 +41,7 @@ pub struct SchedulingConfig {
     pub join_early_secs: i64,
     /// …until this long after its end.
     pub join_late_secs: i64,
-    /// How often the outbox worker looks for due messages.
+    /// How often the outbox worker looks for due messages (0: no worker).
     pub outbox_interval_secs: u64,
     /// A claimed message is retried by another worker after this long without an answer.
     pub outbox_lease_secs: i64,
@@ -75,7 +75,7 @@ pub struct ImagingConfig {
     pub s3: S3Config,
     pub kms: KmsConfig,
     pub tiers: imaging::tiering::TierPolicy,
-    /// How often `clinic serve` applies the tier policy (0: never; `clinic imaging tier` still
+    /// How often the server applies the tier policy (0: never; `clinic imaging tier` still
     /// works).
     pub tier_interval_secs: u64,
     /// Lifetime of a signed image URL (thumbnails and previews).
@@ -259,7 +259,8 @@ pub struct AuditConfig {
     /// Where signed checkpoints are appended; keep it on other storage than the database.
     /// Default: `<data_dir>/audit-checkpoints.jsonl`.
     pub checkpoint_file: Option<PathBuf>,
-    /// How often `clinic serve` writes a checkpoint.
+    /// How often the server writes a checkpoint (0: never; `clinic audit checkpoint` still
+    /// works).
     pub checkpoint_interval_secs: u64,
 }
 
@@ -296,8 +297,19 @@ pub struct LoginConfig {
 pub struct HttpConfig {
     /// Largest accepted JSON body.
     pub body_limit_bytes: usize,
-    /// Largest number of concurrent connections.
+    /// Largest number of concurrent connections (upgraded WebSockets included); past it, new
+    /// connections wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// A request (other than the streaming routes: image uploads and files, the consult
+    /// WebSocket) that has not been answered after this long gets 503.
+    pub request_timeout_secs: u64,
+    /// A request head must arrive within this long (a connection idle between requests is closed
+    /// after it too).
+    pub header_read_timeout_secs: u64,
+    /// A request body (non-streaming routes) must arrive within this long, or 408.
+    pub body_read_timeout_secs: u64,
+    /// On shutdown, requests in flight get this long to finish before their connections close.
+    pub drain_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -374,6 +386,10 @@ impl Default for HttpConfig {
         Self {
             body_limit_bytes: 64 * 1024,
             max_connections: 1024,
+            request_timeout_secs: 30,
+            header_read_timeout_secs: 15,
+            body_read_timeout_secs: 15,
+            drain_timeout_secs: 20,
         }
     }
 }

@@ -136,3 +136,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         }
     }
 }
+
+/// WebSocket upgrade extractor with problem-body rejections: a WebSocket route called as plain
+/// HTTP (no `Upgrade`, wrong method or version) answers a problem, not axum's text/plain.
+pub struct ApiWebSocket(pub axum::extract::ws::WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiWebSocket {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::ws::rejection::WebSocketUpgradeRejection as R;
+        match axum::extract::ws::WebSocketUpgrade::from_request_parts(parts, state).await {
+            Ok(upgrade) => Ok(ApiWebSocket(upgrade)),
+            Err(R::MethodNotGet(_) | R::MethodNotConnect(_)) => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::MethodNotAllowed,
+                "open this WebSocket with GET",
+            )),
+            Err(R::ConnectionNotUpgradable(_)) => Err(ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::UpgradeRequired,
+                "this route is a WebSocket; the connection cannot be upgraded",
+            )),
+            Err(other) => Err(ApiError::new(
+                other.status(),
+                ErrorCode::UpgradeRequired,
+                "this route is a WebSocket: send Connection: upgrade, Upgrade: websocket, \
+                 Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key",
+            )),
+        }
+    }
+}

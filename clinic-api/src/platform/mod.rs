@@ -13,6 +13,7 @@ pub mod error;
 pub mod heap;
 pub mod http;
 pub mod ids;
+pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;

@@ -19,6 +19,8 @@ pub enum SfuError {
     UnknownParticipant,
     #[error("the media worker has stopped")]
     Stopped,
+    #[error("the media worker is overloaded; try again")]
+    Busy,
 }
 
 /// What the worker tells signaling.
@@ -98,9 +100,13 @@ pub(super) enum Command {
     Shutdown,
 }
 
+/// Commands waiting for a worker, at most (a worker drains them on every pass, so a full queue
+/// means it is far behind).
+pub const COMMAND_QUEUE: usize = 4096;
+
 /// The signaling side's handle on a worker.
 pub struct SfuHandle {
-    tx: smpsc::Sender<Command>,
+    tx: smpsc::SyncSender<Command>,
     /// The UDP address peers send media to.
     pub udp_addr: SocketAddr,
     /// The ICE-TCP address (RFC 4571 framing) for networks that block UDP.
@@ -111,10 +117,15 @@ pub struct SfuHandle {
 impl SfuHandle {
     /// Binds `bind` for UDP (port 0 for any) and, with `tcp_bind`, a TCP listener for ICE-TCP,
     /// and starts the worker thread; notices go to `notices`.
+    ///
+    /// Both queues are bounded. Notices are offered with `try_send` (the worker thread never
+    /// waits for signaling): when `notices` is full, stats are dropped first, and an offer is
+    /// dropped with a warning. Commands beyond [`COMMAND_QUEUE`] waiting for the worker are
+    /// refused: an offer or answer with [`SfuError::Busy`], a candidate or preference silently.
     pub fn start(
         bind: SocketAddr,
         tcp_bind: Option<SocketAddr>,
-        notices: mpsc::UnboundedSender<Notice>,
+        notices: mpsc::Sender<Notice>,
     ) -> std::io::Result<Self> {
         super::install_crypto();
         let socket = UdpSocket::bind(bind)?;
@@ -129,7 +140,7 @@ impl SfuHandle {
             None => None,
         };
         let tcp_addr = tcp.as_ref().map(|(_, a)| *a);
-        let (tx, rx) = smpsc::channel();
+        let (tx, rx) = smpsc::sync_channel(COMMAND_QUEUE);
         let thread = std::thread::Builder::new()
             .name(format!("sfu-{}", udp_addr.port()))
             .spawn(move || Worker::new(socket, udp_addr, tcp, notices, Instant::now()).run(rx))?;
@@ -150,33 +161,37 @@ impl SfuHandle {
         sdp: String,
     ) -> Result<String, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Offer {
-                consult: consult.into(),
-                participant: participant.into(),
-                sdp,
-                reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+        self.command(Command::Offer {
+            consult: consult.into(),
+            participant: participant.into(),
+            sdp,
+            reply,
+        })?;
         rx.await.map_err(|_| SfuError::Stopped)?
     }
 
     /// Applies a participant's answer to the worker's last offer.
     pub async fn answer(&self, participant: &str, sdp: String) -> Result<(), SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Answer {
-                participant: participant.into(),
-                sdp,
-                reply,
-            })
-            .map_err(|_| SfuError::Stopped)?;
+        self.command(Command::Answer {
+            participant: participant.into(),
+            sdp,
+            reply,
+        })?;
         rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Queues a command for the worker without waiting.
+    fn command(&self, cmd: Command) -> Result<(), SfuError> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            smpsc::TrySendError::Full(_) => SfuError::Busy,
+            smpsc::TrySendError::Disconnected(_) => SfuError::Stopped,
+        })
     }
 
     /// A trickled ICE candidate of the participant's (with or without the `a=` prefix).
     pub fn candidate(&self, participant: &str, candidate: String) {
-        let _ = self.tx.send(Command::Candidate {
+        let _ = self.command(Command::Candidate {
             participant: participant.into(),
             candidate,
         });
@@ -184,7 +199,7 @@ impl SfuHandle {
 
     /// The participant's wish for the video it receives.
     pub fn preference(&self, participant: &str, preference: Preference) {
-        let _ = self.tx.send(Command::Preference {
+        let _ = self.command(Command::Preference {
             participant: participant.into(),
             preference,
         });
@@ -192,14 +207,18 @@ impl SfuHandle {
 
     /// Ends a participant's media session.
     pub fn drop_participant(&self, participant: &str) {
-        let _ = self.tx.send(Command::Drop {
+        let dropped = self.command(Command::Drop {
             participant: participant.into(),
         });
+        if matches!(dropped, Err(SfuError::Busy)) {
+            tracing::warn!("media worker queue full; a participant's session is not dropped");
+        }
     }
 }
 
 impl Drop for SfuHandle {
     fn drop(&mut self) {
+        // Blocking is fine here: the worker drains its queue on every pass.
         let _ = self.tx.send(Command::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -32,7 +32,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output};
 use tokio::sync::mpsc;
 
-pub use handle::{Notice, PeerStats, SfuError, SfuHandle};
+pub use handle::{COMMAND_QUEUE, Notice, PeerStats, SfuError, SfuHandle};
 
 use crate::forward::KeyframeRequests;
 use crate::udp;
@@ -62,7 +62,7 @@ struct Outbox {
 struct Worker {
     addr: SocketAddr,
     out: Outbox,
-    notices: mpsc::UnboundedSender<Notice>,
+    notices: mpsc::Sender<Notice>,
     /// The peers, by key. A slab rather than a Vec: a key stays valid for as long as its peer
     /// lives, so queued events, known sources and the other peers' tracks name their peer by
     /// key. (With a Vec, removing a peer shifted every index behind it, and every holder of an
@@ -101,7 +101,7 @@ impl Worker {
         socket: UdpSocket,
         addr: SocketAddr,
         tcp: Option<(TcpListener, SocketAddr)>,
-        notices: mpsc::UnboundedSender<Notice>,
+        notices: mpsc::Sender<Notice>,
         now: Instant,
     ) -> Self {
         Self {
@@ -540,11 +540,11 @@ mod tests {
         offer.to_sdp_string()
     }
 
-    fn worker(now: Instant) -> (Worker, mpsc::UnboundedReceiver<Notice>) {
+    fn worker(now: Instant) -> (Worker, mpsc::Receiver<Notice>) {
         install_crypto();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(1024);
         (Worker::new(socket, addr, None, tx, now), rx)
     }
 

@@ -12,6 +12,7 @@ use str0m::{Candidate, Rtc};
 
 use super::peer::{Peer, session_origin};
 use super::{Notice, SfuError, Worker};
+use tokio::sync::mpsc;
 
 impl Worker {
     /// A participant's offer: a new media session, or a renegotiation or ICE restart of the
@@ -162,11 +163,14 @@ impl Worker {
             peer.dirty = true;
             if let Some(Some((offer, pending))) = applied {
                 peer.pending = Some(pending);
-                let _ = self.notices.send(Notice::Offer {
+                let sent = self.notices.try_send(Notice::Offer {
                     consult: peer.consult.clone(),
                     participant: peer.participant.clone(),
                     sdp: offer.to_sdp_string(),
                 });
+                if let Err(mpsc::error::TrySendError::Full(_)) = sent {
+                    tracing::warn!("notice queue full; an offer to a participant was dropped");
+                }
             }
         }
         self.request_starting_keyframes(now, keyframes);

@@ -77,13 +77,14 @@ impl Worker {
                 .iter()
                 .filter_map(|t| t.down.layer())
                 .max();
-            let _ = self.notices.send(Notice::Stats {
+            // Stats are the first to go when signaling is behind.
+            let _ = self.notices.try_send(Notice::Stats {
                 consult: p.consult.clone(),
                 participant: p.participant.clone(),
                 stats: p.stats.clone(),
             });
         }
-        let _ = self.notices.send(Notice::Worker {
+        let _ = self.notices.try_send(Notice::Worker {
             udp_addr: self.addr,
             peers: self.peers.len(),
             dropped_unknown: self.dropped_unknown,

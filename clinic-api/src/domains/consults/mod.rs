@@ -7,13 +7,14 @@
 //! ring's consult-token key, without a database call.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use base64::Engine;
@@ -29,7 +30,7 @@ use crate::platform::audit::{self, Action, AuditEvent};
 use crate::platform::authz::{Caller, Permission, Policy, Routes};
 use crate::platform::clock::rfc3339;
 use crate::platform::error::{ApiError, ApiResult, ErrorCode};
-use crate::platform::http::{ApiJson, ApiPath, ClientInfo};
+use crate::platform::http::{ApiJson, ApiPath, ApiWebSocket, ClientInfo};
 use crate::platform::ids::{ClinicId, LocationId, PatientId};
 use crate::platform::keys::{Purpose, sha256_hex};
 use crate::platform::state::AppState;
@@ -47,11 +48,24 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Frames above this close the connection at the WebSocket layer; below it and above the
 /// protocol's limit they get a `too_large` error and the connection goes on.
 const MAX_WS_MESSAGE: usize = 1 << 20;
+/// Commands waiting for a room task, at most. Connections wait for room (their reads pause);
+/// the media workers' notices never wait: stats are dropped when a room is this far behind.
+const ROOM_QUEUE: usize = 1024;
+/// Messages waiting to be written to one connection, at most. A connection whose queue fills
+/// is not reading: it is closed with `slow_consumer` and its queue freed.
+const CONNECTION_QUEUE: usize = 128;
+/// Notices from all media workers waiting for the task that routes them to rooms.
+const NOTICE_QUEUE: usize = 4096;
+/// A frame that the client's socket does not take within this long closes the connection
+/// (a client that stops reading).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Live consults on this node.
 pub struct Hub {
-    rooms: Mutex<HashMap<String, mpsc::UnboundedSender<RoomCmd>>>,
+    rooms: Mutex<HashMap<String, mpsc::Sender<RoomCmd>>>,
     next_conn: AtomicU64,
+    /// Set when the server shuts down: no new rooms.
+    going_away: AtomicBool,
     pub token_key: TokenKey,
     pub room_config: RoomConfig,
     /// Media workers; a consult always uses the same one (sharded by consult id).
@@ -61,7 +75,7 @@ pub struct Hub {
 enum RoomCmd {
     Attach {
         conn: ConnId,
-        tx: mpsc::UnboundedSender<Outbound>,
+        queue: ConnQueue,
     },
     Input(Input),
     /// A message from the media worker for one participant.
@@ -74,6 +88,44 @@ enum RoomCmd {
         participant: String,
         stats: sfu::PeerStats,
     },
+    /// The server is shutting down: tell everyone and close.
+    GoingAway,
+}
+
+/// A connection's outbound queue, as its room holds it.
+struct ConnQueue {
+    tx: mpsc::Sender<Outbound>,
+    /// Told when the queue is full: the connection closes as a slow consumer.
+    slow: Arc<tokio::sync::Notify>,
+}
+
+/// How a message that finds a connection's queue full is treated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// Dropped (stats: the next ones supersede it).
+    Drop,
+    /// The connection is closed as a slow consumer.
+    Close,
+}
+
+/// Queues `out` for `conn` without waiting. A connection that cannot take it is removed from
+/// `conns` (unless the message may be dropped) and told to close; its input loop then reports
+/// it closed to the room, as for any dropped connection.
+fn push(conns: &mut HashMap<ConnId, ConnQueue>, conn: ConnId, out: Outbound, full: Full) {
+    let Some(queue) = conns.get(&conn) else {
+        return;
+    };
+    match queue.tx.try_send(out) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) if full == Full::Drop => {
+            metrics::counter!("consult_messages_dropped_total").increment(1);
+        }
+        Err(_) => {
+            if let Some(queue) = conns.remove(&conn) {
+                queue.slow.notify_one();
+            }
+        }
+    }
 }
 
 enum Outbound {
@@ -98,7 +150,7 @@ impl Hub {
         } else {
             config.workers
         };
-        let (notice_tx, mut notice_rx) = mpsc::unbounded_channel();
+        let (notice_tx, mut notice_rx) = mpsc::channel(NOTICE_QUEUE);
         let mut sfu = Vec::with_capacity(workers);
         for i in 0..workers {
             let mut bind = config.udp_bind;
@@ -116,6 +168,7 @@ impl Hub {
         let hub = std::sync::Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            going_away: AtomicBool::new(false),
             token_key: TokenKey::new(&keys.purpose_key(Purpose::ConsultToken)),
             room_config: RoomConfig::default(),
             sfu,
@@ -153,8 +206,26 @@ impl Hub {
                         continue;
                     }
                 };
-                if let Some(room) = hub.room(&consult) {
-                    let _ = room.send(cmd);
+                let Some(room) = hub.room(&consult) else {
+                    continue;
+                };
+                match room.try_send(cmd) {
+                    Ok(()) => {}
+                    // Stats are the first to drop; an offer waits, on its own task, so one
+                    // busy room does not hold up the notices of the others.
+                    Err(mpsc::error::TrySendError::Full(cmd @ RoomCmd::Deliver { .. })) => {
+                        tokio::spawn(async move {
+                            if room.send_timeout(cmd, SEND_TIMEOUT).await.is_err() {
+                                tracing::warn!(
+                                    "a consult room is too busy; a media offer was dropped"
+                                );
+                            }
+                        });
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        metrics::counter!("consult_messages_dropped_total").increment(1);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
         });
@@ -183,11 +254,37 @@ impl Hub {
     /// participants get `ended` with `reason` and are disconnected.
     fn end_live(&self, consult: &str, reason: EndReason) {
         if let Some(room) = self.room(consult) {
-            let _ = room.send(RoomCmd::Input(Input::EndNow { reason }));
+            let cmd = RoomCmd::Input(Input::EndNow { reason });
+            if let Err(mpsc::error::TrySendError::Full(cmd)) = room.try_send(cmd) {
+                tokio::spawn(async move {
+                    let _ = room.send_timeout(cmd, SEND_TIMEOUT).await;
+                });
+            }
         }
     }
 
-    fn room(&self, consult: &str) -> Option<mpsc::UnboundedSender<RoomCmd>> {
+    /// Tells every live room that the server is going away (on shutdown): each sends its
+    /// participants `error` `server_going_away` (fatal) and closes their connections. The
+    /// consults stay open, so the participants can join again once the server is back.
+    pub fn going_away(&self) {
+        self.going_away.store(true, Ordering::SeqCst);
+        let rooms: Vec<_> = self
+            .rooms
+            .lock()
+            .expect("hub lock")
+            .values()
+            .cloned()
+            .collect();
+        for room in rooms {
+            if let Err(mpsc::error::TrySendError::Full(cmd)) = room.try_send(RoomCmd::GoingAway) {
+                tokio::spawn(async move {
+                    let _ = room.send_timeout(cmd, SEND_TIMEOUT).await;
+                });
+            }
+        }
+    }
+
+    fn room(&self, consult: &str) -> Option<mpsc::Sender<RoomCmd>> {
         self.rooms
             .lock()
             .expect("hub lock")
@@ -209,9 +306,12 @@ async fn room_for(
     state: &AppState,
     clinic: &ClinicId,
     consult: &str,
-) -> ApiResult<mpsc::UnboundedSender<RoomCmd>> {
+) -> ApiResult<mpsc::Sender<RoomCmd>> {
     if let Some(tx) = Hub::of(state).room(consult) {
         return Ok(tx);
+    }
+    if Hub::of(state).going_away.load(Ordering::SeqCst) {
+        return Err(going_away_error());
     }
     let mut tx = state.tx(clinic).await?;
     let row: Option<ConsultRow> =
@@ -228,7 +328,7 @@ async fn room_for(
     if let Some(tx) = rooms.get(consult).filter(|tx| !tx.is_closed()) {
         return Ok(tx.clone());
     }
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(ROOM_QUEUE);
     rooms.insert(consult.to_string(), tx.clone());
     let room = Room::new(consult, Hub::of(state).room_config.clone(), Instant::now());
     tokio::spawn(room_task(
@@ -249,19 +349,26 @@ async fn room_task(
     consult: String,
     patient: Option<String>,
     mut room: Room,
-    mut rx: mpsc::UnboundedReceiver<RoomCmd>,
+    mut rx: mpsc::Receiver<RoomCmd>,
 ) {
-    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Outbound>> = HashMap::new();
+    let mut conns: HashMap<ConnId, ConnQueue> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let input = tokio::select! {
             cmd = rx.recv() => match cmd {
                 None => break,
-                Some(RoomCmd::Attach { conn, tx }) => { conns.insert(conn, tx); continue; }
+                Some(RoomCmd::Attach { conn, queue }) => { conns.insert(conn, queue); continue; }
+                Some(RoomCmd::GoingAway) => {
+                    for conn in conns.keys().copied().collect::<Vec<_>>() {
+                        push(&mut conns, conn, Outbound::Msg(going_away_msg()), Full::Close);
+                        push(&mut conns, conn, Outbound::Close, Full::Close);
+                    }
+                    break;
+                }
                 Some(RoomCmd::Input(input)) => input,
                 Some(RoomCmd::Deliver { participant, msg }) => {
-                    if let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c)) {
-                        let _ = tx.send(Outbound::Msg(msg));
+                    if let Some(conn) = room.conn_of(&participant) {
+                        push(&mut conns, conn, Outbound::Msg(msg), Full::Close);
                     }
                     continue;
                 }
@@ -290,9 +397,7 @@ async fn room_task(
                     metrics::gauge!("sfu_participant_layer", &labels).set(stats.layer.map_or(-1.0, f64::from));
                     metrics::gauge!("sfu_participant_nacks", &labels).set(stats.nacks as f64);
                     for conn in room.host_conns() {
-                        if let Some(tx) = conns.get(&conn) {
-                            let _ = tx.send(Outbound::Msg(ServerMsg::Stats { participants: vec![entry.clone()] }));
-                        }
+                        push(&mut conns, conn, Outbound::Msg(ServerMsg::Stats { participants: vec![entry.clone()] }), Full::Drop);
                     }
                     continue;
                 }
@@ -327,18 +432,15 @@ async fn apply(
     consult: &str,
     patient: Option<&str>,
     room: &Room,
-    conns: &mut HashMap<ConnId, mpsc::UnboundedSender<Outbound>>,
+    conns: &mut HashMap<ConnId, ConnQueue>,
     out: Output,
 ) {
     for (conn, msg) in out.send {
-        if let Some(tx) = conns.get(&conn) {
-            let _ = tx.send(Outbound::Msg(msg));
-        }
+        push(conns, conn, Outbound::Msg(msg), Full::Close);
     }
     for conn in out.close {
-        if let Some(tx) = conns.remove(&conn) {
-            let _ = tx.send(Outbound::Close);
-        }
+        push(conns, conn, Outbound::Close, Full::Close);
+        conns.remove(&conn);
     }
     for effect in out.effects {
         match effect {
@@ -390,13 +492,13 @@ async fn apply(
                 {
                     Ok(answer) => ServerMsg::Answer { sdp: answer },
                     Err(e) => ServerMsg::Error {
-                        code: "invalid_sdp".into(),
+                        code: media_error_code(&e).into(),
                         message: e.to_string(),
                         fatal: false,
                     },
                 };
-                if let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c)) {
-                    let _ = tx.send(Outbound::Msg(reply));
+                if let Some(conn) = room.conn_of(&participant) {
+                    push(conns, conn, Outbound::Msg(reply), Full::Close);
                 }
             }
             Effect::MediaAnswer { participant, sdp } => {
@@ -404,13 +506,14 @@ async fn apply(
                     .sfu_for(consult)
                     .answer(&participant, sdp)
                     .await
-                    && let Some(tx) = room.conn_of(&participant).and_then(|c| conns.get(&c))
+                    && let Some(conn) = room.conn_of(&participant)
                 {
-                    let _ = tx.send(Outbound::Msg(ServerMsg::Error {
-                        code: "invalid_sdp".into(),
+                    let error = ServerMsg::Error {
+                        code: media_error_code(&e).into(),
                         message: e.to_string(),
                         fatal: false,
-                    }));
+                    };
+                    push(conns, conn, Outbound::Msg(error), Full::Close);
                 }
             }
             Effect::MediaIce {
@@ -458,7 +561,7 @@ async fn ws(
     State(state): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    ApiWebSocket(upgrade): ApiWebSocket,
 ) -> Response {
     let hints: std::collections::BTreeMap<String, String> = headers
         .iter()
@@ -478,6 +581,64 @@ async fn ws(
 
 fn text(msg: &ServerMsg) -> Message {
     Message::Text(protocol::encode(msg).into())
+}
+
+/// Sends one frame, giving up after [`SEND_TIMEOUT`] (a client that does not read).
+async fn send_within<S>(sink: &mut S, msg: Message) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Closes a connection that does not read what it is sent: an `error` `slow_consumer` (fatal)
+/// if its socket still takes it, then the close. Bounded: a socket that takes nothing is just
+/// dropped.
+async fn close_slow_consumer<S>(sink: &mut S)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    metrics::counter!("consult_slow_consumers_total").increment(1);
+    tracing::warn!("closing a consult connection that does not read (slow consumer)");
+    let msg = text(&ServerMsg::Error {
+        code: "slow_consumer".into(),
+        message: "this connection did not keep up with its messages; connect again".into(),
+        fatal: true,
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = sink.send(msg).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+/// The signaling error code for a media worker's refusal of an offer or answer.
+fn media_error_code(e: &sfu::SfuError) -> &'static str {
+    match e {
+        sfu::SfuError::InvalidSdp(_) | sfu::SfuError::UnknownParticipant => "invalid_sdp",
+        // Its command queue is full, or it has stopped: try again later.
+        sfu::SfuError::Busy | sfu::SfuError::Stopped => "media_unavailable",
+    }
+}
+
+/// What a participant is told when the server shuts down.
+fn going_away_msg() -> ServerMsg {
+    ServerMsg::Error {
+        code: "server_going_away".into(),
+        message: "the server is restarting; join again in a moment".into(),
+        fatal: true,
+    }
+}
+
+fn going_away_error() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::ServerGoingAway,
+        "the server is restarting; join again in a moment",
+    )
 }
 
 /// Reads frames until a valid join or resume (errors on the others), within the deadline.
@@ -502,32 +663,27 @@ async fn first_message(
         match msg {
             Ok(m @ (ClientMsg::Join { .. } | ClientMsg::Resume { .. })) => return Some(m),
             Ok(ClientMsg::Ping { id }) => {
-                let _ = socket.send(text(&ServerMsg::Pong { id })).await;
+                let _ = send_within(socket, text(&ServerMsg::Pong { id })).await;
             }
             Ok(_) => {
-                let _ = socket
-                    .send(text(
-                        &ProtocolError::new("not_joined", "send join (or resume) first")
-                            .to_msg(false),
-                    ))
-                    .await;
+                let error = ProtocolError::new("not_joined", "send join (or resume) first");
+                let _ = send_within(socket, text(&error.to_msg(false))).await;
             }
             Err(e) => {
-                let _ = socket.send(text(&e.to_msg(false))).await;
+                let _ = send_within(socket, text(&e.to_msg(false))).await;
             }
         }
     }
 }
 
 async fn refuse(mut socket: WebSocket, code: &str, message: &str) {
-    let _ = socket
-        .send(text(&ServerMsg::Error {
-            code: code.into(),
-            message: message.into(),
-            fatal: true,
-        }))
-        .await;
-    let _ = socket.close().await;
+    let error = ServerMsg::Error {
+        code: code.into(),
+        message: message.into(),
+        fatal: true,
+    };
+    let _ = send_within(&mut socket, text(&error)).await;
+    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.close()).await;
 }
 
 async fn connection(
@@ -591,9 +747,14 @@ async fn connection(
         }
         _ => unreachable!("first_message returns only join or resume"),
     };
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    if room.send(RoomCmd::Attach { conn, tx: out_tx }).is_err()
-        || room.send(RoomCmd::Input(input)).is_err()
+    let (out_tx, mut out_rx) = mpsc::channel(CONNECTION_QUEUE);
+    let slow = Arc::new(tokio::sync::Notify::new());
+    let queue = ConnQueue {
+        tx: out_tx,
+        slow: slow.clone(),
+    };
+    if room.send(RoomCmd::Attach { conn, queue }).await.is_err()
+        || room.send(RoomCmd::Input(input)).await.is_err()
     {
         return refuse(socket, "consult_unavailable", "this consult has ended").await;
     }
@@ -601,13 +762,32 @@ async fn connection(
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
+            biased;
+            _ = slow.notified() => {
+                // The room found this connection's queue full: free it, say why, close.
+                drop(out_rx);
+                close_slow_consumer(&mut sink).await;
+                break;
+            }
             out = out_rx.recv() => match out {
-                Some(Outbound::Msg(m)) => { if sink.send(text(&m)).await.is_err() { break; } }
-                Some(Outbound::Close) => { let _ = sink.close().await; break; }
+                Some(Outbound::Msg(m)) => {
+                    // A send blocked on a client that does not read ends as soon as the room
+                    // gives up on it (its queue full), or after the send timeout.
+                    let sent = tokio::select! {
+                        sent = send_within(&mut sink, text(&m)) => sent,
+                        _ = slow.notified() => false,
+                    };
+                    if !sent {
+                        drop(out_rx);
+                        close_slow_consumer(&mut sink).await;
+                        break;
+                    }
+                }
+                Some(Outbound::Close) => { let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await; break; }
                 None => {
                     // The room ended before it handled this connection's input.
-                    let _ = sink.send(text(&ServerMsg::Error { code: "consult_unavailable".into(), message: "this consult has ended".into(), fatal: true })).await;
-                    let _ = sink.close().await;
+                    let _ = send_within(&mut sink, text(&ServerMsg::Error { code: "consult_unavailable".into(), message: "this consult has ended".into(), fatal: true })).await;
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
                     break;
                 }
             },
@@ -617,7 +797,7 @@ async fn connection(
                     Message::Text(t) => {
                         if !limiter.allow(Instant::now()) {
                             if limiter.strikes > 200 {
-                                let _ = sink.send(text(&ServerMsg::Error { code: "rate_limited".into(), message: "too many messages; disconnected".into(), fatal: true })).await;
+                                let _ = send_within(&mut sink, text(&ServerMsg::Error { code: "rate_limited".into(), message: "too many messages; disconnected".into(), fatal: true })).await;
                                 break;
                             }
                             Err(ProtocolError::new("rate_limited", "too many messages; slow down"))
@@ -630,13 +810,18 @@ async fn connection(
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 match parsed {
-                    Ok(msg) => { if room.send(RoomCmd::Input(Input::Msg { conn, msg })).is_err() { break; } }
-                    Err(e) => { if sink.send(text(&e.to_msg(false))).await.is_err() { break; } }
+                    Ok(msg) => { if room.send(RoomCmd::Input(Input::Msg { conn, msg })).await.is_err() { break; } }
+                    Err(e) => {
+                        if !send_within(&mut sink, text(&e.to_msg(false))).await {
+                            close_slow_consumer(&mut sink).await;
+                            break;
+                        }
+                    }
                 }
             }
         }
     }
-    let _ = room.send(RoomCmd::Input(Input::Closed { conn }));
+    let _ = room.send(RoomCmd::Input(Input::Closed { conn })).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,6 +962,7 @@ pub fn routes() -> Routes {
             "Consult signaling WebSocket (authenticated by the join token in its first message)",
             ws,
         )
+        .streaming()
 }
 
 /// Loads a consult of the caller's tenant and proves the caller's reach to it (refusals

@@ -358,6 +358,7 @@ pub fn routes() -> Routes {
             "Upload a wound photo for a patient (body: the image bytes; JPEG, PNG or WebP)",
             upload_for_patient,
         )
+        .streaming()
         .add(
             Method::GET,
             "/api/v1/patients/{id}/images",
@@ -372,6 +373,7 @@ pub fn routes() -> Routes {
             "Upload a wound photo of one's own (patients; body: the image bytes)",
             upload_own,
         )
+        .streaming()
         .add(
             Method::GET,
             "/api/v1/me/images",
@@ -393,6 +395,7 @@ pub fn routes() -> Routes {
             "Fetch an image through a signed URL issued to the caller (audited as a view or export)",
             fetch_file,
         )
+        .streaming()
         .add(
             Method::PUT,
             "/api/v1/images/{id}/legal-hold",
