@@ -22,6 +22,7 @@ use crate::platform::audit::{self, Action, AuditEvent, Outcome};
 use crate::platform::error::ApiError;
 use crate::platform::http::ClientInfo;
 use crate::platform::ids::{ClinicId, LocationId, SessionId, UserId};
+use crate::platform::openapi::{Content, DocumentedResponse, HandlerOutput, SchemaFn, Success};
 use crate::platform::sessions::{self, Stage};
 use crate::platform::state::AppState;
 
@@ -374,8 +375,6 @@ impl Policy {
     }
 }
 
-type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
-
 /// One route's description, from which the OpenAPI document and the route × role test are made.
 #[derive(Clone)]
 pub struct RouteSpec {
@@ -386,6 +385,9 @@ pub struct RouteSpec {
     pub tag: &'static str,
     pub request_body: Option<SchemaFn>,
     pub query: Option<SchemaFn>,
+    /// Success answers: inferred from the handler's return type, then completed by the route
+    /// (`.status(..)`, `.responds(..)`) where the type cannot say.
+    pub responses: Vec<Success>,
 }
 
 /// A domain's routes, each with its policy.
@@ -402,7 +404,8 @@ impl Routes {
         }
     }
 
-    /// Adds a route. The policy is required: there is no other way to add a route.
+    /// Adds a route. The policy is required: there is no other way to add a route. Its success
+    /// answers for the OpenAPI document come from the handler's return type.
     pub fn add<H, T>(
         mut self,
         method: Method,
@@ -412,7 +415,8 @@ impl Routes {
         handler: H,
     ) -> Self
     where
-        H: Handler<T, AppState>,
+        H: Handler<T, AppState> + HandlerOutput<T>,
+        <H as HandlerOutput<T>>::Output: DocumentedResponse,
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).expect("standard method");
@@ -424,6 +428,7 @@ impl Routes {
             tag: self.tag,
             request_body: None,
             query: None,
+            responses: <H as HandlerOutput<T>>::Output::successes(),
         };
         self.entries
             .push((spec, axum::routing::on(filter, handler)));
@@ -442,6 +447,26 @@ impl Routes {
     pub fn query<Q: schemars::JsonSchema>(mut self) -> Self {
         if let Some((spec, _)) = self.entries.last_mut() {
             spec.query = Some(|g| g.root_schema_for::<Q>());
+        }
+        self
+    }
+
+    /// Names the success status of the route added last, for a handler that picks it at run time
+    /// (it returns a `StatusCode`, alone or with a body).
+    pub fn status(mut self, status: StatusCode) -> Self {
+        if let Some((spec, _)) = self.entries.last_mut() {
+            for s in spec.responses.iter_mut().filter(|s| s.status.is_none()) {
+                s.status = Some(status);
+            }
+        }
+        self
+    }
+
+    /// Declares an answer of the route added last that its return type cannot tell: for handlers
+    /// returning a plain `Response` (cookies, replays, bytes), or a second success status.
+    pub fn responds(mut self, status: StatusCode, content: Content) -> Self {
+        if let Some((spec, _)) = self.entries.last_mut() {
+            spec.responses.push(Success::new(status, content));
         }
         self
     }

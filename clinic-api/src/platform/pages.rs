@@ -1,9 +1,13 @@
 //! The browser pages in `web/`, embedded in the binary so `clinic serve` needs no files beside it.
 
-use axum::http::{Method, header};
-use axum::response::IntoResponse;
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
 use crate::platform::authz::{Policy, Routes};
+use crate::platform::openapi::Content;
+
+const HTML: Content = Content::Media("text/html; charset=utf-8");
+const SCRIPT: Content = Content::Media("text/javascript; charset=utf-8");
 
 const INDEX: &str = include_str!("../../../web/index.html");
 const CONSULT_JOIN: &str = include_str!("../../../web/consult-join.html");
@@ -27,6 +31,7 @@ const CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-
 pub fn routes() -> Routes {
     Routes::new("web")
         .add(Method::GET, "/", Policy::PUBLIC, "The sign-in page", index)
+        .responds(StatusCode::OK, HTML)
         .add(
             Method::GET,
             "/consult/join",
@@ -34,6 +39,7 @@ pub fn routes() -> Routes {
             "The video consult page for patients, caregivers and interpreters (code in the fragment)",
             consult_join,
         )
+        .responds(StatusCode::OK, HTML)
         .add(
             Method::GET,
             "/consult/provider",
@@ -41,6 +47,7 @@ pub fn routes() -> Routes {
             "The video consult page for providers (code in the fragment, or start one when signed in)",
             consult_provider,
         )
+        .responds(StatusCode::OK, HTML)
         .add(
             Method::GET,
             "/photos",
@@ -48,6 +55,7 @@ pub fn routes() -> Routes {
             "The patient page for sending wound photos (signs in through `/`)",
             photos,
         )
+        .responds(StatusCode::OK, HTML)
         .add(
             Method::GET,
             "/schedule",
@@ -55,6 +63,7 @@ pub fn routes() -> Routes {
             "The staff scheduling page: a location's day, booking, check-in, joining video visits (signs in through `/`)",
             schedule,
         )
+        .responds(StatusCode::OK, HTML)
         .add(
             Method::GET,
             "/appointments",
@@ -62,6 +71,7 @@ pub fn routes() -> Routes {
             "The patient page for appointments: booking, joining video visits, messages (signs in through `/`)",
             appointments,
         )
+        .responds(StatusCode::OK, HTML)
         .add(
             Method::GET,
             "/consult/consult.js",
@@ -69,6 +79,7 @@ pub fn routes() -> Routes {
             "The consult pages' script",
             consult_js,
         )
+        .responds(StatusCode::OK, SCRIPT)
         .add(
             Method::GET,
             "/schedule/scheduling.js",
@@ -76,9 +87,10 @@ pub fn routes() -> Routes {
             "The scheduling pages' shared script",
             scheduling_js,
         )
+        .responds(StatusCode::OK, SCRIPT)
 }
 
-fn page(body: &'static str) -> impl IntoResponse {
+fn page(body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -86,43 +98,45 @@ fn page(body: &'static str) -> impl IntoResponse {
         ],
         body,
     )
+        .into_response()
 }
 
-async fn index() -> impl IntoResponse {
+async fn index() -> Response {
     page(INDEX)
 }
 
-async fn consult_join() -> impl IntoResponse {
+async fn consult_join() -> Response {
     page(CONSULT_JOIN)
 }
 
-async fn consult_provider() -> impl IntoResponse {
+async fn consult_provider() -> Response {
     page(CONSULT_PROVIDER)
 }
 
-async fn photos() -> impl IntoResponse {
+async fn photos() -> Response {
     page(PHOTOS)
 }
 
-async fn schedule() -> impl IntoResponse {
+async fn schedule() -> Response {
     page(SCHEDULE)
 }
 
-async fn appointments() -> impl IntoResponse {
+async fn appointments() -> Response {
     page(APPOINTMENTS)
 }
 
-async fn consult_js() -> impl IntoResponse {
+async fn consult_js() -> Response {
     script(CONSULT_JS)
 }
 
-async fn scheduling_js() -> impl IntoResponse {
+async fn scheduling_js() -> Response {
     script(SCHEDULING_JS)
 }
 
-fn script(body: &'static str) -> impl IntoResponse {
+fn script(body: &'static str) -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         body,
     )
+        .into_response()
 }

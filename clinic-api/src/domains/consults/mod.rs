@@ -32,6 +32,7 @@ use crate::platform::error::{ApiError, ApiResult};
 use crate::platform::http::{ApiJson, ApiPath, ClientInfo};
 use crate::platform::ids::{ClinicId, LocationId, PatientId};
 use crate::platform::keys::{Purpose, sha256_hex};
+use crate::platform::openapi::Content;
 use crate::platform::state::AppState;
 
 /// How long a join link's code may wait to be exchanged.
@@ -727,6 +728,7 @@ pub fn routes() -> Routes {
             "Consult signaling WebSocket (authenticated by the join token in its first message)",
             ws,
         )
+        .responds(StatusCode::SWITCHING_PROTOCOLS, Content::Empty)
 }
 
 /// Loads an open consult of the caller's tenant and checks the caller's location scope.

@@ -251,6 +251,29 @@ pub struct SetLocations {
     pub location_ids: Vec<LocationId>,
 }
 
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Disabled {
+    pub disabled: bool,
+    pub sessions_revoked: u64,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Unlocked {
+    pub unlocked: bool,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct MfaReset {
+    pub mfa_reset: bool,
+    pub sessions_revoked: u64,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct AssignedLocations {
+    /// The user's assigned locations, as set.
+    pub locations: Vec<LocationId>,
+}
+
 #[derive(Deserialize)]
 struct UserPath {
     id: UserId,
@@ -397,7 +420,7 @@ async fn disable_route(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(p): ApiPath<UserPath>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Disabled>> {
     if p.id == caller.user_id {
         return Err(ApiError::conflict(
             "cannot_disable_self",
@@ -416,16 +439,17 @@ async fn disable_route(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        serde_json::json!({ "disabled": true, "sessions_revoked": revoked }),
-    ))
+    Ok(Json(Disabled {
+        disabled: true,
+        sessions_revoked: revoked,
+    }))
 }
 
 async fn unlock_route(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(p): ApiPath<UserPath>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Unlocked>> {
     let now = state.clock.now_ms();
     let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
@@ -438,14 +462,14 @@ async fn unlock_route(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(serde_json::json!({ "unlocked": true })))
+    Ok(Json(Unlocked { unlocked: true }))
 }
 
 async fn reset_mfa_route(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(p): ApiPath<UserPath>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<MfaReset>> {
     let now = state.clock.now_ms();
     let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
@@ -458,9 +482,10 @@ async fn reset_mfa_route(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        serde_json::json!({ "mfa_reset": true, "sessions_revoked": revoked }),
-    ))
+    Ok(Json(MfaReset {
+        mfa_reset: true,
+        sessions_revoked: revoked,
+    }))
 }
 
 async fn locations_route(
@@ -468,7 +493,7 @@ async fn locations_route(
     caller: Caller,
     ApiPath(p): ApiPath<UserPath>,
     ApiJson(body): ApiJson<SetLocations>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<AssignedLocations>> {
     let now = state.clock.now_ms();
     let mut tx = state.db.tenant_tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
@@ -484,5 +509,7 @@ async fn locations_route(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(serde_json::json!({ "locations": body.location_ids })))
+    Ok(Json(AssignedLocations {
+        locations: body.location_ids,
+    }))
 }

@@ -38,6 +38,7 @@ use crate::platform::error::{ApiError, ApiResult};
 use crate::platform::http::{ApiJson, ApiPath};
 use crate::platform::ids::{ClinicId, LocationId, PatientId};
 use crate::platform::keys::{KeyRing, Purpose};
+use crate::platform::openapi::Content;
 use crate::platform::pii::Pii;
 use crate::platform::state::AppState;
 
@@ -356,6 +357,7 @@ pub fn routes() -> Routes {
             "Upload a wound photo for a patient (body: the image bytes; JPEG, PNG or WebP)",
             upload_for_patient,
         )
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/patients/{id}/images",
@@ -370,6 +372,7 @@ pub fn routes() -> Routes {
             "Upload a wound photo of one's own (patients; body: the image bytes)",
             upload_own,
         )
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/me/images",
@@ -391,6 +394,7 @@ pub fn routes() -> Routes {
             "Fetch an image through a signed URL issued to the caller (audited as a view or export)",
             fetch_file,
         )
+        .responds(StatusCode::OK, Content::Media("image/*"))
         .add(
             Method::PUT,
             "/api/v1/images/{id}/legal-hold",
@@ -406,6 +410,7 @@ pub fn routes() -> Routes {
             "Delete an image after its retention period (refused under legal hold)",
             delete_image,
         )
+        .status(StatusCode::NO_CONTENT)
 }
 
 /// The problem answer for an imaging failure: 4xx for the upload's fault, 5xx for ours.

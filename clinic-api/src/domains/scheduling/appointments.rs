@@ -31,6 +31,7 @@ use crate::platform::error::{ApiError, ApiResult};
 use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::ids::{ClinicId, LocationId, PatientId, RecordId, UserId};
 use crate::platform::keys::sha256_hex;
+use crate::platform::openapi::Content;
 use crate::platform::pii::Pii;
 use crate::platform::state::AppState;
 
@@ -47,6 +48,7 @@ pub fn routes() -> Routes {
             book,
         )
         .body::<BookBody>()
+        .responds(StatusCode::CREATED, Content::json::<AppointmentOut>())
         .add(
             Method::GET,
             "/api/v1/appointments",
@@ -63,6 +65,7 @@ pub fn routes() -> Routes {
             series,
         )
         .body::<SeriesBody>()
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/appointments/{id}",
@@ -114,6 +117,7 @@ pub fn routes() -> Routes {
             follow_up,
         )
         .body::<FollowUpBody>()
+        .responds(StatusCode::CREATED, Content::json::<AppointmentOut>())
         .add(
             Method::POST,
             "/api/v1/appointments/{id}/join",
@@ -136,6 +140,7 @@ pub fn routes() -> Routes {
             hold,
         )
         .body::<SlotChoice>()
+        .responds(StatusCode::CREATED, Content::json::<AppointmentOut>())
         .add(
             Method::POST,
             "/api/v1/me/appointments",
@@ -144,6 +149,7 @@ pub fn routes() -> Routes {
             book_own,
         )
         .body::<OwnBookBody>()
+        .responds(StatusCode::CREATED, Content::json::<AppointmentOut>())
         .add(
             Method::POST,
             "/api/v1/me/appointments/{id}/cancel",

@@ -62,6 +62,7 @@ pub fn routes() -> Routes {
             create_room,
         )
         .body::<CreateRoom>()
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/appointment-types",
@@ -77,6 +78,7 @@ pub fn routes() -> Routes {
             create_type,
         )
         .body::<CreateType>()
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/me/appointment-types",
@@ -100,6 +102,7 @@ pub fn routes() -> Routes {
             create_block,
         )
         .body::<CreateBlock>()
+        .status(StatusCode::CREATED)
         .add(
             Method::DELETE,
             "/api/v1/availability/{id}",
@@ -107,6 +110,7 @@ pub fn routes() -> Routes {
             "Remove a weekly template block",
             delete_block,
         )
+        .status(StatusCode::NO_CONTENT)
         .add(
             Method::POST,
             "/api/v1/availability-exceptions",
@@ -115,6 +119,7 @@ pub fn routes() -> Routes {
             create_exception,
         )
         .body::<CreateException>()
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/slots",
