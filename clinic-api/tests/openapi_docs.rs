@@ -52,6 +52,16 @@ async fn openapi_covers_every_route() {
                 spec.path
             );
         }
+        if let Some(media) = spec.request_bytes {
+            for m in media {
+                assert!(
+                    op["requestBody"]["content"][*m]["schema"].is_object(),
+                    "{} {} request body {m}",
+                    spec.method,
+                    spec.path
+                );
+            }
+        }
     }
     // Bodies are described by their types: the login body names its fields.
     let login = serde_json::to_string(&doc["paths"]["/api/v1/auth/login"]["post"]).unwrap()

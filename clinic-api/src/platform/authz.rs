@@ -384,6 +384,8 @@ pub struct RouteSpec {
     pub summary: &'static str,
     pub tag: &'static str,
     pub request_body: Option<SchemaFn>,
+    /// Media types of a body that is not JSON (uploads), read as raw bytes.
+    pub request_bytes: Option<&'static [&'static str]>,
     pub query: Option<SchemaFn>,
     /// Success answers: inferred from the handler's return type, then completed by the route
     /// (`.status(..)`, `.responds(..)`) where the type cannot say.
@@ -427,6 +429,7 @@ impl Routes {
             summary,
             tag: self.tag,
             request_body: None,
+            request_bytes: None,
             query: None,
             responses: <H as HandlerOutput<T>>::Output::successes(),
         };
@@ -439,6 +442,14 @@ impl Routes {
     pub fn body<B: schemars::JsonSchema>(mut self) -> Self {
         if let Some((spec, _)) = self.entries.last_mut() {
             spec.request_body = Some(|g| g.subschema_for::<B>());
+        }
+        self
+    }
+
+    /// Declares a raw (not JSON) request body of the route added last, in any of `media`.
+    pub fn bytes_body(mut self, media: &'static [&'static str]) -> Self {
+        if let Some((spec, _)) = self.entries.last_mut() {
+            spec.request_bytes = Some(media);
         }
         self
     }

@@ -301,6 +301,21 @@ pub fn document(specs: &[RouteSpec]) -> Value {
             let schema = serde_json::to_value(body(&mut requests)).unwrap_or_default();
             op.insert("requestBody".into(), json!({ "required": true, "content": { "application/json": { "schema": schema } } }));
         }
+        if let Some(media) = spec.request_bytes {
+            let content: Map<String, Value> = media
+                .iter()
+                .map(|m| {
+                    (
+                        m.to_string(),
+                        json!({ "schema": { "type": "string", "format": "binary" } }),
+                    )
+                })
+                .collect();
+            op.insert(
+                "requestBody".into(),
+                json!({ "required": true, "content": content }),
+            );
+        }
         let mut answers = Map::new();
         for status in error_statuses(spec) {
             answers.insert(status.as_str().into(), json!({ "$ref": PROBLEM }));
@@ -409,7 +424,8 @@ pub fn document(specs: &[RouteSpec]) -> Value {
 /// Handlers add their own (409, 410, 423, 429…), all covered by `default`.
 fn error_statuses(spec: &RouteSpec) -> Vec<StatusCode> {
     let mut out = Vec::new();
-    if spec.request_body.is_some() {
+    let body = spec.request_body.is_some() || spec.request_bytes.is_some();
+    if body {
         out.push(StatusCode::BAD_REQUEST);
     }
     if spec.policy.access != Access::Public {
@@ -419,11 +435,11 @@ fn error_statuses(spec: &RouteSpec) -> Vec<StatusCode> {
     if spec.path.contains('{') {
         out.push(StatusCode::NOT_FOUND);
     }
-    if spec.request_body.is_some() {
+    if body {
         out.push(StatusCode::PAYLOAD_TOO_LARGE);
         out.push(StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
-    if spec.request_body.is_some() || spec.query.is_some() {
+    if body || spec.query.is_some() {
         out.push(StatusCode::UNPROCESSABLE_ENTITY);
     }
     out.push(StatusCode::INTERNAL_SERVER_ERROR);

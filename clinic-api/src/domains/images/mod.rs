@@ -348,6 +348,9 @@ struct TokenPath {
     token: String,
 }
 
+/// What an upload may be: the type is read from the bytes, never from `Content-Type`.
+const UPLOAD_MEDIA: &[&str] = &["image/jpeg", "image/png", "image/webp"];
+
 pub fn routes() -> Routes {
     Routes::new("images")
         .add(
@@ -358,6 +361,7 @@ pub fn routes() -> Routes {
             upload_for_patient,
         )
         .status(StatusCode::CREATED)
+        .bytes_body(UPLOAD_MEDIA)
         .add(
             Method::GET,
             "/api/v1/patients/{id}/images",
@@ -373,6 +377,7 @@ pub fn routes() -> Routes {
             upload_own,
         )
         .status(StatusCode::CREATED)
+        .bytes_body(UPLOAD_MEDIA)
         .add(
             Method::GET,
             "/api/v1/me/images",
