@@ -23,6 +23,7 @@ if ! command -v "$st" >/dev/null; then
   python3 -m pip install --quiet 'schemathesis>=4.32,<5'
   st=schemathesis
 fi
+st=$(command -v "$st")
 [ -x "$bin" ] || { echo "no clinic binary at $bin (set SCHEMATHESIS_CLINIC_BIN)" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -68,12 +69,13 @@ run_as() {
   [ -n "$password" ] || { echo "no demo login $user (logs in $dir)" >&2; return 1; }
   cookie=$(python3 .ci/signin.py "$base" "$user" "$password")
   echo "-- $user: schemathesis against $base (logs in $dir)"
-  if ! "$st" run "$base/api/v1/openapi.json" \
+  # From the session's directory, where schemathesis keeps its cache (.schemathesis/).
+  if ! (cd "$dir" && "$st" run "$base/api/v1/openapi.json" \
     --header "Cookie: $cookie" \
     --checks not_a_server_error,response_schema_conformance \
     --max-examples "$examples" --max-time "$seconds" --workers 1 \
     --request-timeout 20 --no-color --suppress-health-check all \
-    "${exclude[@]}" >"$dir/schemathesis.log" 2>&1; then
+    "${exclude[@]}" >"$dir/schemathesis.log" 2>&1); then
     failed=1
   fi
   # The summary, and every failure in full.
