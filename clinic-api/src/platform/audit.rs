@@ -9,8 +9,8 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 
-use axum::http::{Method, header};
-use axum::response::IntoResponse;
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::platform::authz::{Caller, Permission, Policy, Routes};
@@ -20,6 +20,7 @@ use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::ApiQuery;
 use crate::platform::ids::ClinicId;
 use crate::platform::keys::KeyRing;
+use crate::platform::openapi::Content;
 use crate::platform::state::AppState;
 
 const GENESIS: [u8; 32] = [0u8; 32];
@@ -612,6 +613,7 @@ pub fn routes() -> Routes {
             export,
         )
         .query::<AuditQuery>()
+        .responds(StatusCode::OK, Content::Media("application/x-ndjson"))
 }
 
 fn parse_time(s: &Option<String>, field: &str) -> ApiResult<Option<i64>> {
@@ -709,7 +711,7 @@ async fn export(
     axum::extract::State(state): axum::extract::State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<AuditQuery>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     let rows = query_events(&state, &caller, &q, 100_000).await?;
     record_now(
         &state,
@@ -729,5 +731,5 @@ async fn export(
         );
         body.push('\n');
     }
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

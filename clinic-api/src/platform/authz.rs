@@ -22,6 +22,7 @@ use crate::platform::audit::{self, Action, AuditEvent, Outcome};
 use crate::platform::error::{ApiError, ErrorCode};
 use crate::platform::http::ClientInfo;
 use crate::platform::ids::{ClinicId, LocationId, PatientId, SessionId, UserId};
+use crate::platform::openapi::{Content, DocumentedResponse, HandlerOutput, SchemaFn, Success};
 use crate::platform::sessions::{self, Stage};
 use crate::platform::state::AppState;
 
@@ -387,8 +388,6 @@ impl Policy {
     }
 }
 
-type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
-
 /// One route's description, from which the OpenAPI document and the route × role test are made.
 #[derive(Clone)]
 pub struct RouteSpec {
@@ -398,10 +397,15 @@ pub struct RouteSpec {
     pub summary: &'static str,
     pub tag: &'static str,
     pub request_body: Option<SchemaFn>,
+    /// Media types of a body that is not JSON (uploads), read as raw bytes.
+    pub request_bytes: Option<&'static [&'static str]>,
     pub query: Option<SchemaFn>,
     /// The route streams its request or response (or upgrades): the edge neither buffers its
     /// body nor applies the request timeout; the route has its own limits.
     pub streaming: bool,
+    /// Success answers: inferred from the handler's return type, then completed by the route
+    /// (`.status(..)`, `.responds(..)`) where the type cannot say.
+    pub responses: Vec<Success>,
 }
 
 /// A domain's routes, each with its policy.
@@ -418,7 +422,8 @@ impl Routes {
         }
     }
 
-    /// Adds a route. The policy is required: there is no other way to add a route.
+    /// Adds a route. The policy is required: there is no other way to add a route. Its success
+    /// answers for the OpenAPI document come from the handler's return type.
     pub fn add<H, T>(
         mut self,
         method: Method,
@@ -428,7 +433,8 @@ impl Routes {
         handler: H,
     ) -> Self
     where
-        H: Handler<T, AppState>,
+        H: Handler<T, AppState> + HandlerOutput<T>,
+        <H as HandlerOutput<T>>::Output: DocumentedResponse,
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).expect("standard method");
@@ -439,8 +445,10 @@ impl Routes {
             summary,
             tag: self.tag,
             request_body: None,
+            request_bytes: None,
             query: None,
             streaming: false,
+            responses: <H as HandlerOutput<T>>::Output::successes(),
         };
         self.entries
             .push((spec, axum::routing::on(filter, handler)));
@@ -451,6 +459,14 @@ impl Routes {
     pub fn body<B: schemars::JsonSchema>(mut self) -> Self {
         if let Some((spec, _)) = self.entries.last_mut() {
             spec.request_body = Some(|g| g.subschema_for::<B>());
+        }
+        self
+    }
+
+    /// Declares a raw (not JSON) request body of the route added last, in any of `media`.
+    pub fn bytes_body(mut self, media: &'static [&'static str]) -> Self {
+        if let Some((spec, _)) = self.entries.last_mut() {
+            spec.request_bytes = Some(media);
         }
         self
     }
@@ -467,6 +483,26 @@ impl Routes {
     pub fn streaming(mut self) -> Self {
         if let Some((spec, _)) = self.entries.last_mut() {
             spec.streaming = true;
+        }
+        self
+    }
+
+    /// Names the success status of the route added last, for a handler that picks it at run time
+    /// (it returns a `StatusCode`, alone or with a body).
+    pub fn status(mut self, status: StatusCode) -> Self {
+        if let Some((spec, _)) = self.entries.last_mut() {
+            for s in spec.responses.iter_mut().filter(|s| s.status.is_none()) {
+                s.status = Some(status);
+            }
+        }
+        self
+    }
+
+    /// Declares an answer of the route added last that its return type cannot tell: for handlers
+    /// returning a plain `Response` (cookies, replays, bytes), or a second success status.
+    pub fn responds(mut self, status: StatusCode, content: Content) -> Self {
+        if let Some((spec, _)) = self.entries.last_mut() {
+            spec.responses.push(Success::new(status, content));
         }
         self
     }

@@ -317,3 +317,8 @@ pub fn exclusion_violated(e: &sqlx::Error) -> Option<&str> {
 pub async fn not_found_fallback() -> ApiError {
     ApiError::not_found("route")
 }
+
+/// Every code the API can answer with, as strings (the OpenAPI document's `code` enum).
+pub fn all_codes() -> Vec<&'static str> {
+    ErrorCode::ALL.iter().map(|c| c.as_str()).collect()
+}

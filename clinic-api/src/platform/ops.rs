@@ -6,6 +6,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::platform::authz::{Policy, Routes};
+use crate::platform::openapi::Content;
 use crate::platform::state::AppState;
 
 pub fn routes() -> Routes {
@@ -24,6 +25,11 @@ pub fn routes() -> Routes {
             "Readiness: the database answers",
             readyz,
         )
+        .responds(StatusCode::OK, Content::Media("text/plain; charset=utf-8"))
+        .responds(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Content::Media("text/plain; charset=utf-8"),
+        )
         .add(
             Method::GET,
             "/metrics",
@@ -31,6 +37,7 @@ pub fn routes() -> Routes {
             "Prometheus metrics (no PHI: route templates and counts)",
             metrics_text,
         )
+        .responds(StatusCode::OK, Content::Media("text/plain; version=0.0.4"))
 }
 
 async fn healthz() -> &'static str {

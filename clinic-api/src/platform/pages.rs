@@ -3,10 +3,11 @@
 //! Each page is HTML only: its script is an ES module and its style the one stylesheet, both
 //! served from here, so the CSP allows no inline script or style at all.
 
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::platform::authz::{Policy, Routes};
+use crate::platform::openapi::Content;
 
 /// The pages' Content-Security-Policy: nothing but this origin's own files. No inline script or
 /// style is allowed, so an injected `<script>`, `on…=` handler or `style=` does not run. The
@@ -130,23 +131,29 @@ const FILES: &[File] = &[
 
 pub fn routes() -> Routes {
     FILES.iter().fold(Routes::new("web"), |routes, file| {
-        routes.add(
-            Method::GET,
-            file.path,
-            Policy::PUBLIC,
-            file.summary,
-            move || async move { file.response() },
-        )
+        routes
+            .add(
+                Method::GET,
+                file.path,
+                Policy::PUBLIC,
+                file.summary,
+                move || async move { file.response() },
+            )
+            .responds(StatusCode::OK, Content::Media(file.content_type()))
     })
 }
 
 impl File {
-    fn response(&self) -> Response {
-        let content_type = match self.kind {
+    fn content_type(&self) -> &'static str {
+        match self.kind {
             Kind::Page => "text/html; charset=utf-8",
             Kind::Script => "text/javascript; charset=utf-8",
             Kind::Style => "text/css; charset=utf-8",
-        };
+        }
+    }
+
+    fn response(&self) -> Response {
+        let content_type = self.content_type();
         let mut response = self.body.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

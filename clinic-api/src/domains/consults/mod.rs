@@ -33,6 +33,7 @@ use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ApiPath, ApiWebSocket, ClientInfo};
 use crate::platform::ids::{ClinicId, LocationId, PatientId};
 use crate::platform::keys::{Purpose, sha256_hex};
+use crate::platform::openapi::Content;
 use crate::platform::state::AppState;
 use crate::platform::tx::{Reached, Target, TenantTx};
 
@@ -963,6 +964,7 @@ pub fn routes() -> Routes {
             ws,
         )
         .streaming()
+        .responds(StatusCode::SWITCHING_PROTOCOLS, Content::Empty)
 }
 
 /// Loads a consult of the caller's tenant and proves the caller's reach to it (refusals

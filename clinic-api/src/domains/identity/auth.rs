@@ -4,8 +4,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{AppendHeaders, IntoResponse, NoContent};
 use serde::{Deserialize, Serialize};
 
 use crate::domains::identity::users::{self, UserRow};
@@ -131,17 +131,19 @@ fn invalid_credentials() -> ApiError {
     )
 }
 
-fn with_cookie(
+/// An answer that sets (or clears) the session cookie.
+type WithCookie<R> = (AppendHeaders<Vec<(HeaderName, HeaderValue)>>, R);
+
+fn with_cookie<R: IntoResponse>(
     state: &AppState,
-    body: impl IntoResponse,
+    body: R,
     cookie_value: &str,
     max_age: i64,
-) -> Response {
-    let mut resp = body.into_response();
-    if let Ok(v) = HeaderValue::from_str(&sessions::set_cookie(state, cookie_value, max_age)) {
-        resp.headers_mut().append(header::SET_COOKIE, v);
-    }
-    resp
+) -> WithCookie<R> {
+    let cookie = HeaderValue::from_str(&sessions::set_cookie(state, cookie_value, max_age))
+        .ok()
+        .map(|v| (header::SET_COOKIE, v));
+    (AppendHeaders(cookie.into_iter().collect()), body)
 }
 
 fn event_for(user: &UserRow, client: &ClientInfo, action: Action) -> AuditEvent {
@@ -230,7 +232,7 @@ async fn login(
     State(state): State<AppState>,
     client: ClientInfo,
     ApiJson(req): ApiJson<LoginRequest>,
-) -> ApiResult<Response> {
+) -> ApiResult<WithCookie<Json<LoginResponse>>> {
     let now = state.clock.now_ms();
     let Some(clinic) = state.db.clinic_id_by_slug(req.clinic.trim()).await? else {
         passwords::verify_dummy(&req.password);
@@ -370,7 +372,7 @@ async fn verify_mfa(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<MfaVerifyRequest>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Verified>> {
     let now = state.clock.now_ms();
     if caller.stage == Stage::EnrollOnly {
         return Err(ApiError::conflict(
@@ -421,7 +423,26 @@ async fn verify_mfa(
     tx.audit(caller.event(Action::MfaVerify, "user").resource(&user.id))
         .await?;
     tx.commit().await?;
-    Ok(Json(serde_json::json!({ "stage": "full" })))
+    Ok(Json(Verified { stage: Stage::Full }))
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Verified {
+    /// Always `full`: the session may now do what its role allows.
+    pub stage: Stage,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct SteppedUp {
+    /// Until when sensitive actions are allowed without another check (RFC 3339).
+    pub step_up_until: String,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct PasswordChanged {
+    pub changed: bool,
+    /// Every session of the user was revoked, this one included.
+    pub signed_out: bool,
 }
 
 #[derive(Serialize, schemars::JsonSchema)]
@@ -530,7 +551,7 @@ async fn step_up(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CodeRequest>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<SteppedUp>> {
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
@@ -545,10 +566,12 @@ async fn step_up(
         .await?;
     tx.commit().await?;
     let until = now + state.config.sessions.step_up_window_secs * 1000;
-    Ok(Json(serde_json::json!({ "step_up_until": rfc3339(until) })))
+    Ok(Json(SteppedUp {
+        step_up_until: rfc3339(until),
+    }))
 }
 
-async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<WithCookie<NoContent>> {
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
     sessions::revoke(&mut tx, &caller.session_id, now).await?;
@@ -559,7 +582,7 @@ async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Resp
     )
     .await?;
     tx.commit().await?;
-    Ok(with_cookie(&state, StatusCode::NO_CONTENT, "", 0))
+    Ok(with_cookie(&state, NoContent, "", 0))
 }
 
 #[derive(Serialize, schemars::JsonSchema)]
@@ -603,7 +626,7 @@ async fn change_password(
     caller: Caller,
     _headers: HeaderMap,
     ApiJson(req): ApiJson<PasswordChange>,
-) -> ApiResult<Response> {
+) -> ApiResult<WithCookie<Json<PasswordChanged>>> {
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
@@ -633,7 +656,10 @@ async fn change_password(
     tx.commit().await?;
     Ok(with_cookie(
         &state,
-        Json(serde_json::json!({ "changed": true, "signed_out": true })),
+        Json(PasswordChanged {
+            changed: true,
+            signed_out: true,
+        }),
         "",
         0,
     ))

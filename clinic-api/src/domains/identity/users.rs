@@ -257,6 +257,29 @@ pub struct SetLocations {
     pub location_ids: Vec<LocationId>,
 }
 
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Disabled {
+    pub disabled: bool,
+    pub sessions_revoked: u64,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Unlocked {
+    pub unlocked: bool,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct MfaReset {
+    pub mfa_reset: bool,
+    pub sessions_revoked: u64,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct AssignedLocations {
+    /// The user's assigned locations, as set.
+    pub locations: Vec<LocationId>,
+}
+
 #[derive(Deserialize)]
 struct UserPath {
     id: UserId,
@@ -400,7 +423,7 @@ async fn disable_route(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(p): ApiPath<UserPath>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Disabled>> {
     if p.id == caller.user_id {
         return Err(ApiError::conflict(
             ErrorCode::CannotDisableSelf,
@@ -414,30 +437,31 @@ async fn disable_route(
     tx.audit(caller.event(Action::UserDisable, "user").resource(&p.id))
         .await?;
     tx.commit().await?;
-    Ok(Json(
-        serde_json::json!({ "disabled": true, "sessions_revoked": revoked }),
-    ))
+    Ok(Json(Disabled {
+        disabled: true,
+        sessions_revoked: revoked,
+    }))
 }
 
 async fn unlock_route(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(p): ApiPath<UserPath>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Unlocked>> {
     let mut tx = state.tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
     unlock(&mut tx, &p.id).await?;
     tx.audit(caller.event(Action::UserUnlock, "user").resource(&p.id))
         .await?;
     tx.commit().await?;
-    Ok(Json(serde_json::json!({ "unlocked": true })))
+    Ok(Json(Unlocked { unlocked: true }))
 }
 
 async fn reset_mfa_route(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(p): ApiPath<UserPath>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<MfaReset>> {
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
@@ -445,9 +469,10 @@ async fn reset_mfa_route(
     tx.audit(caller.event(Action::MfaReset, "user").resource(&p.id))
         .await?;
     tx.commit().await?;
-    Ok(Json(
-        serde_json::json!({ "mfa_reset": true, "sessions_revoked": revoked }),
-    ))
+    Ok(Json(MfaReset {
+        mfa_reset: true,
+        sessions_revoked: revoked,
+    }))
 }
 
 async fn locations_route(
@@ -455,7 +480,7 @@ async fn locations_route(
     caller: Caller,
     ApiPath(p): ApiPath<UserPath>,
     ApiJson(body): ApiJson<SetLocations>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<AssignedLocations>> {
     let mut tx = state.tx(&caller.clinic_id).await?;
     target(&mut tx, &caller, &p.id).await?;
     set_locations(&mut tx, &caller.clinic_id, &p.id, &body.location_ids).await?;
@@ -467,5 +492,7 @@ async fn locations_route(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(serde_json::json!({ "locations": body.location_ids })))
+    Ok(Json(AssignedLocations {
+        locations: body.location_ids,
+    }))
 }

@@ -39,6 +39,7 @@ use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::{ApiJson, ApiPath};
 use crate::platform::ids::{ClinicId, LocationId, PatientId};
 use crate::platform::keys::{KeyRing, Purpose};
+use crate::platform::openapi::Content;
 use crate::platform::pii::Pii;
 use crate::platform::state::AppState;
 use crate::platform::tx::{Reached, Target};
@@ -349,6 +350,9 @@ struct TokenPath {
     token: String,
 }
 
+/// What an upload may be: the type is read from the bytes, never from `Content-Type`.
+const UPLOAD_MEDIA: &[&str] = &["image/jpeg", "image/png", "image/webp"];
+
 pub fn routes() -> Routes {
     Routes::new("images")
         .add(
@@ -359,6 +363,8 @@ pub fn routes() -> Routes {
             upload_for_patient,
         )
         .streaming()
+        .status(StatusCode::CREATED)
+        .bytes_body(UPLOAD_MEDIA)
         .add(
             Method::GET,
             "/api/v1/patients/{id}/images",
@@ -374,6 +380,8 @@ pub fn routes() -> Routes {
             upload_own,
         )
         .streaming()
+        .status(StatusCode::CREATED)
+        .bytes_body(UPLOAD_MEDIA)
         .add(
             Method::GET,
             "/api/v1/me/images",
@@ -396,6 +404,7 @@ pub fn routes() -> Routes {
             fetch_file,
         )
         .streaming()
+        .responds(StatusCode::OK, Content::Media("image/*"))
         .add(
             Method::PUT,
             "/api/v1/images/{id}/legal-hold",
@@ -411,6 +420,7 @@ pub fn routes() -> Routes {
             "Delete an image after its retention period (refused under legal hold)",
             delete_image,
         )
+        .status(StatusCode::NO_CONTENT)
 }
 
 /// The problem answer for an imaging failure: 4xx for the upload's fault, 5xx for ours.

@@ -33,6 +33,7 @@ use crate::platform::error::{ApiError, ApiResult, ErrorCode, exclusion_violated}
 use crate::platform::http::{ApiJson, ApiPath, ApiQuery};
 use crate::platform::ids::{ClinicId, LocationId, PatientId, RecordId, UserId};
 use crate::platform::keys::sha256_hex;
+use crate::platform::openapi::Content;
 use crate::platform::pii::Pii;
 use crate::platform::state::AppState;
 use crate::platform::tx::{Reached, Target};
@@ -50,6 +51,7 @@ pub fn routes() -> Routes {
             book,
         )
         .body::<BookBody>()
+        .responds(StatusCode::CREATED, Content::json::<AppointmentOut>())
         .add(
             Method::GET,
             "/api/v1/appointments",
@@ -66,6 +68,7 @@ pub fn routes() -> Routes {
             series,
         )
         .body::<SeriesBody>()
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/appointments/{id}",
@@ -117,6 +120,7 @@ pub fn routes() -> Routes {
             follow_up,
         )
         .body::<FollowUpBody>()
+        .responds(StatusCode::CREATED, Content::json::<AppointmentOut>())
         .add(
             Method::POST,
             "/api/v1/appointments/{id}/join",
@@ -139,6 +143,7 @@ pub fn routes() -> Routes {
             hold,
         )
         .body::<SlotChoice>()
+        .responds(StatusCode::CREATED, Content::json::<AppointmentOut>())
         .add(
             Method::POST,
             "/api/v1/me/appointments",
@@ -147,6 +152,7 @@ pub fn routes() -> Routes {
             book_own,
         )
         .body::<OwnBookBody>()
+        .responds(StatusCode::CREATED, Content::json::<AppointmentOut>())
         .add(
             Method::POST,
             "/api/v1/me/appointments/{id}/cancel",

@@ -60,6 +60,7 @@ pub fn routes() -> Routes {
             create_room,
         )
         .body::<CreateRoom>()
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/appointment-types",
@@ -75,6 +76,7 @@ pub fn routes() -> Routes {
             create_type,
         )
         .body::<CreateType>()
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/me/appointment-types",
@@ -98,6 +100,7 @@ pub fn routes() -> Routes {
             create_block,
         )
         .body::<CreateBlock>()
+        .status(StatusCode::CREATED)
         .add(
             Method::DELETE,
             "/api/v1/availability/{id}",
@@ -105,6 +108,7 @@ pub fn routes() -> Routes {
             "Remove a weekly template block",
             delete_block,
         )
+        .status(StatusCode::NO_CONTENT)
         .add(
             Method::POST,
             "/api/v1/availability-exceptions",
@@ -113,6 +117,7 @@ pub fn routes() -> Routes {
             create_exception,
         )
         .body::<CreateException>()
+        .status(StatusCode::CREATED)
         .add(
             Method::GET,
             "/api/v1/slots",
