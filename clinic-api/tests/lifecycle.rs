@@ -437,7 +437,7 @@ async fn consult_participants_are_told_the_server_is_going_away() {
     assert!(recv(&mut ws).await.is_null(), "then the connection closes");
     s.finished().await;
     // The consult itself stays open: the participants join again once the server is back.
-    let mut tx = s.app.state.db.tenant_tx(&s.app.clinic).await.unwrap();
+    let mut tx = s.app.state.tx(&s.app.clinic).await.unwrap();
     let (status,): (String,) = sqlx::query_as("SELECT status FROM consults WHERE id = $1")
         .bind(&id)
         .fetch_one(&mut *tx)

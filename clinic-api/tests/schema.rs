@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use clinic_api::domains::identity::users::NewUser;
 use clinic_api::platform::audit::{self, Action, AuditEvent};
 use clinic_api::platform::authz::Role;
-use clinic_api::platform::db::{Backend, Db};
+use clinic_api::platform::db::Db;
 use clinic_api::platform::keys::KeyRing;
 use clinic_api::testkit::{postgres_url_or_skip, with_database};
 use clinic_api::{
