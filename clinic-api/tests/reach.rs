@@ -165,7 +165,8 @@ impl World {
 /// A role holding `perm` with the scope `scope`.
 fn role_with(perm: clinic_api::platform::authz::Permission, scope: Scope) -> Option<Role> {
     Role::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .find(|r| grants(*r).contains(&(perm, scope)))
 }
 
@@ -202,7 +203,7 @@ async fn every_route_that_takes_an_id_refuses_other_locations_and_other_patients
             panic!("{what}: a route that takes an id must name a permission");
         };
         if tenant_wide.contains(&spec.path) {
-            for role in Role::ALL {
+            for &role in Role::ALL {
                 for (p, scope) in grants(role) {
                     if *p == perm {
                         assert_eq!(*scope, Scope::Tenant, "{what}: {role:?} holds it {scope:?}");

@@ -37,7 +37,7 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
         specs.len()
     );
     let mut users = Vec::new();
-    for role in Role::ALL {
+    for &role in Role::ALL {
         users.push(app.user(role).await);
     }
     let mut denials = 0;

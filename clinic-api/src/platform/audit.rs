@@ -28,6 +28,8 @@ const GENESIS: [u8; 32] = [0u8; 32];
 /// What was done. Stored as its snake_case name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Action {
     View,
     Create,
@@ -57,38 +59,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// The stored name (snake_case, as serde writes it).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Action::View => "view",
-            Action::Create => "create",
-            Action::Modify => "modify",
-            Action::Delete => "delete",
-            Action::Export => "export",
-            Action::Share => "share",
-            Action::Print => "print",
-            Action::Sign => "sign",
-            Action::Access => "access",
-            Action::Login => "login",
-            Action::LoginFailed => "login_failed",
-            Action::Lockout => "lockout",
-            Action::Logout => "logout",
-            Action::MfaEnroll => "mfa_enroll",
-            Action::MfaVerify => "mfa_verify",
-            Action::MfaFailed => "mfa_failed",
-            Action::RecoveryCodeUsed => "recovery_code_used",
-            Action::StepUp => "step_up",
-            Action::PasswordChange => "password_change",
-            Action::UserCreate => "user_create",
-            Action::UserDisable => "user_disable",
-            Action::UserUnlock => "user_unlock",
-            Action::MfaReset => "mfa_reset",
-            Action::LocationAssign => "location_assign",
-        }
+        self.into()
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     Success,
     Failure,
@@ -96,12 +76,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The stored name (snake_case, as serde writes it).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Failure => "failure",
-            Outcome::Denied => "denied",
-        }
+        self.into()
     }
 }
 

@@ -17,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use serde::{Deserialize, Serialize};
+use strum::VariantArray;
 
 use crate::platform::audit::{self, Action, AuditEvent, Outcome};
 use crate::platform::error::{ApiError, ErrorCode};
@@ -41,6 +42,8 @@ use crate::platform::state::AppState;
     schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::EnumString, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum Role {
     Owner,
     ClinicAdmin,
@@ -53,32 +56,15 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 8] = [
-        Role::Owner,
-        Role::ClinicAdmin,
-        Role::Provider,
-        Role::MedicalAssistant,
-        Role::FrontDesk,
-        Role::Consultant,
-        Role::Patient,
-        Role::ReferringPartner,
-    ];
+    pub const ALL: &'static [Role] = Role::VARIANTS;
 
+    /// The stored and serialized name (snake_case, as serde writes it).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::ClinicAdmin => "clinic_admin",
-            Role::Provider => "provider",
-            Role::MedicalAssistant => "medical_assistant",
-            Role::FrontDesk => "front_desk",
-            Role::Consultant => "consultant",
-            Role::Patient => "patient",
-            Role::ReferringPartner => "referring_partner",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
+        s.parse().ok()
     }
 
     pub fn is_staff(self) -> bool {
@@ -100,6 +86,8 @@ impl Role {
 /// What a caller may do. Routes name exactly one permission (or none, see [`Access`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum Permission {
     /// Read patient demographics and the record index.
     PatientsRead,
@@ -162,70 +150,11 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 29] = [
-        Permission::PatientsRead,
-        Permission::PatientsWrite,
-        Permission::ClinicalRead,
-        Permission::ClinicalWrite,
-        Permission::ImagesView,
-        Permission::ImagesExport,
-        Permission::Prescribe,
-        Permission::EpcsSign,
-        Permission::ConsultsRun,
-        Permission::ScheduleRead,
-        Permission::ScheduleWrite,
-        Permission::ScheduleManage,
-        Permission::SelfSchedule,
-        Permission::ScheduleOverride,
-        Permission::VisitsJoin,
-        Permission::IntakeRead,
-        Permission::IntakeWrite,
-        Permission::BreakGlass,
-        Permission::LocationsRead,
-        Permission::LocationsManage,
-        Permission::UsersRead,
-        Permission::UsersManage,
-        Permission::AuditRead,
-        Permission::AuditExport,
-        Permission::ReportsRead,
-        Permission::OwnRecordsRead,
-        Permission::OwnRecordsWrite,
-        Permission::ReferralsWrite,
-        Permission::RecordsRetention,
-    ];
+    pub const ALL: &'static [Permission] = Permission::VARIANTS;
 
+    /// The name in the matrix, OpenAPI and the audit log (snake_case, as serde writes it).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Permission::PatientsRead => "patients_read",
-            Permission::PatientsWrite => "patients_write",
-            Permission::ClinicalRead => "clinical_read",
-            Permission::ClinicalWrite => "clinical_write",
-            Permission::ImagesView => "images_view",
-            Permission::ImagesExport => "images_export",
-            Permission::Prescribe => "prescribe",
-            Permission::EpcsSign => "epcs_sign",
-            Permission::ConsultsRun => "consults_run",
-            Permission::ScheduleRead => "schedule_read",
-            Permission::ScheduleWrite => "schedule_write",
-            Permission::ScheduleManage => "schedule_manage",
-            Permission::SelfSchedule => "self_schedule",
-            Permission::ScheduleOverride => "schedule_override",
-            Permission::VisitsJoin => "visits_join",
-            Permission::IntakeRead => "intake_read",
-            Permission::IntakeWrite => "intake_write",
-            Permission::BreakGlass => "break_glass",
-            Permission::LocationsRead => "locations_read",
-            Permission::LocationsManage => "locations_manage",
-            Permission::UsersRead => "users_read",
-            Permission::UsersManage => "users_manage",
-            Permission::AuditRead => "audit_read",
-            Permission::AuditExport => "audit_export",
-            Permission::ReportsRead => "reports_read",
-            Permission::OwnRecordsRead => "own_records_read",
-            Permission::OwnRecordsWrite => "own_records_write",
-            Permission::ReferralsWrite => "referrals_write",
-            Permission::RecordsRetention => "records_retention",
-        }
+        self.into()
     }
 }
 
@@ -724,7 +653,7 @@ pub fn matrix_markdown(routes: &[RouteSpec]) -> String {
          a test fails when this file differs. `tenant`: the whole practice; `locations`: only the \
          locations the user is assigned to; `own`: only the user's own records.\n\n| permission |",
     );
-    for role in Role::ALL {
+    for &role in Role::ALL {
         out.push_str(&format!(" {} |", role.as_str()));
     }
     out.push_str("\n|---|");
@@ -732,9 +661,9 @@ pub fn matrix_markdown(routes: &[RouteSpec]) -> String {
         out.push_str("---|");
     }
     out.push('\n');
-    for perm in Permission::ALL {
+    for &perm in Permission::ALL {
         out.push_str(&format!("| {} |", perm.as_str()));
-        for role in Role::ALL {
+        for &role in Role::ALL {
             let cell = match scope_of(role, perm) {
                 Some(Scope::Tenant) => "tenant",
                 Some(Scope::AssignedLocations) => "locations",
@@ -770,7 +699,7 @@ mod tests {
 
     #[test]
     fn roles_round_trip() {
-        for r in Role::ALL {
+        for &r in Role::ALL {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
         assert_eq!(Role::parse("root"), None);

@@ -21,6 +21,8 @@ pub const COOKIE: &str = "clinic_session";
 /// How far a session has come through login.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum Stage {
     /// Password accepted; the MFA code is still owed.
     MfaPending,
@@ -31,17 +33,12 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stored name (snake_case, as serde writes it).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::MfaPending => "mfa_pending",
-            Stage::EnrollOnly => "enroll_only",
-            Stage::Full => "full",
-        }
+        self.into()
     }
     fn parse(s: &str) -> Option<Stage> {
-        [Stage::MfaPending, Stage::EnrollOnly, Stage::Full]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        s.parse().ok()
     }
 }
 
