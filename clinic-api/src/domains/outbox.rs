@@ -32,6 +32,43 @@ use crate::platform::error::{ApiError, ApiResult};
 use crate::platform::ids::ClinicId;
 use crate::platform::state::AppState;
 
+/// Where a message stands. Stored as its snake_case name in `outbox_messages.status`, whose CHECK
+/// constraint lists the same names (tested against both migrations).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum OutboxState {
+    /// Waiting for its due time, or for its next attempt after a failure.
+    Pending,
+    /// Delivered; final.
+    Sent,
+    /// Gave up after the last allowed attempt; final.
+    Failed,
+    /// Its appointment was cancelled or moved before it was due; final.
+    Cancelled,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    pub fn parse(s: &str) -> Option<OutboxState> {
+        s.parse().ok()
+    }
+
+    /// What one delivery attempt (the `attempts`-th, of at most `max_attempts`) leaves a pending
+    /// message in: sent, pending again (a retry after [`backoff_ms`]) or failed for good.
+    pub fn after_attempt(delivered: bool, attempts: i64, max_attempts: i64) -> OutboxState {
+        match (delivered, attempts >= max_attempts) {
+            (true, _) => OutboxState::Sent,
+            (false, true) => OutboxState::Failed,
+            (false, false) => OutboxState::Pending,
+        }
+    }
+}
+
 /// A message to deliver.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct OutboxMessage {
@@ -129,7 +166,7 @@ pub async fn schedule_followups(
         let (body, link) = text_of(&rule.kind);
         sqlx::query(
             "INSERT INTO outbox_messages (id, clinic_id, patient_id, appointment_id, kind, channel, body, link, due_at, status, attempts, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'portal', $6, $7, $8, 'pending', 0, $8, $9)",
+             VALUES ($1, $2, $3, $4, $5, 'portal', $6, $7, $8, $9, 0, $8, $10)",
         )
         .bind(uuid::Uuid::new_v4().to_string())
         .bind(clinic.as_str())
@@ -139,6 +176,7 @@ pub async fn schedule_followups(
         .bind(body)
         .bind(link)
         .bind(due)
+        .bind(OutboxState::Pending.as_str())
         .bind(now)
         .execute(&mut **tx)
         .await?;
@@ -152,9 +190,11 @@ pub async fn cancel_for(
     clinic: &ClinicId,
     appointment: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox_messages SET status = 'cancelled' WHERE clinic_id = $1 AND appointment_id = $2 AND status = 'pending'")
+    sqlx::query("UPDATE outbox_messages SET status = $1 WHERE clinic_id = $2 AND appointment_id = $3 AND status = $4")
+        .bind(OutboxState::Cancelled.as_str())
         .bind(clinic.as_str())
         .bind(appointment)
+        .bind(OutboxState::Pending.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -193,10 +233,11 @@ async fn claim(
     let mut tx = db.tenant_tx(clinic, now).await?;
     let due: Vec<OutboxMessage> = sqlx::query_as(
         "SELECT id, clinic_id, patient_id, kind, channel, body, link, attempts FROM outbox_messages \
-         WHERE clinic_id = $1 AND status = 'pending' AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until <= $2) \
-         ORDER BY next_attempt_at, id LIMIT $3",
+         WHERE clinic_id = $1 AND status = $2 AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until <= $3) \
+         ORDER BY next_attempt_at, id LIMIT $4",
     )
     .bind(clinic.as_str())
+    .bind(OutboxState::Pending.as_str())
     .bind(now)
     .bind(cfg.batch)
     .fetch_all(&mut *tx)
@@ -206,10 +247,11 @@ async fn claim(
         // Conditional on the lease still being free: of two workers, only one wins the row.
         let done = sqlx::query(
             "UPDATE outbox_messages SET lease_until = $1, attempts = attempts + 1 \
-             WHERE id = $2 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= $3)",
+             WHERE id = $2 AND status = $3 AND (lease_until IS NULL OR lease_until <= $4)",
         )
         .bind(now + cfg.lease_ms)
         .bind(&m.id)
+        .bind(OutboxState::Pending.as_str())
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -234,34 +276,32 @@ pub async fn deliver_due(
         for msg in claim(db, &clinic, now, cfg).await? {
             let result = channel.deliver(db, &msg).await;
             let mut tx = db.tenant_tx(&clinic, now).await?;
-            match result {
-                Ok(()) => {
-                    sqlx::query("UPDATE outbox_messages SET status = 'sent', sent_at = $1, lease_until = NULL, last_error = NULL WHERE id = $2")
-                        .bind(now)
-                        .bind(&msg.id)
-                        .execute(&mut *tx)
-                        .await?;
-                    report.sent += 1;
-                }
-                Err(error) if msg.attempts >= cfg.max_attempts => {
+            let error = result
+                .err()
+                .map(|e| e.chars().take(200).collect::<String>());
+            let next = OutboxState::after_attempt(error.is_none(), msg.attempts, cfg.max_attempts);
+            match next {
+                OutboxState::Sent => report.sent += 1,
+                OutboxState::Failed => {
                     tracing::warn!(message = %msg.id, attempts = msg.attempts, "outbox message failed for good");
-                    sqlx::query("UPDATE outbox_messages SET status = 'failed', lease_until = NULL, last_error = $1 WHERE id = $2")
-                        .bind(error.chars().take(200).collect::<String>())
-                        .bind(&msg.id)
-                        .execute(&mut *tx)
-                        .await?;
                     report.failed += 1;
                 }
-                Err(error) => {
-                    sqlx::query("UPDATE outbox_messages SET lease_until = NULL, next_attempt_at = $1, last_error = $2 WHERE id = $3")
-                        .bind(now + backoff_ms(msg.attempts))
-                        .bind(error.chars().take(200).collect::<String>())
-                        .bind(&msg.id)
-                        .execute(&mut *tx)
-                        .await?;
-                    report.retried += 1;
-                }
+                // An attempt never cancels (only `cancel_for` does): anything else is a retry.
+                OutboxState::Pending | OutboxState::Cancelled => report.retried += 1,
             }
+            let retry_at = (next == OutboxState::Pending).then(|| now + backoff_ms(msg.attempts));
+            // One statement for every outcome: the lease is released, and a retry gets its time.
+            sqlx::query(
+                "UPDATE outbox_messages SET status = $1, lease_until = NULL, last_error = $2, \
+                 sent_at = $3, next_attempt_at = COALESCE($4, next_attempt_at) WHERE id = $5",
+            )
+            .bind(next.as_str())
+            .bind(error)
+            .bind((next == OutboxState::Sent).then_some(now))
+            .bind(retry_at)
+            .bind(&msg.id)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
         }
     }
@@ -346,4 +386,50 @@ async fn list_own(
     .await?;
     tx.commit().await?;
     Ok(Json(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use strum::VariantArray;
+
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_stored_names() {
+        for &state in OutboxState::VARIANTS {
+            assert_eq!(OutboxState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(OutboxState::Cancelled.as_str(), "cancelled");
+        assert_eq!(OutboxState::parse("delivered"), None);
+    }
+
+    /// The CHECK constraint of both migrations allows exactly the enum's names.
+    #[test]
+    fn the_schema_allows_exactly_these_states() {
+        let wanted: Vec<String> = OutboxState::VARIANTS
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        for sql in [
+            include_str!("../../../migrations/sqlite/0004_scheduling.sql"),
+            include_str!("../../../migrations/postgres/0004_scheduling.sql"),
+        ] {
+            let table = &sql[sql.find("CREATE TABLE outbox_messages").unwrap()..];
+            let check = table.lines().find(|l| l.contains("status")).unwrap();
+            let inside = &check[check.find("IN (").unwrap() + 4..check.rfind("))").unwrap()];
+            let allowed: Vec<String> = inside.split(',').map(|s| s.trim().to_string()).collect();
+            assert_eq!(allowed, wanted, "{check}");
+        }
+    }
+
+    #[test]
+    fn an_attempt_sends_retries_or_gives_up() {
+        use OutboxState::*;
+        assert_eq!(OutboxState::after_attempt(true, 1, 5), Sent);
+        assert_eq!(OutboxState::after_attempt(true, 5, 5), Sent);
+        assert_eq!(OutboxState::after_attempt(false, 1, 5), Pending);
+        assert_eq!(OutboxState::after_attempt(false, 4, 5), Pending);
+        assert_eq!(OutboxState::after_attempt(false, 5, 5), Failed);
+        assert_eq!(OutboxState::after_attempt(false, 6, 5), Failed);
+    }
 }
