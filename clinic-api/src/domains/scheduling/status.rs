@@ -1,6 +1,6 @@
 //! An appointment's status and the one table of the moves between statuses. Pure: the SQL that
 //! filters by status is derived from here ([`active_sql`]), and so is every status change's
-//! check (`appointments::transition` refuses what [`Status::can_become`] refuses).
+//! check (the appointments' `transition` refuses what [`Status::can_become`] refuses).
 
 use std::fmt;
 

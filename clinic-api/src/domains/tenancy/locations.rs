@@ -78,13 +78,7 @@ pub async fn create(
         .execute(&mut **tx)
         .await
         .on_unique(|| ApiError::conflict(ErrorCode::LocationExists, "a location with that name exists"))?;
-    crate::domains::scheduling::set_hours(
-        tx,
-        clinic,
-        &id,
-        &crate::domains::scheduling::DEFAULT_HOURS,
-    )
-    .await?;
+    crate::domains::scheduling::open_default_hours(tx, clinic, &id).await?;
     Ok(id)
 }
 
