@@ -106,8 +106,56 @@ const FILES: &[File] = &[
     File {
         path: "/consult/consult.js",
         kind: Kind::Script,
-        summary: "The consult pages' script (signaling, media, reconnect)",
+        summary: "The consult pages' entry script (join link, then the modules below)",
         body: include_str!("../../../web/consult.js"),
+    },
+    File {
+        path: "/consult/state.js",
+        kind: Kind::Script,
+        summary: "The consult pages' shared state and page helpers",
+        body: include_str!("../../../web/state.js"),
+    },
+    File {
+        path: "/consult/media.js",
+        kind: Kind::Script,
+        summary: "The consult pages' camera and microphone check",
+        body: include_str!("../../../web/media.js"),
+    },
+    File {
+        path: "/consult/signaling.js",
+        kind: Kind::Script,
+        summary: "The consult pages' signaling (WebSocket, reconnect, resume)",
+        body: include_str!("../../../web/signaling.js"),
+    },
+    File {
+        path: "/consult/peer.js",
+        kind: Kind::Script,
+        summary: "The consult pages' WebRTC session with the SFU",
+        body: include_str!("../../../web/peer.js"),
+    },
+    File {
+        path: "/consult/tiles.js",
+        kind: Kind::Script,
+        summary: "The consult pages' participant tiles, roster and waiting room",
+        body: include_str!("../../../web/tiles.js"),
+    },
+    File {
+        path: "/consult/stats.js",
+        kind: Kind::Script,
+        summary: "The consult pages' connection stats",
+        body: include_str!("../../../web/stats.js"),
+    },
+    File {
+        path: "/consult/controls.js",
+        kind: Kind::Script,
+        summary: "The consult pages' call controls",
+        body: include_str!("../../../web/controls.js"),
+    },
+    File {
+        path: "/consult/provider.js",
+        kind: Kind::Script,
+        summary: "The consult provider page's setup and invite links",
+        body: include_str!("../../../web/provider.js"),
     },
     File {
         path: "/schedule/scheduling.js",
