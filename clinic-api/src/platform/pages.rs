@@ -1,8 +1,11 @@
 //! The browser pages in `web/`, embedded in the binary so `clinic serve` needs no files beside it.
 //!
 //! Each page is HTML only: its script is an ES module and its style the one stylesheet, both
-//! served from here, so the CSP allows no inline script or style at all.
+//! served from here, so the CSP allows no inline script or style at all. A page's file in `web/`
+//! is its `<body>`; the head, the same on every page but for its title and script, is [`SHELL`]'s,
+//! and the full document is put together once, when the routes are built.
 
+use axum::body::Bytes;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -20,12 +23,56 @@ use crate::platform::openapi::Content;
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
+/// Every page's head, with `{viewport}`, `{title}` and `{script}` filled in from its [`Head`].
+/// `no-referrer` is deliberate: no page's address is sent to any other site.
+const SHELL: &str = r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="{viewport}">
+<meta name="referrer" content="no-referrer">
+<link rel="icon" href="data:,">
+<title>Clinic – {title}</title>
+<link rel="stylesheet" href="/clinic.css">
+<script type="module" src="{script}"></script>
+</head>
+"#;
+
 /// What a file in `web/` is, which decides its Content-Type (and whether it gets the CSP).
 #[derive(Clone, Copy)]
 enum Kind {
-    Page,
+    /// A page's `<body>`, served inside [`SHELL`].
+    Page(Head),
     Script,
     Style,
+}
+
+/// What a page's head says of it.
+#[derive(Clone, Copy)]
+struct Head {
+    /// After "Clinic – ".
+    title: &'static str,
+    /// Its one module script.
+    script: &'static str,
+    /// Whether it draws under a phone's notch and home bar (`viewport-fit=cover`): the consult
+    /// pages, whose video fills the screen.
+    cover: bool,
+}
+
+impl Head {
+    /// The full document: the shell's head, then `body` (from `<body>` to `</html>`).
+    fn document(&self, body: &str) -> String {
+        let viewport = if self.cover {
+            "width=device-width, initial-scale=1, viewport-fit=cover"
+        } else {
+            "width=device-width, initial-scale=1"
+        };
+        let head = SHELL
+            .replace("{viewport}", viewport)
+            .replace("{title}", self.title)
+            .replace("{script}", self.script);
+        head + body
+    }
 }
 
 /// One embedded file and where it is served.
@@ -39,37 +86,61 @@ struct File {
 const FILES: &[File] = &[
     File {
         path: "/",
-        kind: Kind::Page,
+        kind: Kind::Page(Head {
+            title: "Sign in",
+            script: "/signin.js",
+            cover: false,
+        }),
         summary: "The sign-in page",
         body: include_str!("../../../web/index.html"),
     },
     File {
         path: "/consult/join",
-        kind: Kind::Page,
+        kind: Kind::Page(Head {
+            title: "Video visit",
+            script: "/consult/consult.js",
+            cover: true,
+        }),
         summary: "The video consult page for patients, caregivers and interpreters (code in the fragment)",
         body: include_str!("../../../web/consult-join.html"),
     },
     File {
         path: "/consult/provider",
-        kind: Kind::Page,
+        kind: Kind::Page(Head {
+            title: "Video visit",
+            script: "/consult/consult.js",
+            cover: true,
+        }),
         summary: "The video consult page for providers (code in the fragment, or start one when signed in)",
         body: include_str!("../../../web/consult-provider.html"),
     },
     File {
         path: "/photos",
-        kind: Kind::Page,
+        kind: Kind::Page(Head {
+            title: "Wound photos",
+            script: "/photos/photos.js",
+            cover: false,
+        }),
         summary: "The patient page for sending wound photos (signs in through `/`)",
         body: include_str!("../../../web/photos.html"),
     },
     File {
         path: "/schedule",
-        kind: Kind::Page,
+        kind: Kind::Page(Head {
+            title: "Schedule",
+            script: "/schedule/schedule.js",
+            cover: false,
+        }),
         summary: "The staff scheduling page: a location's day, booking, check-in, joining video visits (signs in through `/`)",
         body: include_str!("../../../web/schedule.html"),
     },
     File {
         path: "/appointments",
-        kind: Kind::Page,
+        kind: Kind::Page(Head {
+            title: "Your appointments",
+            script: "/appointments/appointments.js",
+            cover: false,
+        }),
         summary: "The patient page for appointments: booking, joining video visits, messages (signs in through `/`)",
         body: include_str!("../../../web/appointments.html"),
     },
@@ -106,8 +177,56 @@ const FILES: &[File] = &[
     File {
         path: "/consult/consult.js",
         kind: Kind::Script,
-        summary: "The consult pages' script (signaling, media, reconnect)",
+        summary: "The consult pages' entry script (join link, then the modules below)",
         body: include_str!("../../../web/consult.js"),
+    },
+    File {
+        path: "/consult/state.js",
+        kind: Kind::Script,
+        summary: "The consult pages' shared state and page helpers",
+        body: include_str!("../../../web/state.js"),
+    },
+    File {
+        path: "/consult/media.js",
+        kind: Kind::Script,
+        summary: "The consult pages' camera and microphone check",
+        body: include_str!("../../../web/media.js"),
+    },
+    File {
+        path: "/consult/signaling.js",
+        kind: Kind::Script,
+        summary: "The consult pages' signaling (WebSocket, reconnect, resume)",
+        body: include_str!("../../../web/signaling.js"),
+    },
+    File {
+        path: "/consult/peer.js",
+        kind: Kind::Script,
+        summary: "The consult pages' WebRTC session with the SFU",
+        body: include_str!("../../../web/peer.js"),
+    },
+    File {
+        path: "/consult/tiles.js",
+        kind: Kind::Script,
+        summary: "The consult pages' participant tiles, roster and waiting room",
+        body: include_str!("../../../web/tiles.js"),
+    },
+    File {
+        path: "/consult/stats.js",
+        kind: Kind::Script,
+        summary: "The consult pages' connection stats",
+        body: include_str!("../../../web/stats.js"),
+    },
+    File {
+        path: "/consult/controls.js",
+        kind: Kind::Script,
+        summary: "The consult pages' call controls",
+        body: include_str!("../../../web/controls.js"),
+    },
+    File {
+        path: "/consult/provider.js",
+        kind: Kind::Script,
+        summary: "The consult provider page's setup and invite links",
+        body: include_str!("../../../web/provider.js"),
     },
     File {
         path: "/schedule/scheduling.js",
@@ -131,13 +250,17 @@ const FILES: &[File] = &[
 
 pub fn routes() -> Routes {
     FILES.iter().fold(Routes::new("web"), |routes, file| {
+        let body = file.served();
         routes
             .add(
                 Method::GET,
                 file.path,
                 Policy::PUBLIC,
                 file.summary,
-                move || async move { file.response() },
+                move || {
+                    let body = body.clone();
+                    async move { file.response(body) }
+                },
             )
             .responds(StatusCode::OK, Content::Media(file.content_type()))
     })
@@ -146,18 +269,26 @@ pub fn routes() -> Routes {
 impl File {
     fn content_type(&self) -> &'static str {
         match self.kind {
-            Kind::Page => "text/html; charset=utf-8",
+            Kind::Page(_) => "text/html; charset=utf-8",
             Kind::Script => "text/javascript; charset=utf-8",
             Kind::Style => "text/css; charset=utf-8",
         }
     }
 
-    fn response(&self) -> Response {
+    /// What is served: a page's full document, any other file as it is.
+    fn served(&self) -> Bytes {
+        match self.kind {
+            Kind::Page(head) => head.document(self.body).into(),
+            Kind::Script | Kind::Style => Bytes::from_static(self.body.as_bytes()),
+        }
+    }
+
+    fn response(&self, body: Bytes) -> Response {
         let content_type = self.content_type();
-        let mut response = self.body.into_response();
+        let mut response = body.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if let Kind::Page = self.kind {
+        if let Kind::Page(_) = self.kind {
             headers.insert(
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(CSP),
