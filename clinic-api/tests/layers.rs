@@ -90,3 +90,31 @@ fn the_check_finds_each_way_of_naming_a_module() {
     assert!(violations("// see domains::patients", &forbidden).is_empty());
     assert!(violations("use crate::subdomains::x;", &forbidden).is_empty());
 }
+
+/// Backend-specific SQL lives in the database module only: no other source tells SQLite and
+/// PostgreSQL apart.
+#[test]
+fn only_the_database_module_tells_the_backends_apart() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let db = src.join("platform").join("db.rs");
+    let mut bad = Vec::new();
+    for file in rust_files(&src) {
+        if file == db {
+            continue;
+        }
+        let source = std::fs::read_to_string(&file).expect("readable source");
+        for (line, text) in violations(&source, &["Backend"]) {
+            bad.push(format!("{}:{line}: {text}", file.display()));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "backend-specific code outside platform/db.rs:\n{}",
+        bad.join("\n")
+    );
+    let db_source = std::fs::read_to_string(&db).expect("readable source");
+    assert!(
+        !violations(&db_source, &["Backend"]).is_empty(),
+        "the check must see platform/db.rs's own matches"
+    );
+}

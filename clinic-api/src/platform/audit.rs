@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::platform::authz::{Caller, Permission, Policy, Routes};
 use crate::platform::clock::rfc3339;
-use crate::platform::db::{Backend, Db, TenantTx};
+use crate::platform::db::{self, Backend, Db, TenantTx};
 use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::http::ApiQuery;
 use crate::platform::ids::ClinicId;
@@ -225,12 +225,7 @@ pub(in crate::platform) async fn record(
     now_ms: i64,
     event: AuditEvent,
 ) -> sqlx::Result<i64> {
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtextextended($1, 7))")
-            .bind(format!("audit:{}", event.clinic_id))
-            .execute(&mut **tx)
-            .await?;
-    }
+    db::lock_audit_chain(tx, backend, &event.clinic_id).await?;
     let last: Option<(i64, String)> = sqlx::query_as(
         "SELECT seq, hash FROM audit_events WHERE clinic_id = $1 ORDER BY seq DESC LIMIT 1",
     )
@@ -319,10 +314,6 @@ impl Checkpoint {
     }
 }
 
-const HEADS_SQL: &str = "SELECT a.clinic_id, a.seq, a.hash FROM audit_events a \
-     JOIN (SELECT clinic_id, MAX(seq) AS m FROM audit_events GROUP BY clinic_id) b \
-     ON a.clinic_id = b.clinic_id AND a.seq = b.m ORDER BY a.clinic_id";
-
 /// Writes one signed checkpoint per tenant (its chain's current head) and fsyncs the file.
 pub async fn checkpoint(
     db: &Db,
@@ -330,12 +321,7 @@ pub async fn checkpoint(
     now_ms: i64,
     path: &Path,
 ) -> anyhow::Result<Vec<Checkpoint>> {
-    let sql = match db.backend {
-        Backend::Sqlite => HEADS_SQL,
-        // The server's role sees one tenant at a time; this definer function returns only heads.
-        Backend::Postgres => "SELECT clinic_id, seq, hash FROM audit_heads()",
-    };
-    let heads: Vec<(String, i64, String)> = sqlx::query_as(sql).fetch_all(&db.pool).await?;
+    let heads = db.audit_heads().await?;
     let mut written = Vec::new();
     for (clinic_id, seq, head) in heads {
         let (key_id, public_key, sig) =

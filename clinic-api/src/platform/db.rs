@@ -146,6 +146,21 @@ impl Db {
         }
     }
 
+    /// Each tenant's audit chain head (clinic id, seq, hash), for checkpoints. On PostgreSQL the
+    /// server's role sees one tenant at a time; a SECURITY DEFINER function returns the heads
+    /// (and nothing else).
+    pub async fn audit_heads(&self) -> sqlx::Result<Vec<(String, i64, String)>> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT clinic_id, seq, hash FROM audit_heads()",
+            Backend::Sqlite => {
+                "SELECT a.clinic_id, a.seq, a.hash FROM audit_events a \
+                 JOIN (SELECT clinic_id, MAX(seq) AS m FROM audit_events GROUP BY clinic_id) b \
+                 ON a.clinic_id = b.clinic_id AND a.seq = b.m ORDER BY a.clinic_id"
+            }
+        };
+        sqlx::query_as(sql).fetch_all(&self.pool).await
+    }
+
     /// Every tenant's id (jobs that visit each tenant in turn: tiering, the outbox).
     pub async fn clinic_ids(&self) -> sqlx::Result<Vec<ClinicId>> {
         // On PostgreSQL the app role sees no clinic rows outside a tenant transaction; a
@@ -218,6 +233,23 @@ fn ensure_sqlite_dir(url: &str) -> anyhow::Result<()> {
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes the writers of one tenant's audit chain take turns inside their transactions, so each
+/// appends after the head the one before it wrote. On SQLite `BEGIN IMMEDIATE` already
+/// serializes every writer; on PostgreSQL it is a transaction-scoped advisory lock on the chain.
+pub(in crate::platform) async fn lock_audit_chain(
+    tx: &mut TenantTx,
+    backend: Backend,
+    clinic: &ClinicId,
+) -> sqlx::Result<()> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind(format!("audit:{clinic}"))
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

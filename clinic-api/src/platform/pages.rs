@@ -60,6 +60,14 @@ struct Head {
 }
 
 impl Head {
+    const fn new(title: &'static str, script: &'static str, cover: bool) -> Self {
+        Self {
+            title,
+            script,
+            cover,
+        }
+    }
+
     /// The full document: the shell's head, then `body` (from `<body>` to `</html>`).
     fn document(&self, body: &str) -> String {
         let viewport = if self.cover {
@@ -84,168 +92,127 @@ struct File {
 }
 
 const FILES: &[File] = &[
-    File {
-        path: "/",
-        kind: Kind::Page(Head {
-            title: "Sign in",
-            script: "/signin.js",
-            cover: false,
-        }),
-        summary: "The sign-in page",
-        body: include_str!("../../../web/index.html"),
-    },
-    File {
-        path: "/consult/join",
-        kind: Kind::Page(Head {
-            title: "Video visit",
-            script: "/consult/consult.js",
-            cover: true,
-        }),
-        summary: "The video consult page for patients, caregivers and interpreters (code in the fragment)",
-        body: include_str!("../../../web/consult-join.html"),
-    },
-    File {
-        path: "/consult/provider",
-        kind: Kind::Page(Head {
-            title: "Video visit",
-            script: "/consult/consult.js",
-            cover: true,
-        }),
-        summary: "The video consult page for providers (code in the fragment, or start one when signed in)",
-        body: include_str!("../../../web/consult-provider.html"),
-    },
-    File {
-        path: "/photos",
-        kind: Kind::Page(Head {
-            title: "Wound photos",
-            script: "/photos/photos.js",
-            cover: false,
-        }),
-        summary: "The patient page for sending wound photos (signs in through `/`)",
-        body: include_str!("../../../web/photos.html"),
-    },
-    File {
-        path: "/schedule",
-        kind: Kind::Page(Head {
-            title: "Schedule",
-            script: "/schedule/schedule.js",
-            cover: false,
-        }),
-        summary: "The staff scheduling page: a location's day, booking, check-in, joining video visits (signs in through `/`)",
-        body: include_str!("../../../web/schedule.html"),
-    },
-    File {
-        path: "/appointments",
-        kind: Kind::Page(Head {
-            title: "Your appointments",
-            script: "/appointments/appointments.js",
-            cover: false,
-        }),
-        summary: "The patient page for appointments: booking, joining video visits, messages (signs in through `/`)",
-        body: include_str!("../../../web/appointments.html"),
-    },
-    File {
-        path: "/clinic.css",
-        kind: Kind::Style,
-        summary: "The pages' stylesheet",
-        body: include_str!("../../../web/clinic.css"),
-    },
-    File {
-        path: "/api.js",
-        kind: Kind::Script,
-        summary: "The pages' JSON API client (problem+json errors, the server's clock)",
-        body: include_str!("../../../web/api.js"),
-    },
-    File {
-        path: "/page.js",
-        kind: Kind::Script,
-        summary: "The pages' document helpers (messages, busy buttons)",
-        body: include_str!("../../../web/page.js"),
-    },
-    File {
-        path: "/signin.js",
-        kind: Kind::Script,
-        summary: "The sign-in page's script",
-        body: include_str!("../../../web/signin.js"),
-    },
-    File {
-        path: "/photos/photos.js",
-        kind: Kind::Script,
-        summary: "The photo page's script",
-        body: include_str!("../../../web/photos.js"),
-    },
-    File {
-        path: "/consult/consult.js",
-        kind: Kind::Script,
-        summary: "The consult pages' entry script (join link, then the modules below)",
-        body: include_str!("../../../web/consult.js"),
-    },
-    File {
-        path: "/consult/state.js",
-        kind: Kind::Script,
-        summary: "The consult pages' shared state and page helpers",
-        body: include_str!("../../../web/state.js"),
-    },
-    File {
-        path: "/consult/media.js",
-        kind: Kind::Script,
-        summary: "The consult pages' camera and microphone check",
-        body: include_str!("../../../web/media.js"),
-    },
-    File {
-        path: "/consult/signaling.js",
-        kind: Kind::Script,
-        summary: "The consult pages' signaling (WebSocket, reconnect, resume)",
-        body: include_str!("../../../web/signaling.js"),
-    },
-    File {
-        path: "/consult/peer.js",
-        kind: Kind::Script,
-        summary: "The consult pages' WebRTC session with the SFU",
-        body: include_str!("../../../web/peer.js"),
-    },
-    File {
-        path: "/consult/tiles.js",
-        kind: Kind::Script,
-        summary: "The consult pages' participant tiles, roster and waiting room",
-        body: include_str!("../../../web/tiles.js"),
-    },
-    File {
-        path: "/consult/stats.js",
-        kind: Kind::Script,
-        summary: "The consult pages' connection stats",
-        body: include_str!("../../../web/stats.js"),
-    },
-    File {
-        path: "/consult/controls.js",
-        kind: Kind::Script,
-        summary: "The consult pages' call controls",
-        body: include_str!("../../../web/controls.js"),
-    },
-    File {
-        path: "/consult/provider.js",
-        kind: Kind::Script,
-        summary: "The consult provider page's setup and invite links",
-        body: include_str!("../../../web/provider.js"),
-    },
-    File {
-        path: "/schedule/scheduling.js",
-        kind: Kind::Script,
-        summary: "The scheduling pages' shared script (dates and wall times)",
-        body: include_str!("../../../web/scheduling.js"),
-    },
-    File {
-        path: "/schedule/schedule.js",
-        kind: Kind::Script,
-        summary: "The staff scheduling page's script",
-        body: include_str!("../../../web/schedule.js"),
-    },
-    File {
-        path: "/appointments/appointments.js",
-        kind: Kind::Script,
-        summary: "The patient appointments page's script",
-        body: include_str!("../../../web/appointments.js"),
-    },
+    File::page(
+        "/",
+        Head::new("Sign in", "/signin.js", false),
+        "The sign-in page",
+        include_str!("../../../web/index.html"),
+    ),
+    File::page(
+        "/consult/join",
+        Head::new("Video visit", "/consult/consult.js", true),
+        "The video consult page for patients, caregivers and interpreters (code in the fragment)",
+        include_str!("../../../web/consult-join.html"),
+    ),
+    File::page(
+        "/consult/provider",
+        Head::new("Video visit", "/consult/consult.js", true),
+        "The video consult page for providers (code in the fragment, or start one when signed in)",
+        include_str!("../../../web/consult-provider.html"),
+    ),
+    File::page(
+        "/photos",
+        Head::new("Wound photos", "/photos/photos.js", false),
+        "The patient page for sending wound photos (signs in through `/`)",
+        include_str!("../../../web/photos.html"),
+    ),
+    File::page(
+        "/schedule",
+        Head::new("Schedule", "/schedule/schedule.js", false),
+        "The staff scheduling page: a location's day, booking, check-in, joining video visits (signs in through `/`)",
+        include_str!("../../../web/schedule.html"),
+    ),
+    File::page(
+        "/appointments",
+        Head::new("Your appointments", "/appointments/appointments.js", false),
+        "The patient page for appointments: booking, joining video visits, messages (signs in through `/`)",
+        include_str!("../../../web/appointments.html"),
+    ),
+    File::style(
+        "/clinic.css",
+        "The pages' stylesheet",
+        include_str!("../../../web/clinic.css"),
+    ),
+    File::script(
+        "/api.js",
+        "The pages' JSON API client (problem+json errors, the server's clock)",
+        include_str!("../../../web/api.js"),
+    ),
+    File::script(
+        "/page.js",
+        "The pages' document helpers (messages, busy buttons)",
+        include_str!("../../../web/page.js"),
+    ),
+    File::script(
+        "/signin.js",
+        "The sign-in page's script",
+        include_str!("../../../web/signin.js"),
+    ),
+    File::script(
+        "/photos/photos.js",
+        "The photo page's script",
+        include_str!("../../../web/photos.js"),
+    ),
+    File::script(
+        "/consult/consult.js",
+        "The consult pages' entry script (join link, then the modules below)",
+        include_str!("../../../web/consult.js"),
+    ),
+    File::script(
+        "/consult/state.js",
+        "The consult pages' shared state and page helpers",
+        include_str!("../../../web/state.js"),
+    ),
+    File::script(
+        "/consult/media.js",
+        "The consult pages' camera and microphone check",
+        include_str!("../../../web/media.js"),
+    ),
+    File::script(
+        "/consult/signaling.js",
+        "The consult pages' signaling (WebSocket, reconnect, resume)",
+        include_str!("../../../web/signaling.js"),
+    ),
+    File::script(
+        "/consult/peer.js",
+        "The consult pages' WebRTC session with the SFU",
+        include_str!("../../../web/peer.js"),
+    ),
+    File::script(
+        "/consult/tiles.js",
+        "The consult pages' participant tiles, roster and waiting room",
+        include_str!("../../../web/tiles.js"),
+    ),
+    File::script(
+        "/consult/stats.js",
+        "The consult pages' connection stats",
+        include_str!("../../../web/stats.js"),
+    ),
+    File::script(
+        "/consult/controls.js",
+        "The consult pages' call controls",
+        include_str!("../../../web/controls.js"),
+    ),
+    File::script(
+        "/consult/provider.js",
+        "The consult provider page's setup and invite links",
+        include_str!("../../../web/provider.js"),
+    ),
+    File::script(
+        "/schedule/scheduling.js",
+        "The scheduling pages' shared script (dates and wall times)",
+        include_str!("../../../web/scheduling.js"),
+    ),
+    File::script(
+        "/schedule/schedule.js",
+        "The staff scheduling page's script",
+        include_str!("../../../web/schedule.js"),
+    ),
+    File::script(
+        "/appointments/appointments.js",
+        "The patient appointments page's script",
+        include_str!("../../../web/appointments.js"),
+    ),
 ];
 
 pub fn routes() -> Routes {
@@ -267,6 +234,38 @@ pub fn routes() -> Routes {
 }
 
 impl File {
+    const fn page(
+        path: &'static str,
+        head: Head,
+        summary: &'static str,
+        body: &'static str,
+    ) -> Self {
+        Self {
+            path,
+            kind: Kind::Page(head),
+            summary,
+            body,
+        }
+    }
+
+    const fn script(path: &'static str, summary: &'static str, body: &'static str) -> Self {
+        Self {
+            path,
+            kind: Kind::Script,
+            summary,
+            body,
+        }
+    }
+
+    const fn style(path: &'static str, summary: &'static str, body: &'static str) -> Self {
+        Self {
+            path,
+            kind: Kind::Style,
+            summary,
+            body,
+        }
+    }
+
     fn content_type(&self) -> &'static str {
         match self.kind {
             Kind::Page(_) => "text/html; charset=utf-8",
