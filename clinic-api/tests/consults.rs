@@ -558,3 +558,61 @@ async fn cancelling_a_telemedicine_appointment_ends_its_consult_for_everyone_in_
         .await;
     assert_eq!(link.code(), "consult_ended", "{}", link.text);
 }
+
+/// A join code is single-use under concurrency too: twenty exchanges of one code at once yield
+/// exactly one token (on PostgreSQL each reads the code unused; only one update may spend it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_exchanges_of_one_code_yield_one_token() {
+    let c = setup().await;
+    let link = c
+        .app
+        .call(
+            Method::POST,
+            &format!("/api/v1/consults/{}/links", c.id),
+            Some(&c.cookie),
+            Some(json!({ "role": "patient", "display_name": "Wendy" })),
+        )
+        .await;
+    assert_eq!(link.status, StatusCode::OK, "{}", link.text);
+    let code = link.body["url"]
+        .as_str()
+        .unwrap()
+        .split_once('#')
+        .unwrap()
+        .1
+        .to_string();
+    let exchanges = (0..20).map(|_| {
+        c.app.call(
+            Method::POST,
+            "/api/v1/consults/join",
+            None,
+            Some(json!({ "code": code })),
+        )
+    });
+    let answers = futures_util::future::join_all(exchanges).await;
+    let tokens = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let used = answers
+        .iter()
+        .filter(|r| (r.status, r.code()) == (StatusCode::GONE, "link_used"))
+        .count();
+    assert_eq!(
+        (tokens, used),
+        (1, 19),
+        "{:?}",
+        answers
+            .iter()
+            .map(|r| (r.status, r.text.clone()))
+            .collect::<Vec<_>>()
+    );
+    let exchanged: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_events WHERE clinic_id = $1 AND resource_type = 'consult_link' AND detail LIKE 'code exchanged%'",
+    )
+    .bind(c.app.clinic.as_str())
+    .fetch_one(&c.app.admin.pool)
+    .await
+    .unwrap();
+    assert_eq!(exchanged, 1, "one exchange audited");
+}

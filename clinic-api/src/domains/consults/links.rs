@@ -308,11 +308,7 @@ pub(super) async fn join(
     .await?;
     let row = row.ok_or_else(invalid)?;
     if row.used_at.is_some() {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            ErrorCode::LinkUsed,
-            "this join link was already used; ask the practice for a new one",
-        ));
+        return Err(link_used());
     }
     if let Some(opens) = row.not_before
         && now < opens
@@ -341,11 +337,17 @@ pub(super) async fn join(
             "this consult has ended",
         ));
     }
-    sqlx::query("UPDATE consult_links SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
-        .bind(now)
-        .bind(&row.id)
-        .execute(&mut *tx)
-        .await?;
+    // The code is spent by whoever's update takes it: a concurrent exchange of the same code read
+    // it unused too, but on PostgreSQL its update waits for this one and then matches no row.
+    let spent =
+        sqlx::query("UPDATE consult_links SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
+            .bind(now)
+            .bind(&row.id)
+            .execute(&mut *tx)
+            .await?;
+    if spent.rows_affected() != 1 {
+        return Err(link_used());
+    }
     let role: ConsultRole = serde_json::from_value(serde_json::Value::String(row.role.clone()))
         .map_err(|_| ApiError::internal())?;
     let claims = Claims {
@@ -390,4 +392,12 @@ pub(super) async fn end_route(
         id: consult,
         status: "ended".into(),
     }))
+}
+
+fn link_used() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        ErrorCode::LinkUsed,
+        "this join link was already used; ask the practice for a new one",
+    )
 }
