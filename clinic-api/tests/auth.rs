@@ -469,3 +469,77 @@ async fn logout_ends_the_session() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Failed sign-ins sent at once each count (on PostgreSQL a count read before the others'
+/// updates would lose them), and each is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_wrong_passwords_each_count_a_failure() {
+    let app = TestApp::with_config(|c| {
+        c.login.backoff_after = 100;
+        c.login.lock_after = 200;
+    })
+    .await;
+    let user = app.user(Role::FrontDesk).await;
+    let tries = (0..8).map(|_| app.login(&user, "wrong password!"));
+    for (reply, _) in futures_util::future::join_all(tries).await {
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            "{}",
+            reply.text
+        );
+    }
+    let (failures,): (i64,) = sqlx::query_as("SELECT failed_logins FROM users WHERE id = $1")
+        .bind(user.id.as_str())
+        .fetch_one(&app.admin.pool)
+        .await
+        .unwrap();
+    assert_eq!(failures, 8, "every failure counted");
+    assert_eq!(audit_count(&app, "login_failed").await, 8);
+}
+
+/// One TOTP code sent at once from several sessions owing it passes once: the others are
+/// replays (on PostgreSQL each request reads the last step before any stored the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_code_sent_at_once_from_eight_sessions_passes_once() {
+    // Replays count as failures; keep the backoff out of the way so every answer is the check's.
+    let app = TestApp::with_config(|c| {
+        c.login.backoff_after = 100;
+        c.login.lock_after = 200;
+    })
+    .await;
+    let provider = app.user(Role::Provider).await;
+    let secret = app.enroll(&provider).await;
+    let mut cookies = Vec::new();
+    for _ in 0..8 {
+        cookies.push(app.session(&provider, Stage::MfaPending).await);
+    }
+    let code = app.code(&secret, 0);
+    let body = json!({ "code": code });
+    let verifies = cookies.iter().map(|cookie| {
+        app.call(
+            Method::POST,
+            "/api/v1/auth/mfa/verify",
+            Some(cookie),
+            Some(body.clone()),
+        )
+    });
+    let answers = futures_util::future::join_all(verifies).await;
+    let passed = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let replayed = answers
+        .iter()
+        .filter(|r| (r.status, r.code()) == (StatusCode::UNAUTHORIZED, "code_replayed"))
+        .count();
+    assert_eq!(
+        (passed, replayed),
+        (1, 7),
+        "{:?}",
+        answers
+            .iter()
+            .map(|r| (r.status, r.text.clone()))
+            .collect::<Vec<_>>()
+    );
+}

@@ -192,7 +192,14 @@ async fn count_failure(
 ) -> ApiResult<ApiError> {
     let now = state.clock.now_ms();
     let cfg = &state.config.login;
-    let failures = user.failed_logins + 1;
+    // Counted in the row, not from what this request read: concurrent failures each count (on
+    // PostgreSQL the update waits for the other's commit and adds to its count).
+    let failures: i64 = sqlx::query_scalar(
+        "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
+    )
+    .bind(&user.id)
+    .fetch_one(&mut **tx)
+    .await?;
     let locked_until = if failures >= cfg.lock_after {
         Some(now + cfg.lock_secs * 1000)
     } else if failures >= cfg.backoff_after {
@@ -200,8 +207,7 @@ async fn count_failure(
     } else {
         None
     };
-    sqlx::query("UPDATE users SET failed_logins = $1, locked_until = $2 WHERE id = $3")
-        .bind(failures)
+    sqlx::query("UPDATE users SET locked_until = $1 WHERE id = $2")
         .bind(locked_until)
         .bind(&user.id)
         .execute(&mut **tx)
@@ -346,15 +352,28 @@ async fn check_code(
         )));
     };
     let secret = mfa_secret(state, user, sealed)?;
-    match mfa::check(&secret, code, now, user.totp_last_step) {
+    let checked = match mfa::check(&secret, code, now, user.totp_last_step) {
+        // The step is taken only if no one took it (or a later one) since this request read the
+        // row: the same code sent twice at once passes once.
         Ok(step) => {
-            sqlx::query("UPDATE users SET totp_last_step = $1, failed_logins = 0, locked_until = NULL WHERE id = $2")
-                .bind(step)
-                .bind(&user.id)
-                .execute(&mut **tx)
-                .await?;
-            Ok(Ok(()))
+            let taken = sqlx::query(
+                "UPDATE users SET totp_last_step = $1, failed_logins = 0, locked_until = NULL \
+                 WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)",
+            )
+            .bind(step)
+            .bind(&user.id)
+            .execute(&mut **tx)
+            .await?;
+            if taken.rows_affected() == 1 {
+                Ok(step)
+            } else {
+                Err(mfa::CodeError::Replayed)
+            }
         }
+        Err(kind) => Err(kind),
+    };
+    match checked {
+        Ok(_) => Ok(Ok(())),
         Err(kind) => {
             let mut err = count_failure(tx, state, user, &caller.client, Action::MfaFailed).await?;
             if kind == mfa::CodeError::Replayed && err.code == ErrorCode::InvalidCode {
