@@ -360,3 +360,78 @@ async fn row_level_security_hides_other_tenants_from_a_raw_app_role_query() {
         .await
         .ok();
 }
+
+/// An audit row's resource type, purpose, reason and patient.
+type AuditLine = (String, Option<String>, Option<String>, Option<String>);
+
+/// Break-glass through the list routes is flagged too: every row a break-glass list shows is
+/// audited with purpose `break_glass` and its reason, and the same list without a reason is
+/// refused and audited as denied (the patient list at another location, and a patient's images).
+#[tokio::test]
+async fn break_glass_lists_are_audited_as_break_glass_with_the_reason() {
+    let app = TestApp::new().await;
+    let south_location = &app.locations[1];
+    let south = app
+        .patient_in(&app.clinic, south_location, "South", "Patient")
+        .await;
+    let provider = app.user(Role::Provider).await; // assigned to North only
+    let cookie = app.session(&provider, Stage::Full).await;
+    let list_at_south = format!("/api/v1/patients?location_id={south_location}");
+    let images_of_south = format!("/api/v1/patients/{south}/images");
+
+    for uri in [&list_at_south, &images_of_south] {
+        let refused = app.call(Method::GET, uri, Some(&cookie), None).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::FORBIDDEN,
+            "{uri}: {}",
+            refused.text
+        );
+    }
+    let (denied,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM audit_events WHERE actor_id = $1 AND outcome = 'denied'",
+    )
+    .bind(provider.id.as_str())
+    .fetch_one(&app.admin.pool)
+    .await
+    .unwrap();
+    assert_eq!(denied, 2, "both refusals audited");
+
+    let glass = |uri: &str| {
+        Request::builder()
+            .uri(uri)
+            .header("cookie", &cookie)
+            .header("clinic-break-glass-reason", "covering urgent wound check")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let listed = app.send(glass(&list_at_south)).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert_eq!(listed.body.as_array().unwrap().len(), 1, "{}", listed.text);
+    let images = app.send(glass(&images_of_south)).await;
+    assert_eq!(images.status, StatusCode::OK, "{}", images.text);
+
+    let rows: Vec<AuditLine> = sqlx::query_as(
+        "SELECT resource_type, purpose, reason, patient_id FROM audit_events \
+         WHERE actor_id = $1 AND outcome = 'success' ORDER BY seq",
+    )
+    .bind(provider.id.as_str())
+    .fetch_all(&app.admin.pool)
+    .await
+    .unwrap();
+    assert!(
+        rows.iter().any(|r| r.0 == "patient") && rows.iter().any(|r| r.0 == "image"),
+        "the patient list and the image list are both audited: {rows:?}"
+    );
+    for (resource, purpose, reason, patient) in &rows {
+        assert_eq!(
+            (purpose.as_deref(), reason.as_deref(), patient.as_deref()),
+            (
+                Some("break_glass"),
+                Some("covering urgent wound check"),
+                Some(south.as_str())
+            ),
+            "{resource}: {rows:?}"
+        );
+    }
+}

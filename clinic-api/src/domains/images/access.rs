@@ -23,6 +23,15 @@ pub(super) async fn audit_list(
     reached: &Reached,
     rows: &[ImageRow],
 ) -> ApiResult<()> {
+    // An empty list is a look at the patient's images too (a break-glass one above all).
+    if rows.is_empty() {
+        tx.audit(
+            reached
+                .event_for(Action::View, "image")
+                .detail("list, empty"),
+        )
+        .await?;
+    }
     for r in rows {
         tx.audit(
             reached
