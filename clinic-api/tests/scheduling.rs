@@ -1272,3 +1272,90 @@ async fn concurrent_workers_never_send_a_message_twice_and_failures_back_off() {
         .unwrap();
     assert_eq!(r.failed, 3);
 }
+
+/// Staff book only patients they reach at the patient's own location: a visit at North does not
+/// open a South patient to North's front desk (refused and audited, nothing booked, no name
+/// answered); a provider breaking glass with a reason books, audited as break-glass. An
+/// availability exception names a real provider even without a location.
+#[tokio::test]
+async fn staff_book_only_patients_they_reach_and_exceptions_name_a_real_provider() {
+    let s = setup().await;
+    let ty = s.add_type("Foot exam", "in_person", 30, json!({})).await;
+    let provider = s.provider(&[]).await;
+    let south = s.app.locations[1].clone();
+    let southerner = s
+        .app
+        .patient_in(&s.app.clinic, &south, "Sam", "Southerly")
+        .await;
+    let northerner = s.patient(1).await;
+    let body = |patient: &str, start: &str| json!({ "type_id": ty, "location_id": s.north, "provider_id": provider.id, "patient_id": patient, "start": start, "override_availability": true });
+
+    let ok = s.book(&s.desk, body(&northerner, "2026-10-06T10:00")).await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text);
+    let refused = s
+        .book(&s.desk, body(southerner.as_str(), "2026-10-06T11:00"))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+    assert!(!refused.text.contains("Southerly"), "{}", refused.text);
+    assert_eq!(active_count(&s, "patient_id", southerner.as_str()).await, 0);
+    let (denied,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM audit_events WHERE patient_id = $1 AND actor_id = $2 AND outcome = 'denied'",
+    )
+    .bind(southerner.as_str())
+    .bind(s.desk_user.id.as_str())
+    .fetch_one(&s.app.admin.pool)
+    .await
+    .unwrap();
+    assert_eq!(denied, 1, "the refusal is audited");
+
+    // A provider breaking glass books, and the booking is recorded as break-glass.
+    let cookie = s.app.session(&provider, Stage::Full).await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/appointments")
+        .header("cookie", &cookie)
+        .header("content-type", "application/json")
+        .header("clinic-break-glass-reason", "covering urgent wound check")
+        .body(Body::from(
+            body(southerner.as_str(), "2026-10-06T12:00").to_string(),
+        ))
+        .unwrap();
+    let glass = s.app.send(req).await;
+    assert_eq!(glass.status, StatusCode::CREATED, "{}", glass.text);
+    let (purpose, reason): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT purpose, reason FROM audit_events WHERE resource_type = 'appointment' AND action = 'create' AND patient_id = $1",
+    )
+    .bind(southerner.as_str())
+    .fetch_one(&s.app.admin.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (purpose.as_deref(), reason.as_deref()),
+        (Some("break_glass"), Some("covering urgent wound check"))
+    );
+
+    // Exceptions without a location still name a real, active provider.
+    for who in [uuid::Uuid::new_v4().to_string(), s.desk_user.id.to_string()] {
+        let r = s
+            .post(
+                &s.admin,
+                "/api/v1/availability-exceptions",
+                json!({ "provider_id": who, "kind": "off", "modality": "any", "start": "2026-10-07T00:00:00Z", "end": "2026-10-08T00:00:00Z" }),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "unknown_provider"),
+            "{who}: {}",
+            r.text
+        );
+    }
+    let r = s
+        .post(
+            &s.admin,
+            "/api/v1/availability-exceptions",
+            json!({ "provider_id": provider.id, "kind": "off", "modality": "any", "start": "2026-10-07T00:00:00Z", "end": "2026-10-08T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::location::{location_tz, parse_instant, provider_at, reach_at};
+use super::location::{location_tz, parse_instant, provider_at, provider_known, reach_at};
 use super::time::{self, Block, Exception, Ms};
 use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission};
@@ -325,7 +325,10 @@ pub(super) async fn create_exception(
                 "extra hours need a location_id",
             ));
         }
-        None => None,
+        None => {
+            provider_known(&mut tx, &caller.clinic_id, body.provider_id.as_str()).await?;
+            None
+        }
     };
     let (s, e) = (
         parse_instant(&body.start, tz)?,

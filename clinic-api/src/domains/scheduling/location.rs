@@ -85,6 +85,28 @@ pub(super) async fn provider_at(
     }
 }
 
+/// Checks that `provider` is an active provider of the practice, at whatever location (an
+/// exception that applies to all of a provider's locations).
+pub(super) async fn provider_known(
+    tx: &mut TenantTx,
+    clinic: &ClinicId,
+    provider: &str,
+) -> ApiResult<()> {
+    let row: Option<(String, Option<i64>)> =
+        sqlx::query_as("SELECT role, disabled_at FROM users WHERE id = $1 AND clinic_id = $2")
+            .bind(provider)
+            .bind(clinic.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    match row {
+        Some((role, None)) if role == Role::Provider.as_str() => Ok(()),
+        _ => Err(ApiError::unprocessable(
+            ErrorCode::UnknownProvider,
+            "that provider does not exist",
+        )),
+    }
+}
+
 /// Active providers assigned to a location.
 pub(super) async fn providers_at(
     tx: &mut TenantTx,

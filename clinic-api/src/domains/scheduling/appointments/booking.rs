@@ -17,6 +17,7 @@ use super::super::types::load_type;
 use super::idempotency::{Idempotency, remember, replay, replay_after_race};
 use super::row::{IdPath, may_see_names, out, reach, reload};
 use super::store::{BookError, NewAppointment, conflict_error, insert};
+use crate::domains::patients;
 use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission};
 use crate::platform::db::TenantTx;
@@ -133,6 +134,27 @@ pub(super) async fn prepare(
     Ok((n, tz))
 }
 
+/// Staff book only a patient they reach at the patient's own location (assigned, a covering
+/// grant, or break-glass with a reason; a refusal audited), wherever the appointment is: a
+/// visit at another location does not open another location's patient to its staff. Returns
+/// the basis the booking's audit event is built from: the patient's when it is break-glass.
+pub(super) async fn reach_patient(
+    tx: &mut TenantTx,
+    caller: &Caller,
+    patient: &PatientId,
+    at_location: Reached,
+) -> ApiResult<Reached> {
+    match patients::reach(tx, caller, patient, Permission::ScheduleWrite).await {
+        Ok((_, reached)) if reached.is_break_glass() => Ok(reached),
+        Ok(_) => Ok(at_location),
+        Err(e) if e.code == ErrorCode::NotFound => Err(ApiError::unprocessable(
+            ErrorCode::UnknownPatient,
+            "that patient does not exist",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs a prepared booking to its answer, with idempotency and the audit event.
 pub(super) async fn commit_booking(
     state: &AppState,
@@ -214,6 +236,7 @@ pub(super) async fn book(
         tx.commit().await?;
         return Ok(resp);
     }
+    let reached = reach_patient(&mut tx, &caller, &body.patient_id, reached).await?;
     let (n, tz) = prepare(
         &mut tx,
         &caller,

@@ -12,7 +12,7 @@ use super::super::location::{location_tz, parse_instant, reach_at};
 use super::super::slots::within_availability;
 use super::super::status::Status;
 use super::super::time::{self, Ms};
-use super::booking::prepare;
+use super::booking::{prepare, reach_patient};
 use super::store::{BookError, NewAppointment, insert, with_span};
 use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission};
@@ -105,6 +105,7 @@ pub(super) async fn series(
         &body.location_id,
     )
     .await?;
+    let reached = reach_patient(&mut tx, &caller, &body.patient_id, reached).await?;
     let tz = location_tz(&mut tx, &caller.clinic_id, &body.location_id).await?;
     let starts = expand(&body.rrule, tz, &body.start)?;
     // Checks the type, provider, patient and room once, with the first occurrence.
