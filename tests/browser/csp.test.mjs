@@ -79,6 +79,10 @@ test('an inline script, handler or style in a page does not run', async () => {
 
   const page = await watchedPage();
   assert.deepEqual(await injectedSignIn(page, { keepCsp: true }), { inline: false, handler: false, red: false });
+  // Violation reports are queued as tasks, so the click's one can come a moment after it: wait
+  // (up to 5 s) for three kinds, then check which.
+  await page.waitForFunction(() => new Set(window.violations.map((v) => v.directive)).size >= 3, null, { timeout: 5000 })
+    .catch(() => {});
   const seen = [...new Set((await violations(page)).map((v) => v.directive))].sort();
   assert.deepEqual(seen, ['script-src-attr', 'script-src-elem', 'style-src-attr']);
   // A script element added later (as a DOM injection would) is refused too.
