@@ -58,8 +58,8 @@ async fn setup() -> Consult {
 }
 
 impl Consult {
-    /// Issues a link for `role` and exchanges its code for a join token.
-    async fn token(&self, role: &str, name: &str) -> String {
+    /// Issues a link for `role`; returns its one-time code (the URL's fragment).
+    async fn code(&self, role: &str, name: &str) -> String {
         let link = self
             .app
             .call(
@@ -71,7 +71,13 @@ impl Consult {
             .await;
         assert_eq!(link.status, StatusCode::OK, "{}", link.text);
         let url = link.body["url"].as_str().unwrap();
-        let code = url.split_once('#').unwrap().1;
+        url.split_once('#').unwrap().1.to_string()
+    }
+
+    /// Issues a link for `role` and exchanges its code for a join token.
+    async fn token(&self, role: &str, name: &str) -> String {
+        let code = self.code(role, name).await;
+        let code = code.as_str();
         let joined = self
             .app
             .call(
@@ -564,23 +570,7 @@ async fn cancelling_a_telemedicine_appointment_ends_its_consult_for_everyone_in_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_exchanges_of_one_code_yield_one_token() {
     let c = setup().await;
-    let link = c
-        .app
-        .call(
-            Method::POST,
-            &format!("/api/v1/consults/{}/links", c.id),
-            Some(&c.cookie),
-            Some(json!({ "role": "patient", "display_name": "Wendy" })),
-        )
-        .await;
-    assert_eq!(link.status, StatusCode::OK, "{}", link.text);
-    let code = link.body["url"]
-        .as_str()
-        .unwrap()
-        .split_once('#')
-        .unwrap()
-        .1
-        .to_string();
+    let code = c.code("patient", "Wendy").await;
     let exchanges = (0..20).map(|_| {
         c.app.call(
             Method::POST,
