@@ -2,6 +2,10 @@
 // RFC 9457 problem+json answers turned into errors, and the server's clock. An ES module in
 // plain ES2017, no build step: it runs on older phones and tablets.
 
+// Headers for a page's own timed refresh: the server answers it but does not count it as the
+// person's activity, so a page left open still signs out after the idle timeout.
+export const BACKGROUND = { 'X-Clinic-Background': '1' };
+
 const UNREACHABLE = 'Cannot reach the server. Check your connection and try again.';
 
 // A refused or failed request: `message` is the problem's detail (or title, or the page's words

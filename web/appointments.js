@@ -1,7 +1,7 @@
 // The patient's appointments (/appointments): upcoming and past visits (joining video visits,
 // cancelling), booking through a hold with a countdown, and messages from the care team. An ES
 // module in plain ES2017.
-import { apiClient } from '/api.js';
+import { apiClient, BACKGROUND } from '/api.js';
 import { $, el, clear, messenger, busy as busyWith } from '/page.js';
 import { pad, clock, shortDate, addDays, todayIn, validDate, wallShift, randomKey, qs, friendly,
          showSlots, longDate as longDateOf } from '/schedule/scheduling.js';
@@ -57,8 +57,8 @@ function isUpcoming(a) {
   return end > serverNow();
 }
 
-async function loadAppointments() {
-  S.appts = (await api('GET', '/api/v1/me/appointments')) || [];
+async function loadAppointments(background) {
+  S.appts = (await api('GET', '/api/v1/me/appointments', undefined, background ? BACKGROUND : undefined)) || [];
   renderAppointments();
 }
 
@@ -355,7 +355,7 @@ $('release').addEventListener('click', function () { note(''); busy($('release')
 var ticks = 0;
 setInterval(function () {
   if ($('view-upcoming').hidden || document.hidden) return;
-  if (++ticks % 8 === 0) loadAppointments().catch(function () {});
+  if (++ticks % 8 === 0) loadAppointments(true).catch(function () {});
   else renderAppointments();
 }, 15000);
 

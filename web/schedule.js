@@ -1,6 +1,6 @@
 // The staff schedule (/schedule): a location's day (check-in, complete, no-show, cancel, joining
 // video visits) and booking from open slots. An ES module in plain ES2017.
-import { apiClient } from '/api.js';
+import { apiClient, BACKGROUND } from '/api.js';
 import { $, el, clear, messenger, busy as busyWith } from '/page.js';
 import { clock, addDays, todayIn, validDate, randomKey, qs, friendly, showSlots,
          longDate as longDateOf, wallShift as wallShiftOf } from '/schedule/scheduling.js';
@@ -48,13 +48,13 @@ function typeById(id) {
 // ------------------------------------------------------------------------------------------
 // The day's appointments
 
-async function loadDay() {
+async function loadDay(background) {
   var loc = currentLocation();
   var day = $('date').value;
   if (!loc || !validDate(day)) return;
   var seq = ++S.loadSeq;
   $('day-title').textContent = longDate(day) + ' · ' + loc.name;
-  var list = await api('GET', '/api/v1/appointments?' + qs({ location_id: loc.id, from: day, to: addDays(day, 1) }));
+  var list = await api('GET', '/api/v1/appointments?' + qs({ location_id: loc.id, from: day, to: addDays(day, 1) }), undefined, background ? BACKGROUND : undefined);
   if (seq !== S.loadSeq) return; // a newer load is under way
   S.appts = list || [];
   S.appts.forEach(function (a) { S.providers[a.provider_id] = a.provider_name; });
@@ -368,7 +368,7 @@ $('book').addEventListener('click', function () { note(''); busy($('book'), book
 // for its confirming second press.
 setInterval(function () {
   if (document.hidden || $('view-day').hidden || document.querySelector('#day-list [data-armed]')) return;
-  loadDay().catch(function () { /* the next refresh or action reports */ });
+  loadDay(true).catch(function () { /* the next refresh or action reports */ });
 }, 60000);
 
 start().catch(function (e) { say(e.message || String(e)); });

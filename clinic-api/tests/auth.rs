@@ -373,12 +373,19 @@ async fn disable_mfa_reset_and_password_change_revoke_sessions_at_once() {
     assert_eq!(ok(&app, &a).await, StatusCode::UNAUTHORIZED);
     assert_eq!(ok(&app, &b).await, StatusCode::UNAUTHORIZED);
     let (login, _) = app.login(&victim, PASSWORD).await;
+    // The same answer as a wrong password: the right password does not confirm the account.
+    let (wrong, _) = app.login(&victim, "not the password at all").await;
     assert_eq!(
-        login.status,
-        StatusCode::FORBIDDEN,
+        (login.status, login.code(), login.body["detail"].clone()),
+        (
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            wrong.body["detail"].clone()
+        ),
         "disabled users cannot sign in: {}",
         login.text
     );
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
 
     let reset = app.user(Role::Provider).await;
     app.enroll(&reset).await;
@@ -541,5 +548,63 @@ async fn one_code_sent_at_once_from_eight_sessions_passes_once() {
             .iter()
             .map(|r| (r.status, r.text.clone()))
             .collect::<Vec<_>>()
+    );
+}
+
+/// The idle clock moves at most once a minute (not a write per request), and a page's
+/// background refresh never moves it: a schedule left open on a screen signs out when idle.
+#[tokio::test]
+async fn the_idle_clock_moves_once_a_minute_and_never_for_background_refreshes() {
+    use axum::body::Body;
+    use axum::http::Request;
+    let app = TestApp::new().await;
+    let user = app.user(Role::FrontDesk).await;
+    let cookie = app.session(&user, Stage::Full).await;
+    let last_seen = || async {
+        let (t,): (i64,) =
+            sqlx::query_as("SELECT MAX(last_seen_at) FROM sessions WHERE user_id = $1")
+                .bind(user.id.as_str())
+                .fetch_one(&app.admin.pool)
+                .await
+                .unwrap();
+        t
+    };
+    let person = || app.call(Method::GET, "/api/v1/locations", Some(&cookie), None);
+    let background = || {
+        app.send(
+            Request::get("/api/v1/locations")
+                .header("cookie", &cookie)
+                .header("X-Clinic-Background", "1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    let start = last_seen().await;
+
+    app.clock.advance_secs(30);
+    assert_eq!(person().await.status, StatusCode::OK);
+    assert_eq!(last_seen().await, start, "30 s on: no write");
+    app.clock.advance_secs(31);
+    assert_eq!(person().await.status, StatusCode::OK);
+    let moved = last_seen().await;
+    assert_eq!(moved, start + 61_000, "a minute on: the clock moves");
+
+    // Only background refreshes from here: answered, but the session still goes idle.
+    for _ in 0..14 {
+        app.clock.advance_secs(60);
+        assert_eq!(background().await.status, StatusCode::OK);
+        assert_eq!(
+            last_seen().await,
+            moved,
+            "background refreshes do not count"
+        );
+    }
+    app.clock.advance_secs(61);
+    let idle = background().await;
+    assert_eq!(
+        (idle.status, idle.code()),
+        (StatusCode::UNAUTHORIZED, "session_expired"),
+        "{}",
+        idle.text
     );
 }

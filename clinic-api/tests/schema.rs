@@ -601,3 +601,99 @@ async fn an_ordinary_owner_keeps_its_jobs_under_forced_row_level_security() {
     }
     server.close().await;
 }
+
+/// Membership is ownership for row-level security: a member of a table-owning role can
+/// `SET ROLE` to it and alter or drop the table's policies. The start-up check counts the tables
+/// the role owns itself or through a role it belongs to.
+#[tokio::test]
+async fn a_member_of_a_table_owning_role_may_not_serve() {
+    let Some(admin_url) = postgres_url_or_skip("a_member_of_a_table_owning_role_may_not_serve")
+    else {
+        return;
+    };
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let (owner, member, name) = (
+        format!("clinic_tabowner_{tag}"),
+        format!("clinic_member_{tag}"),
+        format!("clinic_t_member_{tag}"),
+    );
+    let server = PgPool::connect(&admin_url).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {owner} NOLOGIN NOSUPERUSER NOBYPASSRLS"),
+        format!("CREATE ROLE {member} NOLOGIN NOSUPERUSER NOBYPASSRLS"),
+        format!("GRANT {owner} TO {member}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(&sql).execute(&server).await.unwrap();
+    }
+    let url = with_database(&admin_url, &name);
+    let setup = PgPool::connect(&url).await.unwrap();
+    for sql in [
+        "CREATE TABLE probe (id text PRIMARY KEY)".to_string(),
+        format!("ALTER TABLE probe OWNER TO {owner}"),
+        format!("GRANT USAGE ON SCHEMA public TO {member}"),
+    ] {
+        sqlx::query(&sql).execute(&setup).await.unwrap();
+    }
+    setup.close().await;
+
+    let db = Db::connect(&url, 1, Some(&member)).await.unwrap();
+    let check = db.role_check().await.unwrap().unwrap();
+    assert_eq!(check.role, member);
+    assert_eq!(
+        (check.superuser, check.bypass_rls, check.owned_tables),
+        (0, 0, 1),
+        "{check:?}"
+    );
+    assert!(check.can_bypass_rls(), "{check:?}");
+    db.pool.close().await;
+
+    for sql in [
+        format!("DROP DATABASE {name} WITH (FORCE)"),
+        format!("DROP ROLE {member}"),
+        format!("DROP ROLE {owner}"),
+    ] {
+        sqlx::query(&sql).execute(&server).await.unwrap();
+    }
+}
+
+/// The definer functions name pg_temp last in their search_path, and PUBLIC (so the server's
+/// role) may create nothing: no objects in the public schema, no temporary tables.
+#[tokio::test]
+async fn definer_functions_pin_their_path_and_public_creates_nothing() {
+    let Some(_) =
+        postgres_url_or_skip("definer_functions_pin_their_path_and_public_creates_nothing")
+    else {
+        return;
+    };
+    let app = clinic_api::testkit::TestApp::new().await;
+    let paths: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.proname::text, coalesce(array_to_string(p.proconfig, ';'), '') FROM pg_proc p \
+         JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = 'public' AND p.prosecdef ORDER BY 1",
+    )
+    .fetch_all(&app.admin.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        paths.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+        ["audit_heads", "clinic_id_by_slug", "clinic_ids"]
+    );
+    for (function, config) in &paths {
+        assert_eq!(config, "search_path=public, pg_temp", "{function}");
+    }
+    let (create, temp): (bool, bool) = sqlx::query_as(
+        "SELECT has_schema_privilege('clinic_app', 'public', 'CREATE'), \
+                has_database_privilege('clinic_app', current_database(), 'TEMP')",
+    )
+    .fetch_one(&app.admin.pool)
+    .await
+    .unwrap();
+    assert_eq!((create, temp), (false, false));
+    // And from the server's own connection, a temporary table is refused.
+    let err = sqlx::query("CREATE TEMPORARY TABLE clinics (id text)")
+        .execute(&app.state.db.pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}

@@ -192,7 +192,8 @@ impl Db {
     }
 
     /// On PostgreSQL: what the server's role could bypass. Serving refuses a role that is
-    /// superuser, has BYPASSRLS or owns a table (owners are exempt from their tables' policies).
+    /// superuser, has BYPASSRLS or owns a table, itself or through a role it is a member of (a
+    /// member can `SET ROLE` to the owner, and owners may alter or drop their tables' policies).
     pub async fn role_check(&self) -> sqlx::Result<Option<RoleCheck>> {
         if self.backend != Backend::Postgres {
             return Ok(None);
@@ -201,7 +202,7 @@ impl Db {
             "SELECT r.rolname::text AS role, \
                     CASE WHEN r.rolsuper THEN 1 ELSE 0 END::bigint AS superuser, \
                     CASE WHEN r.rolbypassrls THEN 1 ELSE 0 END::bigint AS bypass_rls, \
-                    (SELECT count(*) FROM pg_tables t WHERE t.schemaname = 'public' AND t.tableowner = r.rolname)::bigint AS owned_tables \
+                    (SELECT count(*) FROM pg_tables t WHERE t.schemaname = 'public' AND pg_has_role(r.rolname, t.tableowner, 'MEMBER'))::bigint AS owned_tables \
              FROM pg_roles r WHERE r.rolname = current_user",
         )
         .fetch_one(&self.pool)

@@ -121,6 +121,13 @@ struct SessionRow {
     disabled_at: Option<i64>,
 }
 
+/// The request header a page sets on its own timed refreshes (any value): such a request is
+/// served but does not count as activity for the idle timeout.
+pub const BACKGROUND_HEADER: &str = "x-clinic-background";
+
+/// How far the idle clock (`last_seen_at`) must lag before a request moves it.
+pub const LAST_SEEN_STEP_MS: i64 = 60_000;
+
 fn expired() -> ApiError {
     ApiError::unauthorized(
         ErrorCode::SessionExpired,
@@ -165,11 +172,19 @@ pub async fn authenticate(
             .await?;
         return tx.fail(expired()).await;
     }
-    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
-        .bind(now)
-        .bind(&row.id)
-        .execute(&mut *tx)
-        .await?;
+    // The idle clock moves at most once a minute per session: a write on every request would
+    // queue every request behind SQLite's one writer (and a PostgreSQL row lock). A person's last
+    // minute may so go uncounted, which shortens the idle timeout by under a minute, never
+    // lengthens it. A page's background refresh (BACKGROUND_HEADER) never moves it: only what a
+    // person does keeps a session alive.
+    let background = headers.contains_key(BACKGROUND_HEADER);
+    if !background && now - row.last_seen_at >= LAST_SEEN_STEP_MS {
+        sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
+            .bind(now)
+            .bind(&row.id)
+            .execute(&mut *tx)
+            .await?;
+    }
     let locations: Vec<(String,)> = sqlx::query_as(
         "SELECT location_id FROM user_locations WHERE user_id = $1 ORDER BY location_id",
     )

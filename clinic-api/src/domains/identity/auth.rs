@@ -241,12 +241,19 @@ async fn login(
 ) -> ApiResult<WithCookie<Json<LoginResponse>>> {
     let now = state.clock.now_ms();
     let Some(clinic) = state.db.clinic_id_by_slug(req.clinic.trim()).await? else {
-        passwords::verify_dummy(&req.password);
+        passwords::check(None, req.password.clone()).await?;
         return Err(invalid_credentials());
     };
+    // The user is read in a short transaction and the password checked after it ends: no write
+    // lock (SQLite) or pool connection (PostgreSQL) is held while argon2 runs. Before, a flood of
+    // bad sign-ins held SQLite's one writer for every check in turn, stalled every tenant's
+    // requests for seconds and answered 500 when the busy timeout ran out.
     let mut tx = state.tx(&clinic).await?;
-    let Some(user) = users::by_username(&mut tx, &clinic, req.username.trim()).await? else {
-        passwords::verify_dummy(&req.password);
+    let found = users::by_username(&mut tx, &clinic, req.username.trim()).await?;
+    tx.commit().await?;
+    let Some(user) = found else {
+        passwords::check(None, req.password.clone()).await?;
+        let mut tx = state.tx(&clinic).await?;
         let mut e = AuditEvent::new(clinic.clone(), Action::LoginFailed, "user")
             .outcome(Outcome::Failure)
             .detail("unknown username");
@@ -256,6 +263,7 @@ async fn login(
         return tx.fail(invalid_credentials()).await;
     };
     if let Some(lock) = locked_answer(&state, &user, now) {
+        let mut tx = state.tx(&clinic).await?;
         tx.audit(
             event_for(&user, &client, Action::LoginFailed)
                 .outcome(Outcome::Denied)
@@ -264,26 +272,37 @@ async fn login(
         .await?;
         return tx.fail(lock).await;
     }
-    let hash = user.password_hash.clone();
-    let password = req.password.clone();
-    let ok = tokio::task::spawn_blocking(move || passwords::verify(&hash, &password))
-        .await
-        .map_err(anyhow::Error::from)?;
-    if !ok {
+    let checked = user.password_hash.clone();
+    let ok = passwords::check(Some(checked.clone()), req.password.clone()).await?;
+    let mut tx = state.tx(&clinic).await?;
+    // Read again in the writing transaction: a concurrent failure may have locked the account,
+    // or its password or state changed while the check ran.
+    let Some(user) = users::by_id(&mut tx, &clinic, &user.user_id()).await? else {
+        return tx.fail(invalid_credentials()).await;
+    };
+    if !ok || user.password_hash != checked {
         let err = count_failure(&mut tx, &state, &user, &client, Action::LoginFailed).await?;
         return tx.fail(err).await;
     }
+    if let Some(lock) = locked_answer(&state, &user, now) {
+        tx.audit(
+            event_for(&user, &client, Action::LoginFailed)
+                .outcome(Outcome::Denied)
+                .detail("locked"),
+        )
+        .await?;
+        return tx.fail(lock).await;
+    }
     if user.disabled_at.is_some() {
+        // The same answer as a wrong password: a disabled account is not confirmed to whoever
+        // holds its password.
         tx.audit(
             event_for(&user, &client, Action::LoginFailed)
                 .outcome(Outcome::Denied)
                 .detail("disabled"),
         )
         .await?;
-        tx.commit().await?;
-        return Err(ApiError::forbidden(
-            "this account is disabled; contact your practice administrator",
-        ));
+        return tx.fail(invalid_credentials()).await;
     }
     let role = user.role();
     let stage = if user.mfa_enrolled_at.is_some() {
@@ -647,14 +666,15 @@ async fn change_password(
     ApiJson(req): ApiJson<PasswordChange>,
 ) -> ApiResult<WithCookie<Json<PasswordChanged>>> {
     let now = state.clock.now_ms();
+    // As at sign-in: read, check the password with no transaction open, then write.
     let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
-    let hash = user.password_hash.clone();
-    let current = req.current_password.clone();
-    let ok = tokio::task::spawn_blocking(move || passwords::verify(&hash, &current))
-        .await
-        .map_err(anyhow::Error::from)?;
-    if !ok {
+    tx.commit().await?;
+    let checked = user.password_hash.clone();
+    let ok = passwords::check(Some(checked.clone()), req.current_password.clone()).await?;
+    let mut tx = state.tx(&caller.clinic_id).await?;
+    let user = load_self(&mut tx, &caller).await?;
+    if !ok || user.password_hash != checked {
         let err =
             count_failure(&mut tx, &state, &user, &caller.client, Action::LoginFailed).await?;
         return tx.fail(err).await;

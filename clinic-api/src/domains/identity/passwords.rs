@@ -38,6 +38,27 @@ pub fn verify_dummy(password: &str) {
     let _ = verify(stored, password);
 }
 
+/// Checks `password` against `stored` (or, for an unknown account, burns the same time) on the
+/// blocking pool, at most as many at once as the machine has cores: a flood of sign-ins queues
+/// here instead of starving the async workers that answer everyone else.
+pub async fn check(stored: Option<String>, password: String) -> Result<bool, ApiError> {
+    static CHECKS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let checks = CHECKS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    });
+    let _permit = checks.acquire().await.map_err(|_| ApiError::internal())?;
+    tokio::task::spawn_blocking(move || match stored {
+        Some(stored) => verify(&stored, &password),
+        None => {
+            verify_dummy(&password);
+            false
+        }
+    })
+    .await
+    .map_err(|_| ApiError::internal())
+}
+
 /// Checks a new password's length (NIST 800-63B: length over composition rules).
 pub fn validate_new(password: &str) -> Result<(), ApiError> {
     let n = password.chars().count();
