@@ -329,7 +329,7 @@ impl Room {
         let found = self
             .participants
             .iter()
-            .find(|(_, p)| !token.is_empty() && p.resume_token == token)
+            .find(|(_, p)| !token.is_empty() && same_secret(&p.resume_token, token))
             .map(|(id, _)| id.clone());
         let Some(pid) = found else {
             out.send.push((
@@ -685,9 +685,26 @@ impl Room {
     }
 }
 
+/// Compares a presented secret with the stored one in time that does not depend on where they
+/// first differ (`==` on strings stops at the first differing byte, which a client timing many
+/// guesses could read). Tokens have one fixed length, so the length check tells nothing.
+fn same_secret(stored: &str, presented: &str) -> bool {
+    let (a, b) = (stored.as_bytes(), presented.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abcdef", "abcdef"));
+        assert!(!same_secret("abcdef", "abcdeg"));
+        assert!(!same_secret("abcdef", "xbcdef"));
+        assert!(!same_secret("abcdef", "abcde"));
+        assert!(!same_secret("abcdef", ""));
+    }
 
     fn joiner(pid: &str, role: ConsultRole) -> Joiner {
         Joiner {
