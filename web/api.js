@@ -56,6 +56,7 @@ export function apiClient(options) {
   }
 
   async function call(method, url, body, headers) {
+    const foreground = !(headers && headers['X-Clinic-Background']);
     const opts = { method: method, credentials: 'same-origin', headers: { 'Accept': 'application/json' } };
     if (headers) Object.keys(headers).forEach(function (k) { opts.headers[k] = headers[k]; });
     if (body !== undefined) {
@@ -66,6 +67,7 @@ export function apiClient(options) {
     try { res = await fetch(url, opts); }
     catch (e) { throw new ApiError(UNREACHABLE, 0, null); }
     heard(res.headers.get('Date'));
+    if (foreground && res.ok) active();
     const data = parse(await res.text());
     if (!res.ok) throw refusal(res.status, data, res.headers.get('Retry-After'));
     return data;
@@ -82,7 +84,7 @@ export function apiClient(options) {
       xhr.addEventListener('load', function () {
         heard(xhr.getResponseHeader('Date'));
         const data = parse(xhr.responseText);
-        if (xhr.status >= 200 && xhr.status < 300) resolve(data);
+        if (xhr.status >= 200 && xhr.status < 300) { active(); resolve(data); }
         else reject(refusal(xhr.status, data, xhr.getResponseHeader('Retry-After')));
       });
       xhr.addEventListener('error', function () { reject(new ApiError(UNREACHABLE, 0, null)); });
@@ -91,4 +93,96 @@ export function apiClient(options) {
   }
 
   return { call: call, upload: upload, now: function () { return Date.now() + skew; } };
+}
+
+// ------------------------------------------------------------------------------------------
+// Idle sign-out. The server ends a session after `idle_timeout_secs` with no request counted as
+// activity (a timed refresh sent with BACKGROUND is not). So that a page left open on a shared
+// front-desk screen does not sit showing patients' details until someone clicks, the page
+// counts the same clock: it warns first, then signs out and reloads (which clears what it
+// showed). A person working on the page without sending requests (typing a long note) is not
+// idle: their key presses and taps send one counted request a resolution step.
+
+let lastActive = Date.now();
+const IDLE_FLAG = 'clinic.signed-out-idle';
+
+function active() { lastActive = Date.now(); }
+
+// Whether this page load follows an idle sign-out (answered once), for the sign-in prompt.
+export function signedOutForIdle() {
+  try {
+    const was = sessionStorage.getItem(IDLE_FLAG) === '1';
+    sessionStorage.removeItem(IDLE_FLAG);
+    return was;
+  } catch (e) { return false; }
+}
+
+// Starts counting for a signed-in page. `session` is GET /api/v1/auth/session's answer.
+export function watchIdle(session) {
+  const idle = (session && session.idle_timeout_secs || 0) * 1000;
+  if (!idle) return;
+  // The server's clock may lag this page's by up to its resolution: end that much early.
+  const lag = Math.max(1000, (session.idle_resolution_secs || 60) * 1000);
+  const warnFor = Math.min(120000, Math.max(5000, Math.floor(idle / 4)));
+  const client = apiClient();
+  let interacted = false, pinging = false, banner = null, done = false;
+
+  function keepAlive() {
+    if (pinging) return;
+    pinging = true;
+    client.call('GET', '/api/v1/auth/session')
+      .catch(function (e) { if (e.status === 401) signOut(); })
+      .then(function () { pinging = false; });
+  }
+
+  function signOut() {
+    if (done) return;
+    done = true;
+    try { sessionStorage.setItem(IDLE_FLAG, '1'); } catch (e) { /* private mode */ }
+    fetch('/api/v1/auth/logout', { method: 'POST', credentials: 'same-origin' })
+      .catch(function () { /* the server ends it anyway */ })
+      .then(function () { location.reload(); });
+  }
+
+  function warn(left) {
+    if (!banner) {
+      banner = document.createElement('div');
+      banner.className = 'idle-warning';
+      banner.setAttribute('role', 'alertdialog');
+      banner.setAttribute('aria-live', 'assertive');
+      banner.setAttribute('aria-labelledby', 'idle-warning-text');
+      const text = document.createElement('p');
+      text.id = 'idle-warning-text';
+      const stay = document.createElement('button');
+      stay.type = 'button';
+      stay.textContent = 'Stay signed in';
+      stay.addEventListener('click', function () { interacted = false; keepAlive(); });
+      banner.appendChild(text);
+      banner.appendChild(stay);
+      document.body.appendChild(banner);
+      try { stay.focus(); } catch (e) { /* older browsers */ }
+    }
+    const secs = Math.max(0, Math.ceil(left / 1000));
+    banner.firstChild.textContent = 'For privacy you will be signed out in ' + secs +
+      ' second' + (secs === 1 ? '' : 's') + ' because nothing has been done on this page.';
+  }
+
+  function unwarn() {
+    if (banner) { banner.parentNode.removeChild(banner); banner = null; }
+  }
+
+  ['pointerdown', 'keydown', 'touchstart'].forEach(function (type) {
+    document.addEventListener(type, function () { interacted = true; }, true);
+  });
+
+  function tick() {
+    if (done) return;
+    const now = Date.now();
+    // Work on the page counts once the server would count it (a resolution step later).
+    if (interacted && now - lastActive >= lag) { interacted = false; keepAlive(); }
+    const left = lastActive + idle - lag - now;
+    if (left <= 0) return signOut();
+    if (left <= warnFor) warn(left); else unwarn();
+  }
+  setInterval(tick, 1000);
 }

@@ -1,7 +1,7 @@
 // The patient's appointments (/appointments): upcoming and past visits (joining video visits,
 // cancelling), booking through a hold with a countdown, and messages from the care team. An ES
 // module in plain ES2017.
-import { apiClient, BACKGROUND } from '/api.js';
+import { apiClient, BACKGROUND, watchIdle, signedOutForIdle } from '/api.js';
 import { $, el, clear, messenger, busy as busyWith } from '/page.js';
 import { pad, clock, shortDate, addDays, todayIn, validDate, wallShift, randomKey, qs, friendly,
          showSlots, longDate as longDateOf } from '/schedule/scheduling.js';
@@ -33,6 +33,7 @@ async function acting(button, fn) {
 }
 
 function signedOut() {
+  if (signedOutForIdle()) $('signin-text').textContent = 'You were signed out because nothing was done on the page for a while. Sign in again to continue.';
   ['view-upcoming', 'view-book', 'view-past', 'view-messages'].forEach(function (id) { $(id).hidden = true; });
   stopHold();
   $('view-signin').hidden = false;
@@ -322,6 +323,7 @@ async function start() {
     $('signin-link').textContent = 'Go to the schedule';
     return;
   }
+  watchIdle(me);
   await loadAppointments();
   loadMessages().catch(function (e) { say(e.message); });
   var types = (await api('GET', '/api/v1/me/appointment-types')) || [];

@@ -1,6 +1,6 @@
 // The staff schedule (/schedule): a location's day (check-in, complete, no-show, cancel, joining
 // video visits) and booking from open slots. An ES module in plain ES2017.
-import { apiClient, BACKGROUND } from '/api.js';
+import { apiClient, BACKGROUND, watchIdle, signedOutForIdle } from '/api.js';
 import { $, el, clear, messenger, busy as busyWith } from '/page.js';
 import { clock, addDays, todayIn, validDate, randomKey, qs, friendly, showSlots,
          longDate as longDateOf, wallShift as wallShiftOf } from '/schedule/scheduling.js';
@@ -28,6 +28,7 @@ var api = server.call, serverNow = server.now;
 function busy(button, fn, report) { return busyWith(button, fn, report || say); }
 
 function signedOut() {
+  if (signedOutForIdle()) $('signin-text').textContent = 'You were signed out because nothing was done on the page for a while. Sign in again to continue.';
   $('view-day').hidden = true;
   $('view-book').hidden = true;
   $('view-signin').hidden = false;
@@ -301,6 +302,7 @@ async function start() {
     return;
   }
   S.me = me;
+  watchIdle(me);
   $('whoami').textContent = 'Signed in as ' + me.display_name;
   var results = await Promise.all([api('GET', '/api/v1/locations'), api('GET', '/api/v1/appointment-types')]);
   var mine = me.locations || [];

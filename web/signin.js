@@ -1,6 +1,6 @@
 // The sign-in page (/): password, then enrolling an authenticator (with recovery codes) or
 // verifying with one, then links to the pages for the caller's role. An ES module in plain ES2017.
-import { apiClient } from '/api.js';
+import { apiClient, watchIdle, signedOutForIdle } from '/api.js';
 import { $, messenger, busy as busyWith } from '/page.js';
 
 var VIEWS = ['view-login', 'view-enroll', 'view-recovery', 'view-verify', 'view-signed-in'];
@@ -41,6 +41,7 @@ async function loadSession() {
   }
   if (s.stage !== 'full') return goStage(s.stage);
   $('whoami').textContent = 'Signed in as ' + s.display_name + ' (' + s.role + ')';
+  watchIdle(s);
   $('patient-links').hidden = s.role !== 'patient';
   $('staff-links').hidden = !SCHEDULE_ROLES[s.role];
   show('view-signed-in');
@@ -49,6 +50,7 @@ async function loadSession() {
 function showLogin() {
   $('password').value = '';
   show('view-login');
+  if (signedOutForIdle()) say('You were signed out because nothing was done on the page for a while. Sign in again to continue.', 'info');
   if ($('clinic').value && !$('username').value) { try { $('username').focus(); } catch (e) { /* ignore */ } }
 }
 

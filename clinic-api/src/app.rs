@@ -9,6 +9,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::domains::consults::Hub;
+use crate::domains::identity::throttle::SignInThrottle;
 use crate::domains::images::Images;
 use crate::domains::{consults, identity, images, outbox, patients, reports, scheduling, tenancy};
 use crate::platform::authz::Routes;
@@ -49,11 +50,13 @@ pub async fn assemble(
     let hub = Hub::start(&keys, &config.sfu)?;
     let images = Arc::new(Images::open(&config, &keys).await?);
     let doc = Arc::new(openapi::Document::new(&all_routes().specs()));
+    let config_login = config.login.clone();
     Ok(
         AppState::new(config, db, Arc::new(keys), clock, metrics_handle())
             .with(hub)
             .with(images)
             .with(doc)
+            .with(Arc::new(SignInThrottle::new(&config_login)))
             .with(Arc::new(jobs::Running::default())),
     )
 }
@@ -62,10 +65,11 @@ pub async fn assemble(
 /// application pool, checks its role cannot bypass row-level security, loads the key file.
 pub async fn open(config: Config) -> anyhow::Result<AppState> {
     Db::migrate(&config.admin_database_url()).await?;
-    let db = Db::connect(
+    let db = Db::connect_with(
         &config.database_url(),
         config.database.max_connections,
         Some(&config.database.app_role),
+        config.database.contention(),
     )
     .await?;
     if let Some(check) = db.role_check().await? {

@@ -158,10 +158,11 @@ impl TestApp {
         config.database.admin_url = Some(admin_url.clone());
         tweak(&mut config);
         Db::migrate(&admin_url).await.expect("migrate");
-        let db = Db::connect(
+        let db = Db::connect_with(
             &config.database_url(),
             config.database.max_connections,
             Some(&config.database.app_role),
+            config.database.contention(),
         )
         .await
         .expect("connect app pool");

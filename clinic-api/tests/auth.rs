@@ -608,3 +608,116 @@ async fn the_idle_clock_moves_once_a_minute_and_never_for_background_refreshes()
         idle.text
     );
 }
+
+/// One sign-in as it comes from a client address (`ConnectInfo`, as the real listener sets it).
+async fn login_from(
+    app: &TestApp,
+    ip: &str,
+    clinic: &str,
+    username: &str,
+) -> clinic_api::testkit::Reply {
+    let mut req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/auth/login")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            json!({ "clinic": clinic, "username": username, "password": "wrong password!" })
+                .to_string(),
+        ))
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    app.send(req).await
+}
+
+#[tokio::test]
+async fn sign_ins_are_limited_per_address_and_per_name() {
+    let app = TestApp::with_config(|c| {
+        c.login.per_ip_per_minute = 5;
+        c.login.per_account_per_minute = 3;
+        c.login.backoff_after = 100;
+        c.login.lock_after = 200;
+    })
+    .await;
+    let user = app.user(Role::FrontDesk).await;
+    // Three for one name (from two addresses), then that name is refused from any address;
+    // the limit counts names with no account the same way.
+    for ip in ["10.1.0.1", "10.1.0.2", "10.1.0.1"] {
+        let r = login_from(&app, ip, "alpha", &user.username).await;
+        assert_eq!(r.code(), "invalid_credentials", "{}", r.text);
+    }
+    let name = login_from(&app, "10.1.0.3", "alpha", &user.username.to_uppercase()).await;
+    assert_eq!(
+        (name.status, name.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        "{}",
+        name.text
+    );
+    assert!(name.headers.contains_key("retry-after"));
+    for _ in 0..3 {
+        let r = login_from(&app, "10.1.0.4", "alpha", "ghost").await;
+        assert_eq!(r.code(), "invalid_credentials", "{}", r.text);
+    }
+    let ghost = login_from(&app, "10.1.0.5", "alpha", "ghost").await;
+    assert_eq!(ghost.code(), "rate_limited", "{}", ghost.text);
+    // 10.1.0.1 has made two attempts (and 10.1.0.4 three, plus its refused one is not counted
+    // against another address): three more names from 10.1.0.1 pass, the next is refused.
+    for n in 0..3 {
+        let r = login_from(&app, "10.1.0.1", "alpha", &format!("someone-{n}")).await;
+        assert_eq!(r.code(), "invalid_credentials", "{}", r.text);
+    }
+    let ip = login_from(&app, "10.1.0.1", "alpha", "someone-else").await;
+    assert_eq!(ip.code(), "rate_limited", "{}", ip.text);
+    assert!(ip.body["detail"].as_str().unwrap().contains("address"));
+    // Another address is unaffected.
+    let other = login_from(&app, "10.1.0.9", "alpha", "someone-else").await;
+    assert_eq!(other.code(), "invalid_credentials", "{}", other.text);
+}
+
+/// The answers a run of wrong passwords gets: a real account's and a name with no account (in a
+/// real clinic, and in no clinic) must be the same, step by step, lock included.
+#[tokio::test]
+async fn unknown_names_back_off_and_lock_like_accounts() {
+    let app = TestApp::new().await;
+    let cfg = app.state.config.login.clone();
+    let real = app.user(Role::FrontDesk).await;
+    // Each name's answers to a run of wrong passwords, waiting out each backoff as a client would.
+    let run = |clinic: String, username: String| {
+        let app = &app;
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..2 * cfg.lock_after + 2 {
+                let body = json!({ "clinic": clinic, "username": username, "password": "wrong password!" });
+                let r = app
+                    .call(Method::POST, "/api/v1/auth/login", None, Some(body))
+                    .await;
+                seen.push((r.status, r.code().to_string()));
+                if r.status == StatusCode::TOO_MANY_REQUESTS {
+                    let wait = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+                    app.clock.advance_secs(wait);
+                }
+            }
+            seen
+        }
+    };
+    let answers = vec![
+        run("alpha".into(), real.username.clone()).await,
+        run("alpha".into(), "nobody-at-all".into()).await,
+        run("no-such-clinic".into(), "x".into()).await,
+    ];
+    assert!(
+        answers[0].iter().any(|(_, c)| c == "login_backoff")
+            && answers[0].last().unwrap().1 == "account_locked",
+        "the real account backs off then locks: {:?}",
+        answers[0]
+    );
+    assert_eq!(
+        answers[1], answers[0],
+        "a name with no account answers the same"
+    );
+    assert_eq!(
+        answers[2], answers[0],
+        "a clinic that does not exist answers the same"
+    );
+}

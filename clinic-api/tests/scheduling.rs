@@ -728,10 +728,14 @@ async fn patients_hold_and_book_open_slots_of_their_types_and_see_only_their_own
 }
 
 async fn book_with_key(s: &Setup, key: &str, body: Value) -> Reply {
+    book_with_key_as(s, &s.desk, key, body).await
+}
+
+async fn book_with_key_as(s: &Setup, cookie: &str, key: &str, body: Value) -> Reply {
     let req = Request::builder()
         .method(Method::POST)
         .uri("/api/v1/appointments")
-        .header("cookie", &s.desk)
+        .header("cookie", cookie)
         .header("content-type", "application/json")
         .header("idempotency-key", key)
         .body(Body::from(body.to_string()))
@@ -789,6 +793,57 @@ async fn a_retried_booking_with_the_same_idempotency_key_returns_the_first_resul
     }
     assert_eq!(ids.len(), 1);
     assert_eq!(active_count(&s, "provider_id", p.id.as_str()).await, 2);
+}
+
+/// An idempotency record keeps ids and a hash, never the answer (which names the patient), and
+/// lasts a day: after it, the key is free again.
+#[tokio::test]
+async fn idempotency_records_hold_no_names_and_expire_after_a_day() {
+    let s = setup().await;
+    let tele = s
+        .add_type("Video check", "telemedicine", 30, json!({}))
+        .await;
+    let p = s
+        .provider(&[(3, "09:00", "12:00", "any"), (4, "09:00", "12:00", "any")])
+        .await;
+    let patient = s.patient(7).await;
+    let body = json!({ "type_id": tele, "location_id": s.north, "provider_id": p.id, "patient_id": patient, "start": "2026-09-23T09:00" });
+    let first = book_with_key(&s, "day-1", body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    assert_eq!(
+        first.body["patient_name"], "Pat Number7",
+        "staff see the name"
+    );
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT response FROM idempotency_keys")
+        .fetch_all(&s.app.admin.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(
+        !stored[0].0.contains("Number7") && !stored[0].0.contains("Pat "),
+        "no name kept: {}",
+        stored[0].0
+    );
+    // Replayed within the day, the name is there again (read now, as this caller may see it).
+    let again = book_with_key(&s, "day-1", body.clone()).await;
+    assert_eq!(again.headers.get("idempotent-replay").unwrap(), "true");
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(again.body["patient_name"], "Pat Number7");
+    // A day later the key is forgotten: another request under it books, not 422.
+    s.app.clock.advance_secs(24 * 3600 + 1);
+    let mut later = body.clone();
+    later["start"] = json!("2026-09-24T10:00");
+    let fresh = s.app.session(&s.desk_user, Stage::Full).await;
+    let r = book_with_key_as(&s, &fresh, "day-1", later).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_ne!(r.body["id"], first.body["id"]);
+    let (left,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM idempotency_keys WHERE created_at < $1")
+            .bind(s.app.now() - 24 * 3600 * 1000)
+            .fetch_one(&s.app.admin.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "expired records are swept");
 }
 
 #[tokio::test]

@@ -12,10 +12,11 @@ const root = resolve(import.meta.dirname, '..', '..');
 export const CLINIC_BIN = process.env.CLINIC_BIN || join(root, 'target', 'debug', 'clinic');
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
-export async function startServer() {
+// `config`: more CLINIC_* settings for this server (e.g. a short idle timeout).
+export async function startServer(config = {}) {
   if (!existsSync(CLINIC_BIN)) throw new Error(`no clinic binary at ${CLINIC_BIN}: cargo build -p clinic-api first`);
   const dir = mkdtempSync(join(tmpdir(), 'clinic-browser-'));
-  const env = { ...process.env, CLINIC_DATA_DIR: join(dir, 'data'), CLINIC_LISTEN: '127.0.0.1:0' };
+  const env = { ...process.env, CLINIC_DATA_DIR: join(dir, 'data'), CLINIC_LISTEN: '127.0.0.1:0', ...config };
   delete env.DATABASE_URL;
   // The server reads every CLINIC_* variable as configuration and refuses unknown ones.
   delete env.CLINIC_BIN;
@@ -94,5 +95,23 @@ export async function until(probe, ok, ms, what) {
     if (ok(value)) return value;
     if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}; last: ${JSON.stringify(value)}`);
     await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+// Signs `username` in through the sign-in page on `page` (staff enroll an authenticator, the
+// test computing codes from the key the page shows) and waits for the signed-in view.
+export async function signInPage(page, base, username, password) {
+  await page.goto(base + '/');
+  await page.fill('#username', username);
+  await page.fill('#password', password);
+  await page.click('#login-submit');
+  await page.waitForSelector('#enroll-secret:not(:empty), #whoami:not(:empty)', { state: 'visible' });
+  if (await page.isVisible('#enroll-secret')) {
+    const secret = (await page.textContent('#enroll-secret')).replace(/\s+/g, '');
+    await page.fill('#enroll-code', totp(secret));
+    await page.click('#enroll-submit');
+    await page.waitForSelector('#recovery-codes li', { state: 'visible' });
+    await page.click('#recovery-continue');
+    await page.waitForSelector('#whoami:not(:empty)', { state: 'visible' });
   }
 }

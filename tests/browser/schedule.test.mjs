@@ -9,7 +9,7 @@
 // send you to sign in.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launch, totp, until } from './harness.mjs';
+import { startServer, launch, until, signInPage } from './harness.mjs';
 
 const SHOTS = process.env.SCREENSHOT_DIR || '/tmp';
 const PHONE = { width: 390, height: 844 };
@@ -45,19 +45,7 @@ function watch(page, name) {
 async function signInAndOpen(name, username, path, viewport) {
   const context = await browser.newContext({ viewport });
   const page = watch(await context.newPage(), name);
-  await page.goto(server.base + '/');
-  await page.fill('#username', username);
-  await page.fill('#password', server.logins[username].password);
-  await page.click('#login-submit');
-  await page.waitForSelector('#enroll-secret:not(:empty), #whoami:not(:empty)', { state: 'visible' });
-  if (await page.isVisible('#enroll-secret')) {
-    const secret = (await page.textContent('#enroll-secret')).replace(/\s+/g, '');
-    await page.fill('#enroll-code', totp(secret));
-    await page.click('#enroll-submit');
-    await page.waitForSelector('#recovery-codes li', { state: 'visible' });
-    await page.click('#recovery-continue');
-    await page.waitForSelector('#whoami:not(:empty)', { state: 'visible' });
-  }
+  await signInPage(page, server.base, username, server.logins[username].password);
   await page.click(`#view-signed-in a[href="${path}"]`);
   await page.waitForURL(server.base + path);
   return { context, page };

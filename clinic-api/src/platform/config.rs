@@ -237,6 +237,12 @@ pub struct DatabaseConfig {
     /// the login role is not already it). It must not own tables, be superuser or bypass RLS.
     pub app_role: String,
     pub max_connections: u32,
+    /// SQLite only: how long a connection waits for another process's write lock (the
+    /// server's own writers queue in turn before they begin, see `write_wait_ms`).
+    pub busy_timeout_ms: u64,
+    /// SQLite only: how long a request waits for its turn to write before answering 503 with
+    /// Retry-After (the server's writers take turns in arrival order, one at a time).
+    pub write_wait_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
@@ -290,6 +296,15 @@ pub struct LoginConfig {
     /// Failures after which the account locks for `lock_secs`.
     pub lock_after: i64,
     pub lock_secs: i64,
+    /// Sign-in attempts each client address may make a minute (a token bucket; 0: no limit).
+    /// Generous: a practice's staff may share one address behind its router.
+    pub per_ip_per_minute: u32,
+    /// Sign-in attempts a minute per clinic and username, whether or not the account exists
+    /// (0: no limit).
+    pub per_account_per_minute: u32,
+    /// How long a sign-in waits for one of the password checks (as many at once as the machine
+    /// has cores) before answering 503 with Retry-After.
+    pub check_wait_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -340,6 +355,16 @@ impl Default for Config {
     }
 }
 
+impl DatabaseConfig {
+    /// How the pool waits on contention.
+    pub fn contention(&self) -> crate::platform::db::Contention {
+        crate::platform::db::Contention {
+            busy_timeout_ms: self.busy_timeout_ms,
+            write_wait_ms: self.write_wait_ms,
+        }
+    }
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
@@ -347,6 +372,8 @@ impl Default for DatabaseConfig {
             admin_url: None,
             app_role: "clinic_app".into(),
             max_connections: 16,
+            busy_timeout_ms: 5_000,
+            write_wait_ms: 5_000,
         }
     }
 }
@@ -377,6 +404,9 @@ impl Default for LoginConfig {
             backoff_after: 3,
             lock_after: 6,
             lock_secs: 15 * 60,
+            per_ip_per_minute: 120,
+            per_account_per_minute: 30,
+            check_wait_ms: 5_000,
         }
     }
 }

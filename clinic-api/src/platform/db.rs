@@ -7,10 +7,12 @@
 //! On SQLite a write transaction is `BEGIN IMMEDIATE`, so writers are serialized.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Transaction};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::platform::ids::ClinicId;
 
@@ -40,6 +42,31 @@ impl Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// SQLite: the server's writers take turns here, in arrival order, before `BEGIN IMMEDIATE`.
+    /// SQLite's own busy handler retries by sleeping, unfairly: under a flood some writers waited
+    /// past the busy timeout and answered 500 while later ones got through. Waiting here is fair
+    /// and bounded (`write_wait`, then 503), and SQLite's lock is then never contended from
+    /// inside this process.
+    writers: Option<Arc<Semaphore>>,
+    write_wait: Duration,
+}
+
+/// How connections wait on contention (SQLite; PostgreSQL ignores both).
+#[derive(Clone, Copy, Debug)]
+pub struct Contention {
+    /// SQLite's busy timeout: how long a connection waits for another process's lock.
+    pub busy_timeout_ms: u64,
+    /// How long a transaction waits for its turn among this process's writers.
+    pub write_wait_ms: u64,
+}
+
+impl Default for Contention {
+    fn default() -> Self {
+        Self {
+            busy_timeout_ms: 5_000,
+            write_wait_ms: 5_000,
+        }
+    }
 }
 
 pub use crate::platform::tx::TenantTx;
@@ -64,6 +91,17 @@ impl Db {
         max_connections: u32,
         app_role: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::connect_with(url, max_connections, app_role, Contention::default()).await
+    }
+
+    /// [`Db::connect`] with the contention settings of `database.busy_timeout_ms` and
+    /// `database.write_wait_ms`.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        app_role: Option<&str>,
+        contention: Contention,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)?;
         if backend == Backend::Sqlite {
@@ -74,10 +112,28 @@ impl Db {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10));
         if backend == Backend::Sqlite {
-            pool = pool.after_connect(|conn, _| {
+            let memory = url.contains(":memory:") || url.contains("mode=memory");
+            let pragmas = format!(
+                "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; PRAGMA synchronous = NORMAL;",
+                contention.busy_timeout_ms
+            );
+            pool = pool.after_connect(move |conn, _| {
+                let pragmas = pragmas.clone();
                 Box::pin(async move {
-                    conn.execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;")
-                        .await?;
+                    conn.execute(pragmas.as_str()).await?;
+                    // Readers must not wait for writers (nor a writer for readers): WAL, which
+                    // migrations set and the file keeps. Checked on every connection, since a
+                    // database file in rollback mode would serialize reads behind each write.
+                    if !memory {
+                        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode = WAL")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                        if !mode.eq_ignore_ascii_case("wal") {
+                            return Err(sqlx::Error::Configuration(
+                                format!("SQLite journal mode is {mode}, not WAL").into(),
+                            ));
+                        }
+                    }
                     Ok(())
                 })
             });
@@ -101,7 +157,12 @@ impl Db {
             });
         }
         let pool = pool.connect_with(options).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            writers: (backend == Backend::Sqlite).then(|| Arc::new(Semaphore::new(1))),
+            write_wait: Duration::from_millis(contention.write_wait_ms),
+        })
     }
 
     /// Applies this backend's migrations (needs a connection that may create tables).
@@ -128,21 +189,37 @@ impl Db {
     /// Starts a transaction scoped to one tenant at `now`. Every query on regulated rows runs in
     /// one (handlers take theirs from `AppState::tx`, which reads the clock).
     pub async fn tenant_tx(&self, clinic: &ClinicId, now: i64) -> sqlx::Result<TenantTx> {
-        let mut tx = self.begin().await?;
+        let (tx, turn) = self.begin().await?;
+        let mut tx = tx;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT set_config('app.clinic_id', $1, true)")
                 .bind(clinic.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
-        Ok(TenantTx::new(tx, clinic.clone(), self.backend, now))
+        Ok(TenantTx::new(tx, turn, clinic.clone(), self.backend, now))
     }
 
-    /// A transaction with no tenant: on PostgreSQL it sees no tenant rows at all (RLS).
-    async fn begin(&self) -> sqlx::Result<RawTx> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+    /// A transaction with no tenant: on PostgreSQL it sees no tenant rows at all (RLS). On
+    /// SQLite it holds the writers' turn, which it returns with it, until it ends.
+    async fn begin(&self) -> sqlx::Result<(RawTx, Option<OwnedSemaphorePermit>)> {
+        let turn = match &self.writers {
+            Some(writers) => Some(self.turn(writers).await?),
+            None => None,
+        };
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok((tx, turn))
+    }
+
+    /// Waits for this process's writers' turn, at most `write_wait` (then the pool's "timed out",
+    /// which answers 503 with Retry-After).
+    async fn turn(&self, writers: &Arc<Semaphore>) -> sqlx::Result<OwnedSemaphorePermit> {
+        match tokio::time::timeout(self.write_wait, writers.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) | Err(_) => Err(sqlx::Error::PoolTimedOut),
         }
     }
 
@@ -169,7 +246,7 @@ impl Db {
             Backend::Postgres => "SELECT clinic_ids()",
             Backend::Sqlite => "SELECT id FROM clinics ORDER BY id",
         };
-        let mut tx = self.begin().await?;
+        let (mut tx, _turn) = self.begin().await?;
         let ids: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok(ids
@@ -219,6 +296,21 @@ impl Db {
 impl RoleCheck {
     pub fn can_bypass_rls(&self) -> bool {
         self.superuser != 0 || self.bypass_rls != 0 || self.owned_tables != 0
+    }
+}
+
+/// Whether a database error is contention rather than a fault: SQLite `SQLITE_BUSY` (5) and
+/// `SQLITE_LOCKED` (6) with their extended codes (`code & 0xff`), PostgreSQL `40001`
+/// (serialization failure), `40P01` (deadlock) and `55P03` (lock not available).
+pub fn is_contention(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else { return false };
+    match code.as_ref() {
+        "40001" | "40P01" | "55P03" => true,
+        // SQLSTATEs are five characters; SQLite's (extended) result codes are below 10,000.
+        numeric if numeric.len() < 5 => numeric
+            .parse::<i64>()
+            .is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
+        _ => false,
     }
 }
 

@@ -87,6 +87,7 @@ error_codes! {
     NotTelemedicine = "not_telemedicine",
     OutsideAvailability = "outside_availability",
     ProviderNotAtLocation = "provider_not_at_location",
+    RateLimited = "rate_limited",
     RetentionPeriod = "retention_period",
     RoomExists = "room_exists",
     ServerGoingAway = "server_going_away",
@@ -237,6 +238,18 @@ impl From<sqlx::Error> for ApiError {
         match &err {
             sqlx::Error::RowNotFound => ApiError::not_found("record"),
             sqlx::Error::Database(db) => {
+                if crate::platform::db::is_contention(db.as_ref()) {
+                    // Another writer held what this one needed (SQLite busy or locked,
+                    // PostgreSQL serialization failure, deadlock or lock timeout): a retry
+                    // succeeds, so it is an answer to retry, not a fault.
+                    tracing::warn!(code = ?db.code(), "database contention");
+                    return ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::Unavailable,
+                        "the service is busy; retry shortly",
+                    )
+                    .with_retry_after(1);
+                }
                 match db.kind() {
                     // The caller's input collided with a key: an answer, not a fault.
                     sqlx::error::ErrorKind::UniqueViolation

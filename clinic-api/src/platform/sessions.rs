@@ -125,8 +125,16 @@ struct SessionRow {
 /// served but does not count as activity for the idle timeout.
 pub const BACKGROUND_HEADER: &str = "x-clinic-background";
 
-/// How far the idle clock (`last_seen_at`) must lag before a request moves it.
+/// How far the idle clock (`last_seen_at`) must lag before a request moves it: a minute, or a
+/// tenth of the idle timeout when that is shorter (so a short timeout still counts activity).
 pub const LAST_SEEN_STEP_MS: i64 = 60_000;
+
+/// The idle clock's step for an idle timeout of `idle_timeout_secs` (see [`LAST_SEEN_STEP_MS`]);
+/// pages sign out this much before the idle timeout they count, since the server's clock may
+/// lag theirs by up to it.
+pub fn last_seen_step_ms(idle_timeout_secs: i64) -> i64 {
+    LAST_SEEN_STEP_MS.min(idle_timeout_secs * 100).max(1)
+}
 
 fn expired() -> ApiError {
     ApiError::unauthorized(
@@ -178,7 +186,8 @@ pub async fn authenticate(
     // lengthens it. A page's background refresh (BACKGROUND_HEADER) never moves it: only what a
     // person does keeps a session alive.
     let background = headers.contains_key(BACKGROUND_HEADER);
-    if !background && now - row.last_seen_at >= LAST_SEEN_STEP_MS {
+    let step = last_seen_step_ms(state.config.sessions.idle_timeout_secs);
+    if !background && now - row.last_seen_at >= step {
         sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
             .bind(now)
             .bind(&row.id)

@@ -9,6 +9,7 @@
 use std::ops::{Deref, DerefMut};
 
 use sqlx::{Any, AnyConnection, Transaction};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::platform::audit::{self, Action, AuditEvent, Outcome};
 use crate::platform::authz::{Basis, Caller, Permission, Scope, scope_of};
@@ -25,16 +26,21 @@ pub struct TenantTx {
     now: i64,
     /// What to do once the transaction has committed (tell a live room what the rows say).
     on_commit: Vec<Box<dyn FnOnce() + Send>>,
+    /// SQLite: this process's writers' turn, given back when the transaction ends (declared
+    /// after `inner`, so it is released after the transaction is).
+    _turn: Option<OwnedSemaphorePermit>,
 }
 
 impl TenantTx {
     pub(in crate::platform) fn new(
         inner: Transaction<'static, Any>,
+        turn: Option<OwnedSemaphorePermit>,
         clinic: ClinicId,
         backend: Backend,
         now: i64,
     ) -> Self {
         Self {
+            _turn: turn,
             inner: Some(inner),
             clinic,
             backend,

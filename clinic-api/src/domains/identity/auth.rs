@@ -2,12 +2,15 @@
 //! TOTP enrollment for accounts that must have MFA; step-up for sensitive routes; sign-out;
 //! password change. Every failure that matters (bad password, lockout, bad code) is audited.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse, NoContent};
 use serde::{Deserialize, Serialize};
 
+use crate::domains::identity::throttle::{self, Failures, SignInThrottle};
 use crate::domains::identity::users::{self, UserRow};
 use crate::platform::audit::{Action, AuditEvent, Outcome};
 use crate::platform::authz::{Caller, Policy, Routes};
@@ -160,11 +163,12 @@ fn event_for(user: &UserRow, client: &ClientInfo, action: Action) -> AuditEvent 
     e
 }
 
-/// The answer for a locked or backing-off account, without touching the password.
-fn locked_answer(state: &AppState, user: &UserRow, now: i64) -> Option<ApiError> {
-    let until = user.locked_until.filter(|t| *t > now)?;
+/// The answer for a locked or backing-off account (or name with no account), without touching
+/// the password.
+fn locked_answer(state: &AppState, failures: Failures, now: i64) -> Option<ApiError> {
+    let until = failures.locked_until.filter(|t| *t > now)?;
     let wait = ((until - now) / 1000).max(1) as u64;
-    Some(if user.failed_logins >= state.config.login.lock_after {
+    Some(if failures.count >= state.config.login.lock_after {
         ApiError::new(
             StatusCode::LOCKED,
             ErrorCode::AccountLocked,
@@ -179,6 +183,18 @@ fn locked_answer(state: &AppState, user: &UserRow, now: i64) -> Option<ApiError>
         )
         .with_retry_after(wait)
     })
+}
+
+fn failures_of(user: &UserRow) -> Failures {
+    Failures {
+        count: user.failed_logins,
+        locked_until: user.locked_until,
+    }
+}
+
+/// How long a password check may wait for a free slot.
+fn check_wait(state: &AppState) -> Duration {
+    Duration::from_millis(state.config.login.check_wait_ms)
 }
 
 /// Counts a failed password or code: backoff after `backoff_after`, lock after `lock_after`.
@@ -200,13 +216,7 @@ async fn count_failure(
     .bind(&user.id)
     .fetch_one(&mut **tx)
     .await?;
-    let locked_until = if failures >= cfg.lock_after {
-        Some(now + cfg.lock_secs * 1000)
-    } else if failures >= cfg.backoff_after {
-        Some(now + (1i64 << (failures - cfg.backoff_after).min(10)) * 1000)
-    } else {
-        None
-    };
+    let locked_until = throttle::lock_until(cfg, failures, now);
     sqlx::query("UPDATE users SET locked_until = $1 WHERE id = $2")
         .bind(locked_until)
         .bind(&user.id)
@@ -222,16 +232,53 @@ async fn count_failure(
         tx.audit(event_for(user, client, Action::Lockout).outcome(Outcome::Denied))
             .await?;
     }
-    let after = UserRow {
-        failed_logins: failures,
+    let after = Failures {
+        count: failures,
         locked_until,
-        ..user.clone()
     };
-    Ok(match locked_answer(state, &after, now) {
+    Ok(match locked_answer(state, after, now) {
         Some(lock) if failures >= cfg.lock_after => lock,
         _ if action == Action::LoginFailed => invalid_credentials(),
         _ => ApiError::unauthorized(ErrorCode::InvalidCode, "that code is not valid"),
     })
+}
+
+/// A sign-in for a name that matches no account (or a clinic that does not exist): the same
+/// answers on the same schedule as a real account's — invalid credentials, then backoff, then a
+/// lock, with the password checked (against a dummy hash) exactly when a real one's would be.
+/// Returns the error to answer with.
+async fn unknown_name(
+    state: &AppState,
+    clinic: Option<&ClinicId>,
+    client: &ClientInfo,
+    account: &(String, String),
+    password: String,
+    now: i64,
+) -> ApiResult<ApiError> {
+    let throttle = state.get::<SignInThrottle>();
+    let cfg = &state.config.login;
+    let (answer, detail) = match locked_answer(state, throttle.unknown_failures(account), now) {
+        Some(lock) => (lock, "unknown username; locked"),
+        None => {
+            passwords::check(None, password, check_wait(state)).await?;
+            let after = throttle.unknown_failed(account, cfg, now);
+            match locked_answer(state, after, now) {
+                Some(lock) if after.count >= cfg.lock_after => (lock, "unknown username"),
+                _ => (invalid_credentials(), "unknown username"),
+            }
+        }
+    };
+    if let Some(clinic) = clinic {
+        let mut tx = state.tx(clinic).await?;
+        let mut e = AuditEvent::new(clinic.clone(), Action::LoginFailed, "user")
+            .outcome(Outcome::Failure)
+            .detail(detail);
+        e.ip = client.ip.clone();
+        e.user_agent = client.user_agent.clone();
+        tx.audit(e).await?;
+        tx.commit().await?;
+    }
+    Ok(answer)
 }
 
 async fn login(
@@ -240,9 +287,15 @@ async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<WithCookie<Json<LoginResponse>>> {
     let now = state.clock.now_ms();
+    // Throttled before any database or argon2 work, by address and by name, whether or not the
+    // name is an account's.
+    let account = throttle::account_key(&req.clinic, &req.username);
+    state
+        .get::<SignInThrottle>()
+        .admit(client.ip.as_deref(), &account)?;
+    let wait = check_wait(&state);
     let Some(clinic) = state.db.clinic_id_by_slug(req.clinic.trim()).await? else {
-        passwords::check(None, req.password.clone()).await?;
-        return Err(invalid_credentials());
+        return Err(unknown_name(&state, None, &client, &account, req.password, now).await?);
     };
     // The user is read in a short transaction and the password checked after it ends: no write
     // lock (SQLite) or pool connection (PostgreSQL) is held while argon2 runs. Before, a flood of
@@ -252,17 +305,11 @@ async fn login(
     let found = users::by_username(&mut tx, &clinic, req.username.trim()).await?;
     tx.commit().await?;
     let Some(user) = found else {
-        passwords::check(None, req.password.clone()).await?;
-        let mut tx = state.tx(&clinic).await?;
-        let mut e = AuditEvent::new(clinic.clone(), Action::LoginFailed, "user")
-            .outcome(Outcome::Failure)
-            .detail("unknown username");
-        e.ip = client.ip.clone();
-        e.user_agent = client.user_agent.clone();
-        tx.audit(e).await?;
-        return tx.fail(invalid_credentials()).await;
+        return Err(
+            unknown_name(&state, Some(&clinic), &client, &account, req.password, now).await?,
+        );
     };
-    if let Some(lock) = locked_answer(&state, &user, now) {
+    if let Some(lock) = locked_answer(&state, failures_of(&user), now) {
         let mut tx = state.tx(&clinic).await?;
         tx.audit(
             event_for(&user, &client, Action::LoginFailed)
@@ -273,7 +320,7 @@ async fn login(
         return tx.fail(lock).await;
     }
     let checked = user.password_hash.clone();
-    let ok = passwords::check(Some(checked.clone()), req.password.clone()).await?;
+    let ok = passwords::check(Some(checked.clone()), req.password.clone(), wait).await?;
     let mut tx = state.tx(&clinic).await?;
     // Read again in the writing transaction: a concurrent failure may have locked the account,
     // or its password or state changed while the check ran.
@@ -284,7 +331,7 @@ async fn login(
         let err = count_failure(&mut tx, &state, &user, &client, Action::LoginFailed).await?;
         return tx.fail(err).await;
     }
-    if let Some(lock) = locked_answer(&state, &user, now) {
+    if let Some(lock) = locked_answer(&state, failures_of(&user), now) {
         tx.audit(
             event_for(&user, &client, Action::LoginFailed)
                 .outcome(Outcome::Denied)
@@ -418,18 +465,31 @@ async fn verify_mfa(
             "enroll an authenticator app first",
         ));
     }
+    // A recovery code is hashed (argon2, slow) before the transaction opens.
+    let recovery = match &req.recovery_code {
+        Some(rc) => {
+            let (user_id, rc) = (caller.user_id.to_string(), rc.clone());
+            Some(
+                passwords::off_thread(check_wait(&state), move || {
+                    mfa::recovery_hash(&user_id, &rc)
+                })
+                .await?,
+            )
+        }
+        None => None,
+    };
     let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
-    if let Some(lock) = locked_answer(&state, &user, now) {
+    if let Some(lock) = locked_answer(&state, failures_of(&user), now) {
         return Err(lock);
     }
-    let outcome = match (&req.code, &req.recovery_code) {
+    let outcome = match (&req.code, &recovery) {
         (Some(code), None) => check_code(&mut tx, &state, &user, &caller, code).await?,
-        (None, Some(rc)) => {
+        (None, Some(rc_hash)) => {
             let used = sqlx::query("UPDATE mfa_recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL")
                 .bind(now)
                 .bind(&user.id)
-                .bind(mfa::recovery_hash(rc))
+                .bind(rc_hash)
                 .execute(&mut *tx)
                 .await?;
             if used.rows_affected() == 1 {
@@ -531,6 +591,18 @@ async fn enroll_confirm(
     ApiJson(req): ApiJson<CodeRequest>,
 ) -> ApiResult<Json<RecoveryCodes>> {
     let now = state.clock.now_ms();
+    // The new recovery codes are hashed (argon2, slow) before the transaction opens.
+    let codes = mfa::new_recovery_codes(|b| state.keys.random(b));
+    let hashed = {
+        let (user_id, codes) = (caller.user_id.to_string(), codes.clone());
+        passwords::off_thread(check_wait(&state), move || {
+            codes
+                .iter()
+                .map(|c| mfa::recovery_hash(&user_id, c))
+                .collect::<Vec<_>>()
+        })
+        .await?
+    };
     let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
     if user.mfa_enrolled_at.is_some() {
@@ -562,17 +634,16 @@ async fn enroll_confirm(
     .bind(&user.id)
     .execute(&mut *tx)
     .await?;
-    let codes = mfa::new_recovery_codes(|b| state.keys.random(b));
     sqlx::query("DELETE FROM mfa_recovery_codes WHERE user_id = $1")
         .bind(&user.id)
         .execute(&mut *tx)
         .await?;
-    for code in &codes {
+    for hash in &hashed {
         sqlx::query("INSERT INTO mfa_recovery_codes (id, clinic_id, user_id, code_hash) VALUES ($1, $2, $3, $4)")
             .bind(uuid::Uuid::new_v4().to_string())
             .bind(caller.clinic_id.as_str())
             .bind(&user.id)
-            .bind(mfa::recovery_hash(code))
+            .bind(hash)
             .execute(&mut *tx)
             .await?;
     }
@@ -593,7 +664,7 @@ async fn step_up(
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
-    if let Some(lock) = locked_answer(&state, &user, now) {
+    if let Some(lock) = locked_answer(&state, failures_of(&user), now) {
         return Err(lock);
     }
     if let Err(e) = check_code(&mut tx, &state, &user, &caller, &req.code).await? {
@@ -634,6 +705,11 @@ pub struct SessionInfo {
     pub mfa_enrolled: bool,
     pub locations: Vec<String>,
     pub step_up_fresh: bool,
+    /// The session ends after this long with no request counted as activity (a page's
+    /// background refreshes are not); pages warn before it and sign out.
+    pub idle_timeout_secs: i64,
+    /// How much the server's idle clock may lag a page's: pages end their count this much early.
+    pub idle_resolution_secs: i64,
 }
 
 async fn session_info(
@@ -656,6 +732,11 @@ async fn session_info(
         step_up_fresh: caller
             .mfa_at
             .is_some_and(|t| now - t <= state.config.sessions.step_up_window_secs * 1000),
+        idle_timeout_secs: state.config.sessions.idle_timeout_secs,
+        idle_resolution_secs: (sessions::last_seen_step_ms(
+            state.config.sessions.idle_timeout_secs,
+        ) + 999)
+            / 1000,
     }))
 }
 
@@ -671,18 +752,25 @@ async fn change_password(
     let user = load_self(&mut tx, &caller).await?;
     tx.commit().await?;
     let checked = user.password_hash.clone();
-    let ok = passwords::check(Some(checked.clone()), req.current_password.clone()).await?;
+    let wait = check_wait(&state);
+    let ok = passwords::check(Some(checked.clone()), req.current_password.clone(), wait).await?;
+    // The new password is hashed before the writing transaction opens, like the check.
+    let new_hash = if ok {
+        Some(passwords::NewHash::of(&req.new_password, wait).await?)
+    } else {
+        None
+    };
     let mut tx = state.tx(&caller.clinic_id).await?;
     let user = load_self(&mut tx, &caller).await?;
-    if !ok || user.password_hash != checked {
+    let Some(new_hash) = new_hash.filter(|_| user.password_hash == checked) else {
         let err =
             count_failure(&mut tx, &state, &user, &caller.client, Action::LoginFailed).await?;
         return tx.fail(err).await;
-    }
+    };
     users::set_password(
         &mut tx,
         &UserId::from_trusted(user.id.clone()),
-        &req.new_password,
+        &new_hash,
         now,
     )
     .await?;

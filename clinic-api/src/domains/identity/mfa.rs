@@ -1,10 +1,11 @@
 //! TOTP (RFC 6238: SHA-1, 6 digits, 30 s steps, ±1 step of skew, 160-bit secrets) and recovery
 //! codes. A code's time step must be newer than the last one accepted for the user, so a used
-//! code cannot be replayed. Recovery codes are stored as SHA-256 hashes and used once.
+//! code cannot be replayed. Recovery codes carry 80 bits, are stored as argon2id hashes (salted
+//! by the user) and are used once.
 
 use totp_rs::{Algorithm, TOTP};
 
-use crate::platform::keys::{ct_eq, sha256_hex};
+use crate::platform::keys::ct_eq;
 
 pub const STEP_SECS: i64 = 30;
 pub const SECRET_BYTES: usize = 20;
@@ -95,30 +96,62 @@ pub fn otpauth_uri(issuer: &str, account: &str, secret: &[u8]) -> String {
     )
 }
 
-/// Fresh recovery codes (`xxxxx-xxxxx`, 50 bits each) to show once.
+/// Crockford's base32 alphabet (no i, l, o, u: nothing to misread when typed from paper).
+const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// Fresh recovery codes to show once: 16 Crockford base32 characters each (80 bits, every
+/// character 5 unbiased bits of the random bytes), shown as `xxxx-xxxx-xxxx-xxxx`.
 pub fn new_recovery_codes(random: impl Fn(&mut [u8])) -> Vec<String> {
-    const A: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
     (0..RECOVERY_CODES)
         .map(|_| {
             let mut bytes = [0u8; 10];
             random(&mut bytes);
-            let s: String = bytes
+            let bits = bytes
                 .iter()
-                .map(|b| A[*b as usize % A.len()] as char)
+                .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+            let chars: Vec<char> = (0..16)
+                .map(|i| CROCKFORD[((bits >> (75 - 5 * i)) & 31) as usize] as char)
                 .collect();
-            format!("{}-{}", &s[..5], &s[5..])
+            chars
+                .chunks(4)
+                .map(|c| c.iter().collect::<String>())
+                .collect::<Vec<_>>()
+                .join("-")
         })
         .collect()
 }
 
-/// The stored form of a recovery code (normalized: lowercase, no spaces or dashes).
-pub fn recovery_hash(code: &str) -> String {
-    let norm: String = code
-        .chars()
+/// A typed recovery code as its 16 characters: case, spaces and dashes ignored, and the letters
+/// Crockford's alphabet leaves out read as the digits they look like (o → 0, i and l → 1).
+fn normalize_recovery(code: &str) -> String {
+    code.chars()
         .filter(|c| c.is_ascii_alphanumeric())
-        .flat_map(|c| c.to_lowercase())
-        .collect();
-    sha256_hex(format!("clinic-recovery-v1:{norm}").as_bytes())
+        .map(|c| match c.to_ascii_lowercase() {
+            'o' => '0',
+            'i' | 'l' => '1',
+            c => c,
+        })
+        .collect()
+}
+
+/// The stored form of a recovery code: argon2id (the password parameters) of the normalized
+/// code, salted by the user's id, so a stolen table costs an argon2 run per guess per user while
+/// a sign-in still finds the code with one equality lookup. Slow: run it on the blocking pool.
+pub fn recovery_hash(user_id: &str, code: &str) -> String {
+    let salt = format!("clinic-recovery-v2:{user_id}");
+    let mut out = [0u8; 32];
+    argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(19 * 1024, 2, 1, Some(32)).expect("valid params"),
+    )
+    .hash_password_into(
+        normalize_recovery(code).as_bytes(),
+        salt.as_bytes(),
+        &mut out,
+    )
+    .expect("argon2 with a salt of at least 8 bytes");
+    format!("argon2id:{}", hex::encode(out))
 }
 
 #[cfg(test)]
@@ -167,10 +200,31 @@ mod tests {
     }
 
     #[test]
-    fn recovery_codes_normalize() {
+    fn recovery_codes_carry_80_bits_and_normalize() {
         let codes =
             new_recovery_codes(|b| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8 * 7));
         assert_eq!(codes.len(), RECOVERY_CODES);
-        assert_eq!(recovery_hash("ABCDE-fghij"), recovery_hash("abcde fghij"));
+        for code in &codes {
+            let chars = normalize_recovery(code);
+            // 16 characters of a 32-letter alphabet: 80 bits.
+            assert_eq!(chars.len(), 16, "{code}");
+            assert!(chars.bytes().all(|c| CROCKFORD.contains(&c)), "{code}");
+            assert_eq!(code.len(), 19, "four groups of four: {code}");
+        }
+        // Every bit of the random bytes shows: all-ones bytes give the alphabet's last letter.
+        let ones = new_recovery_codes(|b| b.fill(0xff));
+        assert_eq!(ones[0], "zzzz-zzzz-zzzz-zzzz");
+        let zeros = new_recovery_codes(|b| b.fill(0));
+        assert_eq!(zeros[0], "0000-0000-0000-0000");
+        assert_eq!(
+            recovery_hash("u1", "ABCD-efgh-0123-4567"),
+            recovery_hash("u1", "abcd efgh Ol23 4567")
+        );
+        assert_ne!(
+            recovery_hash("u1", "abcd-efgh-0123-4567"),
+            recovery_hash("u2", "abcd-efgh-0123-4567"),
+            "salted by the user"
+        );
+        assert!(recovery_hash("u1", "x").starts_with("argon2id:"));
     }
 }

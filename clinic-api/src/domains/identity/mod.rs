@@ -4,4 +4,5 @@ pub mod access_review;
 pub mod auth;
 pub mod mfa;
 pub mod passwords;
+pub mod throttle;
 pub mod users;

@@ -3,7 +3,11 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
-use crate::platform::error::{ApiError, ErrorCode};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 
 pub const MIN_LEN: usize = 12;
 pub const MAX_LEN: usize = 256;
@@ -40,15 +44,10 @@ pub fn verify_dummy(password: &str) {
 
 /// Checks `password` against `stored` (or, for an unknown account, burns the same time) on the
 /// blocking pool, at most as many at once as the machine has cores: a flood of sign-ins queues
-/// here instead of starving the async workers that answer everyone else.
-pub async fn check(stored: Option<String>, password: String) -> Result<bool, ApiError> {
-    static CHECKS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let checks = CHECKS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores)
-    });
-    let _permit = checks.acquire().await.map_err(|_| ApiError::internal())?;
-    tokio::task::spawn_blocking(move || match stored {
+/// here instead of starving the async workers that answer everyone else. A check that cannot
+/// start within `wait` answers 503 with Retry-After instead of queueing without end.
+pub async fn check(stored: Option<String>, password: String, wait: Duration) -> ApiResult<bool> {
+    off_thread(wait, move || match stored {
         Some(stored) => verify(&stored, &password),
         None => {
             verify_dummy(&password);
@@ -56,7 +55,53 @@ pub async fn check(stored: Option<String>, password: String) -> Result<bool, Api
         }
     })
     .await
-    .map_err(|_| ApiError::internal())
+}
+
+/// A new password, checked for length and hashed: made before a transaction opens (on the
+/// blocking pool behind the same cap as [`check`]), so no write lock or pool connection is held
+/// while argon2 runs.
+#[derive(Clone, Debug)]
+pub struct NewHash(String);
+
+impl NewHash {
+    pub async fn of(password: &str, wait: Duration) -> ApiResult<NewHash> {
+        validate_new(password)?;
+        let password = password.to_string();
+        off_thread(wait, move || NewHash(hash(&password))).await
+    }
+
+    /// The PHC string to store.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Runs slow hashing work (argon2) on the blocking pool behind the cap on concurrent checks; 503
+/// with Retry-After when no slot frees within `wait`.
+pub(crate) async fn off_thread<T: Send + 'static>(
+    wait: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    });
+    let _permit = match tokio::time::timeout(wait, slots.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return Err(ApiError::internal()),
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "too many sign-ins are being checked; retry shortly",
+            )
+            .with_retry_after(1));
+        }
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ApiError::internal())
 }
 
 /// Checks a new password's length (NIST 800-63B: length over composition rules).

@@ -196,12 +196,11 @@ pub async fn reset_mfa(tx: &mut TenantTx, user: &UserId, now: i64) -> sqlx::Resu
 pub async fn set_password(
     tx: &mut TenantTx,
     user: &UserId,
-    password: &str,
+    password: &passwords::NewHash,
     now: i64,
 ) -> ApiResult<()> {
-    passwords::validate_new(password)?;
     sqlx::query("UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3")
-        .bind(passwords::hash(password))
+        .bind(password.as_str())
         .bind(now)
         .bind(user.as_str())
         .execute(&mut **tx)

@@ -212,7 +212,7 @@ pub(super) async fn created_body(
     let row = reload(tx, &caller.clinic_id, id).await?;
     let body =
         serde_json::to_value(out(state, row, with_name)).map_err(|_| ApiError::internal())?;
-    remember(tx, caller, idem, StatusCode::CREATED, &body, now).await?;
+    remember(tx, caller, idem, StatusCode::CREATED, id, now).await?;
     Ok(body)
 }
 
@@ -232,7 +232,7 @@ pub(super) async fn book(
         &body.location_id,
     )
     .await?;
-    if let Some(resp) = replay(&mut tx, &caller, idem.as_ref()).await? {
+    if let Some(resp) = replay(&mut tx, &state, &caller, idem.as_ref()).await? {
         tx.commit().await?;
         return Ok(resp);
     }
@@ -276,7 +276,7 @@ pub(super) async fn follow_up(
     let idem = Idempotency::of(&headers, &path, &body)?;
     let now = state.clock.now_ms();
     let (mut tx, row, reached) = reach(&state, &caller, &id, Permission::ScheduleWrite).await?;
-    if let Some(resp) = replay(&mut tx, &caller, idem.as_ref()).await? {
+    if let Some(resp) = replay(&mut tx, &state, &caller, idem.as_ref()).await? {
         tx.commit().await?;
         return Ok(resp);
     }

@@ -1,6 +1,8 @@
-//! `Idempotency-Key` on the routes that create an appointment: the first answer is stored under
-//! the caller's key, with a hash of the request; the same key and request replay it, the same
-//! key with another request is refused.
+//! `Idempotency-Key` on the routes that create an appointment: the appointment the first request
+//! made is stored under the caller's key, with a hash of the request; the same key and request
+//! answer with that appointment again, the same key with another request is refused. A record
+//! keeps ids and a hash only, never the answer itself (which names the patient), and lasts a day
+//! ([`TTL_MS`]): long enough for any client's retries, then swept.
 
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
@@ -9,10 +11,14 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 use super::super::time::Ms;
+use super::row::{fetch, may_see_names, out};
 use crate::platform::authz::Caller;
 use crate::platform::error::{ApiError, ApiResult, ErrorCode};
 use crate::platform::keys::sha256_hex;
 use crate::platform::state::AppState;
+
+/// How long a key's record lasts (as Stripe keeps its keys): retries come within minutes.
+pub(super) const TTL_MS: i64 = 24 * 3600 * 1000;
 
 /// A request's key and the hash of what it asked for.
 pub(super) struct Idempotency {
@@ -54,55 +60,79 @@ fn request_hash(path: &str, body: &impl Serialize) -> String {
     )
 }
 
-/// The stored answer for the key, if this user used it before. The same key with another request
-/// is refused.
+/// The answer for the key, if this user used it in the last day: the appointment it made, as
+/// this caller sees it now. The same key with another request is refused.
 pub(super) async fn replay(
     conn: &mut AnyConnection,
+    state: &AppState,
     caller: &Caller,
     idem: Option<&Idempotency>,
 ) -> ApiResult<Option<Response>> {
     let Some(idem) = idem else {
         return Ok(None);
     };
-    let row: Option<(String, i64, String)> = sqlx::query_as(
-        "SELECT request_hash, status, response FROM idempotency_keys WHERE clinic_id = $1 AND user_id = $2 AND idem_key = $3",
+    let now = state.clock.now_ms();
+    let row: Option<(String, i64, String, i64)> = sqlx::query_as(
+        "SELECT request_hash, status, response, created_at FROM idempotency_keys WHERE clinic_id = $1 AND user_id = $2 AND idem_key = $3",
     )
     .bind(caller.clinic_id.as_str())
     .bind(caller.user_id.as_str())
     .bind(&idem.key)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    match row {
-        None => Ok(None),
-        Some((h, _, _)) if h != idem.hash => Err(ApiError::unprocessable(
+    let Some((hash, status, appointment_id, created_at)) = row else {
+        return Ok(None);
+    };
+    let made = if created_at > now - TTL_MS {
+        fetch(&mut *conn, &caller.clinic_id, &appointment_id).await?
+    } else {
+        None
+    };
+    let Some(made) = made else {
+        // Expired (or from before records held ids): forgotten, the key is free again.
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE clinic_id = $1 AND user_id = $2 AND idem_key = $3",
+        )
+        .bind(caller.clinic_id.as_str())
+        .bind(caller.user_id.as_str())
+        .bind(&idem.key)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(None);
+    };
+    if hash != idem.hash {
+        return Err(ApiError::unprocessable(
             ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request",
-        )),
-        Some((_, status, body)) => {
-            let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
-            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let mut resp = (status, Json(value)).into_response();
-            resp.headers_mut().insert(
-                "idempotent-replay",
-                axum::http::HeaderValue::from_static("true"),
-            );
-            Ok(Some(resp))
-        }
+        ));
     }
+    let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+    let mut resp = (status, Json(out(state, made, may_see_names(caller)))).into_response();
+    resp.headers_mut().insert(
+        "idempotent-replay",
+        axum::http::HeaderValue::from_static("true"),
+    );
+    Ok(Some(resp))
 }
 
-/// Stores the answer under the key (in the transaction that made it).
+/// Stores the key's record (in the transaction that made the appointment): the request's hash,
+/// the answer's status and the appointment's id. Sweeps the tenant's expired records on the way.
 pub(super) async fn remember(
     conn: &mut AnyConnection,
     caller: &Caller,
     idem: Option<&Idempotency>,
     status: StatusCode,
-    body: &serde_json::Value,
+    appointment_id: &str,
     now: Ms,
 ) -> sqlx::Result<()> {
     let Some(idem) = idem else {
         return Ok(());
     };
+    sqlx::query("DELETE FROM idempotency_keys WHERE clinic_id = $1 AND created_at <= $2")
+        .bind(caller.clinic_id.as_str())
+        .bind(now - TTL_MS)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "INSERT INTO idempotency_keys (clinic_id, user_id, idem_key, request_hash, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -111,7 +141,7 @@ pub(super) async fn remember(
     .bind(&idem.key)
     .bind(&idem.hash)
     .bind(status.as_u16() as i64)
-    .bind(body.to_string())
+    .bind(appointment_id)
     .bind(now)
     .execute(conn)
     .await?;
@@ -129,7 +159,7 @@ pub(super) async fn replay_after_race(
         return Ok(None);
     }
     let mut tx = state.tx(&caller.clinic_id).await?;
-    let found = replay(&mut tx, caller, idem).await;
+    let found = replay(&mut tx, state, caller, idem).await;
     tx.commit().await?;
     found
 }

@@ -114,7 +114,7 @@ pub(super) async fn book_own(
     let idem = Idempotency::of(&headers, "/api/v1/me/appointments", &body)?;
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
-    if let Some(resp) = replay(&mut tx, &caller, idem.as_ref()).await? {
+    if let Some(resp) = replay(&mut tx, &state, &caller, idem.as_ref()).await? {
         tx.commit().await?;
         return Ok(resp);
     }
