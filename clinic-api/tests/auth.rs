@@ -701,7 +701,7 @@ async fn unknown_names_back_off_and_lock_like_accounts() {
             seen
         }
     };
-    let answers = vec![
+    let answers = [
         run("alpha".into(), real.username.clone()).await,
         run("alpha".into(), "nobody-at-all".into()).await,
         run("no-such-clinic".into(), "x".into()).await,
