@@ -290,6 +290,8 @@ pub struct LoginConfig {
     /// Failures after which the account locks for `lock_secs`.
     pub lock_after: i64,
     pub lock_secs: i64,
+    /// How long a new account's one-time enrollment link (set the first password) stays valid.
+    pub enrollment_link_ttl_secs: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -377,6 +379,7 @@ impl Default for LoginConfig {
             backoff_after: 3,
             lock_after: 6,
             lock_secs: 15 * 60,
+            enrollment_link_ttl_secs: 72 * 3600,
         }
     }
 }

@@ -79,8 +79,8 @@ pub fn routes() -> Routes {
         .add(
             Method::POST,
             "/api/v1/auth/password",
-            Policy::AUTHENTICATED,
-            "Change password (revokes every session of the user)",
+            Policy::PASSWORD_CHANGE,
+            "Change password (revokes every session of the user; the one route open to a session that must change its password)",
             change_password,
         )
         .body::<PasswordChange>()
@@ -102,6 +102,8 @@ pub struct LoginResponse {
     pub user_id: String,
     pub role: String,
     pub display_name: String,
+    /// Someone else set the password: once signed in, change it before anything else.
+    pub must_change_password: bool,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -330,6 +332,7 @@ async fn login(
         user_id: user.id.clone(),
         role: user.role.clone(),
         display_name: user.display_name.clone(),
+        must_change_password: user.must_change_password != 0,
     });
     Ok(with_cookie(
         &state,
@@ -634,6 +637,8 @@ pub struct SessionInfo {
     pub mfa_enrolled: bool,
     pub locations: Vec<String>,
     pub step_up_fresh: bool,
+    /// Only the password change is open to this session until the password is changed.
+    pub must_change_password: bool,
 }
 
 async fn session_info(
@@ -653,6 +658,7 @@ async fn session_info(
         stage: caller.stage,
         mfa_enrolled: user.mfa_enrolled_at.is_some(),
         locations: caller.locations.iter().map(|l| l.to_string()).collect(),
+        must_change_password: caller.must_change_password,
         step_up_fresh: caller
             .mfa_at
             .is_some_and(|t| now - t <= state.config.sessions.step_up_window_secs * 1000),

@@ -38,16 +38,23 @@ pub fn verify_dummy(password: &str) {
     let _ = verify(stored, password);
 }
 
+/// At most as many argon2 runs at once as the machine has cores.
+fn argon2_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
 /// Checks `password` against `stored` (or, for an unknown account, burns the same time) on the
 /// blocking pool, at most as many at once as the machine has cores: a flood of sign-ins queues
 /// here instead of starving the async workers that answer everyone else.
 pub async fn check(stored: Option<String>, password: String) -> Result<bool, ApiError> {
-    static CHECKS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let checks = CHECKS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores)
-    });
-    let _permit = checks.acquire().await.map_err(|_| ApiError::internal())?;
+    let _permit = argon2_slots()
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal())?;
     tokio::task::spawn_blocking(move || match stored {
         Some(stored) => verify(&stored, &password),
         None => {
@@ -57,6 +64,18 @@ pub async fn check(stored: Option<String>, password: String) -> Result<bool, Api
     })
     .await
     .map_err(|_| ApiError::internal())
+}
+
+/// [`hash`] on the blocking pool under the same limit as [`check`], for routes open to anyone
+/// (an enrollment link): call it before opening a transaction.
+pub async fn hash_off_thread(password: String) -> Result<String, ApiError> {
+    let _permit = argon2_slots()
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal())?;
+    tokio::task::spawn_blocking(move || hash(&password))
+        .await
+        .map_err(|_| ApiError::internal())
 }
 
 /// Checks a new password's length (NIST 800-63B: length over composition rules).

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
+use crate::domains::identity::enrollment::{self, EnrollmentLink};
 use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
 use crate::platform::clock::rfc3339;
@@ -34,6 +35,8 @@ pub struct UserRow {
     pub last_login_at: Option<i64>,
     pub password_changed_at: i64,
     pub created_at: i64,
+    /// 1 when someone else set the password (see [`set_temporary_password`]).
+    pub must_change_password: i64,
 }
 
 impl UserRow {
@@ -47,7 +50,7 @@ impl UserRow {
 
 const USER_COLUMNS: &str = "id, clinic_id, username, display_name, role, password_hash, disabled_at, mfa_secret, \
      mfa_pending_secret, mfa_enrolled_at, totp_last_step, failed_logins, locked_until, last_login_at, \
-     password_changed_at, created_at";
+     password_changed_at, created_at, must_change_password";
 
 pub async fn by_username(
     tx: &mut TenantTx,
@@ -192,20 +195,44 @@ pub async fn reset_mfa(tx: &mut TenantTx, user: &UserId, now: i64) -> sqlx::Resu
     sessions::revoke_user(tx, user, now).await
 }
 
-/// Sets a new password and revokes the user's sessions.
+/// Sets a new password the user chose and revokes the user's sessions.
 pub async fn set_password(
     tx: &mut TenantTx,
     user: &UserId,
     password: &str,
     now: i64,
 ) -> ApiResult<()> {
+    write_password(tx, user, password, false, now).await
+}
+
+/// Sets a password someone else chose (an operator's reset) and revokes the user's sessions:
+/// the user's sessions then reach only the password change until they pick their own.
+pub async fn set_temporary_password(
+    tx: &mut TenantTx,
+    user: &UserId,
+    password: &str,
+    now: i64,
+) -> ApiResult<()> {
+    write_password(tx, user, password, true, now).await
+}
+
+async fn write_password(
+    tx: &mut TenantTx,
+    user: &UserId,
+    password: &str,
+    temporary: bool,
+    now: i64,
+) -> ApiResult<()> {
     passwords::validate_new(password)?;
-    sqlx::query("UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3")
-        .bind(passwords::hash(password))
-        .bind(now)
-        .bind(user.as_str())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE users SET password_hash = $1, password_changed_at = $2, must_change_password = $3 WHERE id = $4",
+    )
+    .bind(passwords::hash(password))
+    .bind(now)
+    .bind(i64::from(temporary))
+    .bind(user.as_str())
+    .execute(&mut **tx)
+    .await?;
     sessions::revoke_user(tx, user, now).await?;
     Ok(())
 }
@@ -247,8 +274,9 @@ pub struct CreateUser {
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct CreatedUser {
     pub id: String,
-    /// Shown once; the user changes it after the first sign-in.
-    pub initial_password: String,
+    /// The one-time link for the new user to set their password: deliver it to them. The
+    /// account has no password anyone knows until the link is used.
+    pub enrollment: EnrollmentLink,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -298,7 +326,7 @@ pub fn routes() -> Routes {
             Method::POST,
             "/api/v1/users",
             Policy::perm(Permission::UsersManage),
-            "Create a user (returns a one-time initial password)",
+            "Create a user (returns a one-time enrollment link for them, never a password; the roles a role may give are in the matrix)",
             create_route,
         )
         .body::<CreateUser>()
@@ -319,8 +347,8 @@ pub fn routes() -> Routes {
         .add(
             Method::POST,
             "/api/v1/users/{id}/reset-mfa",
-            Policy::perm(Permission::UsersManage),
-            "Reset MFA enrollment and revoke sessions",
+            Policy::sensitive(Permission::UsersManage),
+            "Reset MFA enrollment and revoke sessions (needs step-up)",
             reset_mfa_route,
         )
         .add(
@@ -382,9 +410,17 @@ async fn create_route(
             "display_name must be 1 to 200 characters",
         ));
     }
-    let password = passwords::generate(|b| state.keys.random(b));
     let now = state.clock.now_ms();
     let mut tx = state.tx(&caller.clinic_id).await?;
+    if let Err(refused) = caller.may_assign(&state, body.role) {
+        let event = caller
+            .event(Action::UserCreate, "user")
+            .detail(format!("{} refused", body.role.as_str()));
+        return tx.refuse(event, refused).await;
+    }
+    // A password no one is told: until the link is used the account cannot be signed in to
+    // (and a sign-in attempt costs the same as for any account).
+    let password = passwords::generate(|b| state.keys.random(b));
     let id = create(
         &mut tx,
         &caller.clinic_id,
@@ -405,10 +441,26 @@ async fn create_route(
             .detail(body.role.as_str()),
     )
     .await?;
+    let link = enrollment::issue(
+        &mut tx,
+        &state.keys,
+        state.config.login.enrollment_link_ttl_secs,
+        &caller.clinic_id,
+        &id,
+        Some(caller.user_id.as_str()),
+        now,
+    )
+    .await?;
+    tx.audit(
+        caller
+            .event(Action::EnrollmentLinkIssue, "user")
+            .resource(&id),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(CreatedUser {
         id: id.to_string(),
-        initial_password: password,
+        enrollment: link,
     }))
 }
 
