@@ -406,6 +406,21 @@ async fn serve_demo_then_operator_commands() {
         ],
     );
     assert!(ok, "{out}");
+    let (ok, out) = run(
+        dir.path(),
+        &[
+            "user",
+            "reset-password",
+            "--clinic",
+            "demo",
+            "--username",
+            "frontdesk",
+        ],
+    );
+    assert!(
+        ok && out.contains("temporary password") && out.contains("must change it"),
+        "{out}"
+    );
 
     let (ok, out) = run(dir.path(), &["imaging", "tier"]);
     assert!(
