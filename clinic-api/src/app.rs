@@ -28,6 +28,7 @@ pub fn all_routes() -> Routes {
         .merge(pages::routes())
         .merge(openapi::routes())
         .merge(identity::auth::routes())
+        .merge(identity::enrollment::routes())
         .merge(identity::users::routes())
         .merge(tenancy::locations::routes())
         .merge(patients::routes())

@@ -89,7 +89,7 @@ enum TenantCommand {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Create a user; prints a one-time password.
+    /// Create a user; prints a one-time enrollment link for them (never a password).
     Add {
         #[arg(long)]
         clinic: String,
@@ -112,6 +112,14 @@ enum UserCommand {
     },
     /// Reset a user's MFA enrollment and revoke their sessions.
     ResetMfa {
+        #[arg(long)]
+        clinic: String,
+        #[arg(long)]
+        username: String,
+    },
+    /// Set a temporary password (printed once) and revoke the user's sessions; signed in with
+    /// it, the user can do nothing but choose a new one.
+    ResetPassword {
         #[arg(long)]
         clinic: String,
         #[arg(long)]
@@ -175,6 +183,13 @@ fn init_tracing(config: &Config) {
     } else {
         builder.init();
     }
+}
+
+/// A password hashed for storage (argon2 on the blocking pool).
+async fn hashed(password: &str) -> anyhow::Result<passwords::NewHash> {
+    passwords::NewHash::of(password, std::time::Duration::from_secs(60))
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.detail))
 }
 
 /// An operator connection: the admin URL (owner of the schema, sees every tenant).
@@ -318,7 +333,8 @@ async fn user_command(command: UserCommand, config: &Config, now: i64) -> anyhow
             clinic, username, ..
         }
         | UserCommand::Disable { clinic, username }
-        | UserCommand::ResetMfa { clinic, username } => (clinic.clone(), username.clone()),
+        | UserCommand::ResetMfa { clinic, username }
+        | UserCommand::ResetPassword { clinic, username } => (clinic.clone(), username.clone()),
     };
     let clinic = clinic_id(&db, &slug).await?;
     let mut tx = db.tenant_tx(&clinic, now).await?;
@@ -336,7 +352,9 @@ async fn user_command(command: UserCommand, config: &Config, now: i64) -> anyhow
                     LocationId::parse(l).ok_or_else(|| anyhow::anyhow!("{l} is not a location id"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let password = passwords::generate(|b| keys.random(b));
+            // The operator gets a link to deliver, as an administrator does: no one but the
+            // account's holder ever knows its password.
+            let password = hashed(&passwords::generate(|b| keys.random(b))).await?;
             let display = display_name.unwrap_or_else(|| username.clone());
             let id = users::create(
                 &mut tx,
@@ -354,10 +372,29 @@ async fn user_command(command: UserCommand, config: &Config, now: i64) -> anyhow
             .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
             tx.audit(operator_event(&clinic, Action::UserCreate, id.as_str()))
                 .await?;
+            let link = crate::domains::identity::enrollment::issue(
+                &mut tx,
+                &keys,
+                config.login.enrollment_link_ttl_secs,
+                &clinic,
+                &id,
+                None,
+                now,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+            tx.audit(operator_event(
+                &clinic,
+                Action::EnrollmentLinkIssue,
+                id.as_str(),
+            ))
+            .await?;
             tx.commit().await?;
             println!(
-                "user {username} ({}) created: {id}\ninitial password (shown once): {password}",
-                role.as_str()
+                "user {username} ({}) created: {id}\nenrollment link for them (works once, until {}): {}",
+                role.as_str(),
+                link.expires_at,
+                link.url
             );
         }
         UserCommand::Disable { .. } => {
@@ -380,6 +417,24 @@ async fn user_command(command: UserCommand, config: &Config, now: i64) -> anyhow
             tx.commit().await?;
             println!(
                 "user {username}: MFA reset; {revoked} sessions revoked; they enroll again at next sign-in"
+            );
+        }
+        UserCommand::ResetPassword { .. } => {
+            let user = users::by_username(&mut tx, &clinic, &username)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user {username}"))?;
+            let password = passwords::generate(|b| keys.random(b));
+            users::set_temporary_password(&mut tx, &user.user_id(), &hashed(&password).await?, now)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+            tx.audit(
+                operator_event(&clinic, Action::PasswordChange, &user.id)
+                    .detail("temporary password set by operator"),
+            )
+            .await?;
+            tx.commit().await?;
+            println!(
+                "user {username}: sessions revoked; temporary password (shown once; they must change it at sign-in): {password}"
             );
         }
     }

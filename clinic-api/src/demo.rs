@@ -91,6 +91,9 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Option<Demo>> {
     let mut patient_users = Vec::new();
     for (username, display_name, role, locs) in people {
         let password = passwords::generate(|b| state.keys.random(b));
+        let hashed = passwords::NewHash::of(&password, std::time::Duration::from_secs(60))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let id = users::create(
             &mut tx,
             &clinic,
@@ -99,7 +102,7 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Option<Demo>> {
                 username,
                 display_name,
                 role,
-                password: &password,
+                password: &hashed,
                 locations: locs,
             },
         )

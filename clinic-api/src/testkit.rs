@@ -20,8 +20,8 @@ use crate::platform::keys::{KeyRing, Purpose, sha256_hex};
 use crate::platform::sessions::Stage;
 use crate::platform::state::AppState;
 use crate::{
-    demo, domains::identity::mfa, domains::identity::users, domains::tenancy::clinics,
-    domains::tenancy::locations,
+    demo, domains::identity::mfa, domains::identity::passwords, domains::identity::users,
+    domains::tenancy::clinics, domains::tenancy::locations,
 };
 
 /// The password every test user gets.
@@ -229,6 +229,9 @@ impl TestApp {
             role.as_str(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let hashed = passwords::NewHash::of(PASSWORD, std::time::Duration::from_secs(60))
+            .await
+            .expect("hash the test password");
         let mut tx = self.state.tx(clinic).await.unwrap();
         let id = users::create(
             &mut tx,
@@ -238,7 +241,7 @@ impl TestApp {
                 username: &username,
                 display_name: &username,
                 role,
-                password: PASSWORD,
+                password: &hashed,
                 locations,
             },
         )

@@ -721,3 +721,92 @@ async fn unknown_names_back_off_and_lock_like_accounts() {
         "a clinic that does not exist answers the same"
     );
 }
+
+#[tokio::test]
+async fn a_password_someone_else_set_must_be_changed_before_anything_else() {
+    let app = TestApp::new().await;
+    let desk = app.user(Role::FrontDesk).await;
+    let secret = app.enroll(&desk).await;
+    // An operator's reset (`clinic user reset-password`) sets a temporary password.
+    let temporary = clinic_api::domains::identity::passwords::NewHash::of(
+        "temporary password 1",
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let mut tx = app.state.tx(&desk.clinic).await.unwrap();
+    clinic_api::domains::identity::users::set_temporary_password(
+        &mut tx,
+        &desk.id,
+        &temporary,
+        app.now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (login, cookie) = app.login(&desk, "temporary password 1").await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text);
+    assert_eq!(login.body["must_change_password"], true);
+    let cookie = cookie.unwrap();
+    let verify = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/verify",
+            Some(&cookie),
+            Some(json!({ "code": app.code(&secret, 0) })),
+        )
+        .await;
+    assert_eq!(verify.status, StatusCode::OK, "{}", verify.text);
+    // A full session, but only the password change is open to it.
+    for (method, path) in [
+        (Method::GET, "/api/v1/locations"),
+        (Method::GET, "/api/v1/patients"),
+        (Method::POST, "/api/v1/auth/step-up"),
+    ] {
+        let r = app
+            .call(
+                method.clone(),
+                path,
+                Some(&cookie),
+                Some(json!({})).filter(|_| method == Method::POST),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::FORBIDDEN, "password_change_required"),
+            "{method} {path}: {}",
+            r.text
+        );
+    }
+    let info = app
+        .call(Method::GET, "/api/v1/auth/session", Some(&cookie), None)
+        .await;
+    assert_eq!(info.body["must_change_password"], true, "{}", info.text);
+    let changed = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/password",
+            Some(&cookie),
+            Some(json!({ "current_password": "temporary password 1", "new_password": "my own password 2" })),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    // Signed in again with their own password: everything their role allows.
+    app.clock.advance_secs(31);
+    let (login, cookie) = app.login(&desk, "my own password 2").await;
+    assert_eq!(login.body["must_change_password"], false, "{}", login.text);
+    let cookie = cookie.unwrap();
+    let verify = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/verify",
+            Some(&cookie),
+            Some(json!({ "code": app.code(&secret, 0) })),
+        )
+        .await;
+    assert_eq!(verify.status, StatusCode::OK, "{}", verify.text);
+    let r = app
+        .call(Method::GET, "/api/v1/locations", Some(&cookie), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}

@@ -335,7 +335,14 @@ async fn serve_demo_then_operator_commands() {
             "provider",
         ],
     );
-    assert!(ok && out.contains("initial password"), "{out}");
+    assert!(
+        ok && out.contains("enrollment link") && out.contains("/enroll#"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("password:"),
+        "the operator is never told a password: {out}"
+    );
     let (ok, out) = run(
         dir.path(),
         &[
@@ -399,6 +406,21 @@ async fn serve_demo_then_operator_commands() {
         ],
     );
     assert!(ok, "{out}");
+    let (ok, out) = run(
+        dir.path(),
+        &[
+            "user",
+            "reset-password",
+            "--clinic",
+            "demo",
+            "--username",
+            "frontdesk",
+        ],
+    );
+    assert!(
+        ok && out.contains("temporary password") && out.contains("must change it"),
+        "{out}"
+    );
 
     let (ok, out) = run(dir.path(), &["imaging", "tier"]);
     assert!(

@@ -223,7 +223,7 @@ async fn staff_upload_view_export_all_audited_and_stored_sealed_without_metadata
         .await;
     assert_eq!(
         (stale.status, stale.code()),
-        (StatusCode::UNAUTHORIZED, "step_up_required")
+        (StatusCode::FORBIDDEN, "step_up_required")
     );
 
     // Audited: the upload, the list view, both views and the export.

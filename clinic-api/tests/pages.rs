@@ -155,8 +155,8 @@ async fn every_page_is_served_with_the_strict_csp() {
         assert_eq!(reply.headers["x-content-type-options"], "nosniff", "{path}");
     }
     assert_eq!(
-        pages, 6,
-        "sign-in, two consult pages, photos, schedule, appointments"
+        pages, 7,
+        "sign-in, enrollment, two consult pages, photos, schedule, appointments"
     );
 }
 

@@ -149,7 +149,9 @@ async fn bad_paths_queries_and_routes_are_problems_too() {
             Method::POST,
             "/api/v1/users",
             Some(&cookie),
-            Some(json!({ "username": admin.username, "display_name": "Dup", "role": "provider" })),
+            Some(
+                json!({ "username": admin.username, "display_name": "Dup", "role": "front_desk" }),
+            ),
         )
         .await;
     assert_eq!(

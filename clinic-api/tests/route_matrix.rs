@@ -193,7 +193,8 @@ async fn sensitive_routes_need_a_recent_mfa_check() {
     let stale = app
         .call(Method::GET, "/api/v1/audit/export", Some(&cookie), None)
         .await;
-    assert_eq!(stale.status, StatusCode::UNAUTHORIZED, "{}", stale.text);
+    // 403, not 401: the session is fine (pages sign out on 401), it needs a step-up.
+    assert_eq!(stale.status, StatusCode::FORBIDDEN, "{}", stale.text);
     assert_eq!(stale.code(), "step_up_required");
     // A wrong code does not step up.
     let bad = app
@@ -234,4 +235,87 @@ async fn sensitive_routes_need_a_recent_mfa_check() {
             .await
             .unwrap();
     assert_eq!(step_ups, 1);
+}
+
+#[tokio::test]
+async fn resetting_mfa_legal_holds_and_deleting_images_need_a_fresh_step_up() {
+    let app = TestApp::new().await;
+    let owner = app.user(Role::Owner).await;
+    let secret = app.enroll(&owner).await;
+    let cookie = app.session(&owner, Stage::Full).await;
+    let other = app.user(Role::FrontDesk).await;
+    app.enroll(&other).await;
+    let image = uuid::Uuid::new_v4();
+    let guarded = [
+        (
+            Method::POST,
+            "/api/v1/users/{id}/reset-mfa",
+            format!("/api/v1/users/{}/reset-mfa", other.id),
+            None,
+        ),
+        (
+            Method::PUT,
+            "/api/v1/images/{id}/legal-hold",
+            format!("/api/v1/images/{image}/legal-hold"),
+            Some(json!({ "hold": false })),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/images/{id}",
+            format!("/api/v1/images/{image}"),
+            None,
+        ),
+    ];
+    // The step-up is the route's policy, not a handler's habit.
+    let specs = all_routes().specs();
+    for (method, template, _, _) in &guarded {
+        let spec = specs
+            .iter()
+            .find(|s| s.method == *method && s.path == *template)
+            .unwrap();
+        assert!(spec.policy.step_up, "{method} {template}");
+    }
+    // Six minutes on, the session kept alive: each is refused, and does nothing.
+    for _ in 0..3 {
+        app.clock.advance_secs(120);
+        let r = app
+            .call(Method::GET, "/api/v1/users", Some(&cookie), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    for (method, template, path, body) in &guarded {
+        let r = app
+            .call(method.clone(), path, Some(&cookie), body.clone())
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::FORBIDDEN, "step_up_required"),
+            "{method} {template}: {}",
+            r.text
+        );
+    }
+    let enrolled: Option<i64> =
+        sqlx::query_scalar("SELECT mfa_enrolled_at FROM users WHERE id = $1")
+            .bind(other.id.as_str())
+            .fetch_one(&app.admin.pool)
+            .await
+            .unwrap();
+    assert!(enrolled.is_some(), "a refused reset resets nothing");
+    let up = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/step-up",
+            Some(&cookie),
+            Some(json!({ "code": app.code(&secret, 0) })),
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::OK, "{}", up.text);
+    // After the step-up each reaches its handler: the reset is done; the images do not exist.
+    let expected = [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::NOT_FOUND];
+    for ((method, template, path, body), want) in guarded.iter().zip(expected) {
+        let r = app
+            .call(method.clone(), path, Some(&cookie), body.clone())
+            .await;
+        assert_eq!(r.status, want, "{method} {template}: {}", r.text);
+    }
 }

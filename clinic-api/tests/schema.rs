@@ -512,6 +512,12 @@ async fn an_ordinary_owner_keeps_its_jobs_under_forced_row_level_security() {
         .await
         .unwrap();
     for c in [&clinic, &other] {
+        let password = clinic_api::domains::identity::passwords::NewHash::of(
+            "owner test password",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
         let mut tx = owner.tenant_tx(c, now).await.unwrap();
         let location = locations::create(&mut tx, c, "Main", "UTC", now)
             .await
@@ -525,7 +531,7 @@ async fn an_ordinary_owner_keeps_its_jobs_under_forced_row_level_security() {
                 username: &user,
                 display_name: &user,
                 role: Role::ClinicAdmin,
-                password: "owner test password",
+                password: &password,
                 locations: &[location],
             },
         )

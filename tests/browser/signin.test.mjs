@@ -3,7 +3,7 @@
 // signed in, signs out; a wrong password shows the server's message.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launch, totp } from './harness.mjs';
+import { startServer, launch, totp, signIn } from './harness.mjs';
 
 let server, browser;
 before(async () => { server = await startServer(); browser = await launch(); });
@@ -40,4 +40,34 @@ test('a wrong password shows the problem detail', async () => {
   await page.waitForSelector('#message:not([hidden])');
   assert.match(await page.textContent('#message'), /username or password is wrong/);
   await page.close();
+});
+
+test('a new account sets its password once through its enrollment link', async () => {
+  // The administrator gets a link for the new user, never a password.
+  const admin = await signIn(server.base, 'admin', server.logins.admin.password);
+  const created = await admin.call('POST', '/api/v1/users', { username: 'desk.browser', display_name: 'Desk Browser', role: 'front_desk' });
+  assert.equal(created.initial_password, undefined);
+  const url = created.enrollment.url;
+  assert.match(url, /^\/enroll#/);
+  const page = await browser.newPage();
+  await page.goto(server.base + url);
+  await page.waitForSelector('#view-password', { state: 'visible' });
+  await page.fill('#password', 'browser chosen password');
+  await page.fill('#password-again', 'browser chosen password');
+  await page.click('#enroll-submit');
+  await page.waitForSelector('#view-done', { state: 'visible' });
+  assert.match(await page.textContent('#done-who'), /desk\.browser/);
+  // The token left the address bar.
+  assert.equal(new URL(page.url()).hash, '');
+  await page.close();
+  // Used again (a fresh page: the same URL with a fragment would not reload): the page says so.
+  const again = await browser.newPage();
+  await again.goto(server.base + url);
+  await again.waitForSelector('#view-password', { state: 'visible' });
+  await again.fill('#password', 'another password here');
+  await again.fill('#password-again', 'another password here');
+  await again.click('#enroll-submit');
+  await again.waitForSelector('#view-invalid', { state: 'visible' });
+  assert.match(await again.textContent('#invalid-why'), /already been used/);
+  await again.close();
 });

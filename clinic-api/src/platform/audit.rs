@@ -52,6 +52,10 @@ pub enum Action {
     StepUp,
     PasswordChange,
     UserCreate,
+    /// A one-time enrollment link issued for a new account.
+    EnrollmentLinkIssue,
+    /// An enrollment link used (the first password set), or refused.
+    EnrollmentComplete,
     UserDisable,
     UserUnlock,
     MfaReset,

@@ -180,6 +180,8 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
             (P::ReportsRead, Tenant),
             (P::LocationsRead, Tenant),
             (P::UsersRead, Tenant),
+            // The owner creates the accounts an administrator may not (see `assignable`).
+            (P::UsersManage, Tenant),
             (P::AuditRead, Tenant),
             (P::AuditExport, Tenant),
             (P::RecordsRetention, Tenant),
@@ -253,6 +255,55 @@ pub fn grants(role: Role) -> &'static [(Permission, Scope)] {
     }
 }
 
+/// Whether giving an account a role needs a fresh MFA check on top of being allowed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Assign {
+    Allowed,
+    StepUp,
+}
+
+/// THE role-assignment matrix: the roles an account holding `role` (and `users_manage`) may give
+/// an account it creates or changes. Whoever creates an account can deliver its enrollment link
+/// to themselves, so a role can only hand out roles that do not exceed its own reach: running
+/// the practice (owner, clinic_admin) and prescribing (provider) are the owner's to give, after a
+/// fresh MFA check. Nothing else decides it (`Caller::may_assign`).
+pub fn assignable(role: Role) -> &'static [(Role, Assign)] {
+    use Assign::{Allowed, StepUp};
+    match role {
+        Role::Owner => &[
+            (Role::Owner, StepUp),
+            (Role::ClinicAdmin, StepUp),
+            (Role::Provider, StepUp),
+            (Role::MedicalAssistant, Allowed),
+            (Role::FrontDesk, Allowed),
+            (Role::Consultant, Allowed),
+            (Role::Patient, Allowed),
+            (Role::ReferringPartner, Allowed),
+        ],
+        Role::ClinicAdmin => &[
+            (Role::MedicalAssistant, Allowed),
+            (Role::FrontDesk, Allowed),
+            (Role::Consultant, Allowed),
+            (Role::Patient, Allowed),
+            (Role::ReferringPartner, Allowed),
+        ],
+        Role::Provider
+        | Role::MedicalAssistant
+        | Role::FrontDesk
+        | Role::Consultant
+        | Role::Patient
+        | Role::ReferringPartner => &[],
+    }
+}
+
+/// Whether `role` may give an account `target`, and on what condition.
+pub fn assign_rule(role: Role, target: Role) -> Option<Assign> {
+    assignable(role)
+        .iter()
+        .find(|(r, _)| *r == target)
+        .map(|(_, a)| *a)
+}
+
 /// The scope of `perm` for `role`, if granted at all.
 pub fn scope_of(role: Role, perm: Permission) -> Option<Scope> {
     grants(role)
@@ -279,25 +330,38 @@ pub enum Access {
 pub struct Policy {
     pub access: Access,
     pub step_up: bool,
+    /// Reachable by a session whose user must change a password someone else set (the password
+    /// change itself); every other signed-in route refuses such a session.
+    pub password_change: bool,
 }
 
 impl Policy {
     pub const PUBLIC: Policy = Policy {
         access: Access::Public,
         step_up: false,
+        password_change: false,
     };
     pub const PENDING_MFA: Policy = Policy {
         access: Access::PendingMfa,
         step_up: false,
+        password_change: false,
     };
     pub const AUTHENTICATED: Policy = Policy {
         access: Access::Authenticated,
         step_up: false,
+        password_change: false,
+    };
+    /// The password change: any full session, including one that must change its password.
+    pub const PASSWORD_CHANGE: Policy = Policy {
+        access: Access::Authenticated,
+        step_up: false,
+        password_change: true,
     };
     pub const fn perm(p: Permission) -> Policy {
         Policy {
             access: Access::Perm(p),
             step_up: false,
+            password_change: false,
         }
     }
     /// A sensitive route: the permission plus an MFA check within the step-up window.
@@ -305,6 +369,7 @@ impl Policy {
         Policy {
             access: Access::Perm(p),
             step_up: true,
+            password_change: false,
         }
     }
 
@@ -474,6 +539,9 @@ pub struct Caller {
     pub session_id: SessionId,
     pub stage: Stage,
     pub mfa_at: Option<i64>,
+    /// The user's password was set by someone else (an operator's reset): until they change it,
+    /// the session reaches only routes whose policy is [`Policy::PASSWORD_CHANGE`].
+    pub must_change_password: bool,
     /// Locations the staff member is assigned to (covering grants included).
     pub locations: Vec<LocationId>,
     /// For a patient's session, their own patient record (what `own` grants reach).
@@ -524,6 +592,24 @@ impl Caller {
     /// `TenantTx::reach`).
     pub fn may(&self, perm: Permission) -> bool {
         scope_of(self.role, perm).is_some()
+    }
+
+    /// Whether the caller may give an account `target` (create it with that role, or change it
+    /// to that role), from [`assignable`]: refused with `role_not_assignable`, or
+    /// `step_up_required` when the role needs a fresh MFA check and the caller's is stale.
+    pub fn may_assign(&self, state: &AppState, target: Role) -> Result<(), ApiError> {
+        match assign_rule(self.role, target) {
+            None => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::RoleNotAssignable,
+                format!(
+                    "your role may not give an account the role {}",
+                    target.as_str()
+                ),
+            )),
+            Some(Assign::StepUp) => require_step_up(state, self),
+            Some(Assign::Allowed) => Ok(()),
+        }
     }
 
     /// An audit event by this caller, with its session, client and purpose filled in.
@@ -624,6 +710,13 @@ pub fn check(state: &AppState, policy: &Policy, caller: &Caller) -> Result<(), A
             }
         },
     }
+    if caller.must_change_password && !policy.password_change {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::PasswordChangeRequired,
+            "choose a new password first: POST /api/v1/auth/password",
+        ));
+    }
     if let Access::Perm(p) = policy.access
         && scope_of(caller.role, p).is_none()
     {
@@ -633,17 +726,25 @@ pub fn check(state: &AppState, policy: &Policy, caller: &Caller) -> Result<(), A
         )));
     }
     if policy.step_up {
-        let now = state.clock.now_ms();
-        let window = state.config.sessions.step_up_window_secs * 1000;
-        let fresh = caller.mfa_at.is_some_and(|t| now - t <= window);
-        if !fresh {
-            return Err(ApiError::unauthorized(
-                ErrorCode::StepUpRequired,
-                "this action needs a fresh MFA check: POST /api/v1/auth/step-up",
-            ));
-        }
+        require_step_up(state, caller)?;
     }
     Ok(())
+}
+
+/// Refuses unless the caller's last MFA check is within the step-up window. 403, not 401: the
+/// session is valid (pages sign out on 401), it only needs `POST /api/v1/auth/step-up`.
+fn require_step_up(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    let now = state.clock.now_ms();
+    let window = state.config.sessions.step_up_window_secs * 1000;
+    if caller.mfa_at.is_some_and(|t| now - t <= window) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::StepUpRequired,
+            "this action needs a fresh MFA check: POST /api/v1/auth/step-up",
+        ))
+    }
 }
 
 /// The matrix as Markdown (docs/permissions.md is this output; a test keeps them equal).
@@ -673,6 +774,21 @@ pub fn matrix_markdown(routes: &[RouteSpec]) -> String {
             out.push_str(&format!(" {cell} |"));
         }
         out.push('\n');
+    }
+    out.push_str(
+        "\n## Roles each role may give\n\nCreating an account with a role (or changing an \
+         account to it) needs `users_manage` and this table; `step-up`: only after a fresh MFA \
+         check.\n\n| role | may give |\n|---|---|\n",
+    );
+    for &role in Role::ALL {
+        let cells: Vec<String> = assignable(role)
+            .iter()
+            .map(|(r, a)| match a {
+                Assign::Allowed => r.as_str().to_string(),
+                Assign::StepUp => format!("{} (step-up)", r.as_str()),
+            })
+            .collect();
+        out.push_str(&format!("| {} | {} |\n", role.as_str(), cells.join(", ")));
     }
     out.push_str("\n## Routes\n\n| method | path | needs | step-up |\n|---|---|---|---|\n");
     let mut routes: Vec<&RouteSpec> = routes.iter().collect();

@@ -305,6 +305,8 @@ pub struct LoginConfig {
     /// How long a sign-in waits for one of the password checks (as many at once as the machine
     /// has cores) before answering 503 with Retry-After.
     pub check_wait_ms: u64,
+    /// How long a new account's one-time enrollment link (set the first password) stays valid.
+    pub enrollment_link_ttl_secs: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -407,6 +409,7 @@ impl Default for LoginConfig {
             per_ip_per_minute: 120,
             per_account_per_minute: 30,
             check_wait_ms: 5_000,
+            enrollment_link_ttl_secs: 72 * 3600,
         }
     }
 }

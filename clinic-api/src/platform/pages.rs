@@ -99,6 +99,12 @@ const FILES: &[File] = &[
         include_str!("../../../web/index.html"),
     ),
     File::page(
+        "/enroll",
+        Head::new("Set your password", "/enroll.js", false),
+        "The enrollment page: a new account sets its first password (one-time token in the fragment)",
+        include_str!("../../../web/enroll.html"),
+    ),
+    File::page(
         "/consult/join",
         Head::new("Video visit", "/consult/consult.js", true),
         "The video consult page for patients, caregivers and interpreters (code in the fragment)",
@@ -147,6 +153,11 @@ const FILES: &[File] = &[
         "/signin.js",
         "The sign-in page's script",
         include_str!("../../../web/signin.js"),
+    ),
+    File::script(
+        "/enroll.js",
+        "The enrollment page's script",
+        include_str!("../../../web/enroll.js"),
     ),
     File::script(
         "/photos/photos.js",

@@ -119,6 +119,7 @@ struct SessionRow {
     revoked_at: Option<i64>,
     role: String,
     disabled_at: Option<i64>,
+    must_change_password: i64,
 }
 
 /// The request header a page sets on its own timed refreshes (any value): such a request is
@@ -157,7 +158,7 @@ pub async fn authenticate(
     let now = state.clock.now_ms();
     let mut tx = state.tx(&clinic).await?;
     let row: Option<SessionRow> = sqlx::query_as(
-        "SELECT s.id, s.user_id, s.stage, s.last_seen_at, s.expires_at, s.mfa_at, s.revoked_at, u.role, u.disabled_at \
+        "SELECT s.id, s.user_id, s.stage, s.last_seen_at, s.expires_at, s.mfa_at, s.revoked_at, u.role, u.disabled_at, u.must_change_password \
          FROM sessions s JOIN users u ON u.id = s.user_id \
          WHERE s.token_hash = $1 AND s.clinic_id = $2",
     )
@@ -221,6 +222,7 @@ pub async fn authenticate(
         session_id: SessionId::from_trusted(row.id),
         stage,
         mfa_at: row.mfa_at,
+        must_change_password: row.must_change_password != 0,
         patient,
         locations: locations
             .into_iter()

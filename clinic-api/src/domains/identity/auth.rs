@@ -82,8 +82,8 @@ pub fn routes() -> Routes {
         .add(
             Method::POST,
             "/api/v1/auth/password",
-            Policy::AUTHENTICATED,
-            "Change password (revokes every session of the user)",
+            Policy::PASSWORD_CHANGE,
+            "Change password (revokes every session of the user; the one route open to a session that must change its password)",
             change_password,
         )
         .body::<PasswordChange>()
@@ -105,6 +105,8 @@ pub struct LoginResponse {
     pub user_id: String,
     pub role: String,
     pub display_name: String,
+    /// Someone else set the password: once signed in, change it before anything else.
+    pub must_change_password: bool,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -377,6 +379,7 @@ async fn login(
         user_id: user.id.clone(),
         role: user.role.clone(),
         display_name: user.display_name.clone(),
+        must_change_password: user.must_change_password != 0,
     });
     Ok(with_cookie(
         &state,
@@ -710,6 +713,8 @@ pub struct SessionInfo {
     pub idle_timeout_secs: i64,
     /// How much the server's idle clock may lag a page's: pages end their count this much early.
     pub idle_resolution_secs: i64,
+    /// Only the password change is open to this session until the password is changed.
+    pub must_change_password: bool,
 }
 
 async fn session_info(
@@ -729,6 +734,7 @@ async fn session_info(
         stage: caller.stage,
         mfa_enrolled: user.mfa_enrolled_at.is_some(),
         locations: caller.locations.iter().map(|l| l.to_string()).collect(),
+        must_change_password: caller.must_change_password,
         step_up_fresh: caller
             .mfa_at
             .is_some_and(|t| now - t <= state.config.sessions.step_up_window_secs * 1000),

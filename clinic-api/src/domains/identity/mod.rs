@@ -2,6 +2,7 @@
 
 pub mod access_review;
 pub mod auth;
+pub mod enrollment;
 pub mod mfa;
 pub mod passwords;
 pub mod throttle;

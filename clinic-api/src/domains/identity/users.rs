@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
+use crate::domains::identity::enrollment::{self, EnrollmentLink};
 use crate::platform::audit::Action;
 use crate::platform::authz::{Caller, Permission, Policy, Role, Routes};
 use crate::platform::clock::rfc3339;
@@ -34,6 +35,8 @@ pub struct UserRow {
     pub last_login_at: Option<i64>,
     pub password_changed_at: i64,
     pub created_at: i64,
+    /// 1 when someone else set the password (see [`set_temporary_password`]).
+    pub must_change_password: i64,
 }
 
 impl UserRow {
@@ -47,7 +50,7 @@ impl UserRow {
 
 const USER_COLUMNS: &str = "id, clinic_id, username, display_name, role, password_hash, disabled_at, mfa_secret, \
      mfa_pending_secret, mfa_enrolled_at, totp_last_step, failed_logins, locked_until, last_login_at, \
-     password_changed_at, created_at";
+     password_changed_at, created_at, must_change_password";
 
 pub async fn by_username(
     tx: &mut TenantTx,
@@ -77,12 +80,12 @@ pub async fn by_id(
     .await
 }
 
-/// A new account. The password is hashed here; plain text goes no further.
+/// A new account, its password already hashed (before the transaction opened).
 pub struct NewUser<'a> {
     pub username: &'a str,
     pub display_name: &'a str,
     pub role: Role,
-    pub password: &'a str,
+    pub password: &'a passwords::NewHash,
     pub locations: &'a [LocationId],
 }
 
@@ -108,9 +111,7 @@ pub async fn create(
     new: &NewUser<'_>,
 ) -> ApiResult<UserId> {
     validate_username(new.username)?;
-    passwords::validate_new(new.password)?;
     let id = UserId::new();
-    let hash = passwords::hash(new.password);
     sqlx::query(
         "INSERT INTO users (id, clinic_id, username, display_name, role, password_hash, password_changed_at, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -120,7 +121,7 @@ pub async fn create(
     .bind(new.username)
     .bind(new.display_name)
     .bind(new.role.as_str())
-    .bind(hash)
+    .bind(new.password.as_str())
     .bind(now)
     .bind(now)
     .execute(&mut **tx)
@@ -192,19 +193,43 @@ pub async fn reset_mfa(tx: &mut TenantTx, user: &UserId, now: i64) -> sqlx::Resu
     sessions::revoke_user(tx, user, now).await
 }
 
-/// Sets a new password and revokes the user's sessions.
+/// Sets a new password the user chose and revokes the user's sessions.
 pub async fn set_password(
     tx: &mut TenantTx,
     user: &UserId,
     password: &passwords::NewHash,
     now: i64,
 ) -> ApiResult<()> {
-    sqlx::query("UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3")
-        .bind(password.as_str())
-        .bind(now)
-        .bind(user.as_str())
-        .execute(&mut **tx)
-        .await?;
+    write_password(tx, user, password, false, now).await
+}
+
+/// Sets a password someone else chose (an operator's reset) and revokes the user's sessions:
+/// the user's sessions then reach only the password change until they pick their own.
+pub async fn set_temporary_password(
+    tx: &mut TenantTx,
+    user: &UserId,
+    password: &passwords::NewHash,
+    now: i64,
+) -> ApiResult<()> {
+    write_password(tx, user, password, true, now).await
+}
+
+async fn write_password(
+    tx: &mut TenantTx,
+    user: &UserId,
+    password: &passwords::NewHash,
+    temporary: bool,
+    now: i64,
+) -> ApiResult<()> {
+    sqlx::query(
+        "UPDATE users SET password_hash = $1, password_changed_at = $2, must_change_password = $3 WHERE id = $4",
+    )
+    .bind(password.as_str())
+    .bind(now)
+    .bind(i64::from(temporary))
+    .bind(user.as_str())
+    .execute(&mut **tx)
+    .await?;
     sessions::revoke_user(tx, user, now).await?;
     Ok(())
 }
@@ -246,8 +271,9 @@ pub struct CreateUser {
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct CreatedUser {
     pub id: String,
-    /// Shown once; the user changes it after the first sign-in.
-    pub initial_password: String,
+    /// The one-time link for the new user to set their password: deliver it to them. The
+    /// account has no password anyone knows until the link is used.
+    pub enrollment: EnrollmentLink,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -297,7 +323,7 @@ pub fn routes() -> Routes {
             Method::POST,
             "/api/v1/users",
             Policy::perm(Permission::UsersManage),
-            "Create a user (returns a one-time initial password)",
+            "Create a user (returns a one-time enrollment link for them, never a password; the roles a role may give are in the matrix)",
             create_route,
         )
         .body::<CreateUser>()
@@ -318,8 +344,8 @@ pub fn routes() -> Routes {
         .add(
             Method::POST,
             "/api/v1/users/{id}/reset-mfa",
-            Policy::perm(Permission::UsersManage),
-            "Reset MFA enrollment and revoke sessions",
+            Policy::sensitive(Permission::UsersManage),
+            "Reset MFA enrollment and revoke sessions (needs step-up)",
             reset_mfa_route,
         )
         .add(
@@ -381,9 +407,21 @@ async fn create_route(
             "display_name must be 1 to 200 characters",
         ));
     }
-    let password = passwords::generate(|b| state.keys.random(b));
     let now = state.clock.now_ms();
+    // A password no one is told: until the link is used the account cannot be signed in to (and
+    // a sign-in attempt costs the same as for any account). Hashed before the transaction opens.
+    let password = passwords::NewHash::of(
+        &passwords::generate(|b| state.keys.random(b)),
+        std::time::Duration::from_millis(state.config.login.check_wait_ms),
+    )
+    .await?;
     let mut tx = state.tx(&caller.clinic_id).await?;
+    if let Err(refused) = caller.may_assign(&state, body.role) {
+        let event = caller
+            .event(Action::UserCreate, "user")
+            .detail(format!("{} refused", body.role.as_str()));
+        return tx.refuse(event, refused).await;
+    }
     let id = create(
         &mut tx,
         &caller.clinic_id,
@@ -404,10 +442,26 @@ async fn create_route(
             .detail(body.role.as_str()),
     )
     .await?;
+    let link = enrollment::issue(
+        &mut tx,
+        &state.keys,
+        state.config.login.enrollment_link_ttl_secs,
+        &caller.clinic_id,
+        &id,
+        Some(caller.user_id.as_str()),
+        now,
+    )
+    .await?;
+    tx.audit(
+        caller
+            .event(Action::EnrollmentLinkIssue, "user")
+            .resource(&id),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(CreatedUser {
         id: id.to_string(),
-        initial_password: password,
+        enrollment: link,
     }))
 }
 

@@ -288,16 +288,17 @@ pub fn routes() -> Routes {
         .add(
             Method::PUT,
             "/api/v1/images/{id}/legal-hold",
-            Policy::perm(Permission::RecordsRetention),
-            "Place or lift a legal hold on an image",
+            // Both directions need step-up: the policy is per route, and placing a hold is as rare.
+            Policy::sensitive(Permission::RecordsRetention),
+            "Place or lift a legal hold on an image (needs step-up)",
             legal_hold,
         )
         .body::<LegalHold>()
         .add(
             Method::DELETE,
             "/api/v1/images/{id}",
-            Policy::perm(Permission::RecordsRetention),
-            "Delete an image after its retention period (refused under legal hold)",
+            Policy::sensitive(Permission::RecordsRetention),
+            "Delete an image after its retention period (refused under legal hold; needs step-up)",
             delete_image,
         )
         .status(StatusCode::NO_CONTENT)
