@@ -320,21 +320,39 @@ fn strip_webp(b: &[u8]) -> Result<Stripped, ImagingError> {
     Ok(Stripped { bytes: out, exif })
 }
 
-/// Reads orientation and capture time from an EXIF block (TIFF structure). Unreadable EXIF
-/// yields the defaults: it is dropped anyway.
+/// Reads orientation and capture time from an EXIF block (TIFF structure), keeping whatever is
+/// valid: one quirk elsewhere in the block (a next-IFD pointer where none belongs, as piexif
+/// writes; a tag whose values lie past the end) must not cost the orientation, or a photo comes
+/// out sideways or mirrored, and a mirrored wound photo swaps left and right. Unreadable fields
+/// yield the defaults: the block is dropped anyway.
 pub fn read_exif(tiff: &[u8]) -> ExifFacts {
     use exif::{In, Tag, Value};
-    let Ok(exif) = exif::Reader::new().read_raw(tiff.to_vec()) else {
+    // kamadak-exif's continue-on-error mode skips broken entries and child IFDs and hands back
+    // the rest as `Error::PartialResult`. Errors in IFD0's own structure (an entry count running
+    // past the block, a next-IFD pointer out of range) are still fatal there, so the orientation
+    // then comes from `ifd0_orientation`, which reads IFD0's entries as far as they go.
+    let parsed = match exif::Reader::new()
+        .continue_on_error(true)
+        .read_raw(tiff.to_vec())
+    {
+        Ok(exif) => Some(exif),
+        Err(exif::Error::PartialResult(partial)) => Some(partial.into_inner().0),
+        Err(_) => None,
+    };
+    let orientation = parsed
+        .as_ref()
+        .and_then(|exif| exif.get_field(Tag::Orientation, In::PRIMARY))
+        .and_then(|f| f.value.get_uint(0))
+        .filter(|o| (1..=8).contains(o))
+        .map(|o| o as u8)
+        .or_else(|| ifd0_orientation(tiff))
+        .unwrap_or(1);
+    let Some(exif) = parsed else {
         return ExifFacts {
-            orientation: 1,
+            orientation,
             captured_at: None,
         };
     };
-    let orientation = exif
-        .get_field(Tag::Orientation, In::PRIMARY)
-        .and_then(|f| f.value.get_uint(0))
-        .filter(|o| (1..=8).contains(o))
-        .unwrap_or(1) as u8;
     let ascii = |tag| match exif.get_field(tag, In::PRIMARY).map(|f| &f.value) {
         Some(Value::Ascii(v)) => v
             .first()
@@ -371,4 +389,50 @@ pub fn read_exif(tiff: &[u8]) -> ExifFacts {
         orientation,
         captured_at,
     }
+}
+
+/// The Orientation tag (0x0112, one SHORT, 1–8) of IFD0, read from the entries that lie inside
+/// the block and nothing else: no next-IFD pointer, no child IFD, no value offset is followed, so
+/// it cannot be led astray by them and examines at most the block once.
+fn ifd0_orientation(tiff: &[u8]) -> Option<u8> {
+    let le = match tiff.get(..4)? {
+        b"II*\0" => true,
+        b"MM\0*" => false,
+        _ => return None,
+    };
+    let u16_at = |at: usize| {
+        let b: [u8; 2] = tiff.get(at..at.checked_add(2)?)?.try_into().ok()?;
+        Some(if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
+    };
+    let u32_at = |at: usize| {
+        let b: [u8; 4] = tiff.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let ifd0 = u32_at(4)? as usize;
+    let count = u16_at(ifd0)? as usize;
+    (0..count)
+        .map_while(|k| {
+            let at = ifd0 + 2 + 12 * k;
+            // An entry cut off by the end of the block ends the reading.
+            tiff.get(at..at + 12)?;
+            Some(at)
+        })
+        .find(|&at| u16_at(at) == Some(0x0112))
+        .and_then(|at| {
+            // SHORT, at least one value: the first sits in the entry's value field.
+            if u16_at(at + 2)? != 3 || u32_at(at + 4)? == 0 {
+                return None;
+            }
+            u16_at(at + 8)
+        })
+        .filter(|o| (1..=8).contains(o))
+        .map(|o| o as u8)
 }
