@@ -180,6 +180,48 @@ fn strip_jpeg(b: &[u8]) -> Result<Stripped, ImagingError> {
     Ok(Stripped { bytes: out, exif })
 }
 
+/// The EXIF block (TIFF structure) of an exported original: IFD0 with the Orientation tag and
+/// nothing else (no camera, time, GPS or thumbnail), big-endian, 26 bytes.
+pub fn orientation_tiff(orientation: u8) -> Vec<u8> {
+    let mut t = b"MM\0*".to_vec();
+    t.extend_from_slice(&8u32.to_be_bytes()); // IFD0 right after the header
+    t.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    t.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    t.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    t.extend_from_slice(&1u32.to_be_bytes()); // one value, held in the entry
+    t.extend_from_slice(&(orientation as u16).to_be_bytes());
+    t.extend_from_slice(&[0, 0]);
+    t.extend_from_slice(&0u32.to_be_bytes()); // no next IFD (no thumbnail)
+    t
+}
+
+/// A stripped JPEG with its orientation written back as a minimal EXIF APP1
+/// ([`orientation_tiff`]), so that viewers show the exported original upright while its pixels
+/// (every other segment and the entropy-coded data) stay byte for byte as shot. Orientation 1
+/// (or an invalid one) needs no tag and returns the input unchanged. The segment goes right after
+/// SOI, or after a JFIF APP0 there, which JFIF requires to come first.
+pub fn jpeg_with_orientation(stripped: &[u8], orientation: u8) -> Vec<u8> {
+    if !(2..=8).contains(&orientation) || !stripped.starts_with(&[0xff, 0xd8]) {
+        return stripped.to_vec();
+    }
+    let mut at = 2;
+    if stripped.get(2..4) == Some(&[0xff, 0xe0]) && stripped.len() >= 6 {
+        let len = u16::from_be_bytes([stripped[4], stripped[5]]) as usize;
+        if stripped.len() >= 4 + len {
+            at = 4 + len;
+        }
+    }
+    let mut body = b"Exif\0\0".to_vec();
+    body.extend_from_slice(&orientation_tiff(orientation));
+    let mut out = Vec::with_capacity(stripped.len() + body.len() + 4);
+    out.extend_from_slice(&stripped[..at]);
+    out.extend_from_slice(&[0xff, 0xe1]);
+    out.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&stripped[at..]);
+    out
+}
+
 /// The ICC profile of a JPEG, reassembled from its APP2 `ICC_PROFILE` chunks (in their sequence
 /// order), read from the segments before the first scan without decoding anything. `None` when
 /// there is none or its chunks do not add up.
