@@ -47,37 +47,17 @@ pub fn strip(format: Format, bytes: &[u8]) -> Result<Stripped, ImagingError> {
     }
 }
 
-/// HEIC: every metadata item (EXIF, XMP, anything else) is blanked in place: its bytes are
-/// zeroed where they lie in the file, so no offset moves and the image items stay bit-exact. An
-/// item whose bytes cannot be found as one run is refused rather than stored.
+/// HEIC: every metadata item (EXIF, XMP, `uri `; the primary image's, thumbnails', any) is
+/// blanked in place at the offsets its `iloc` entry records ([`crate::bmff`]), so no offset moves
+/// and the image items stay bit-exact. Malformed, overlapping or out-of-range locations are
+/// refused rather than stored.
 #[cfg(feature = "heic")]
 fn strip_heic(b: &[u8]) -> Result<Stripped, ImagingError> {
-    use libheif_rs::HeifContext;
-    let ctx = HeifContext::read_from_bytes(b)
-        .map_err(|e| ImagingError::Corrupt(format!("HEIC: {}", e.message)))?;
-    let mut out = b.to_vec();
-    let mut exif = None;
-    for handle in ctx.top_level_image_handles() {
-        for item in handle.all_metadata() {
-            let data = &item.raw_data;
-            if data.is_empty() {
-                continue;
-            }
-            if &item.item_type.to_string() == "Exif" && exif.is_none() && data.len() > 4 {
-                // HEIF's Exif item starts with the offset of the TIFF header.
-                let skip = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                if let Some(tiff) = data.get(4 + skip..) {
-                    exif = Some(tiff.to_vec());
-                }
-            }
-            let at = out
-                .windows(data.len())
-                .position(|w| w == data.as_slice())
-                .ok_or_else(|| corrupt("the HEIC photo's metadata could not be removed"))?;
-            out[at..at + data.len()].fill(0);
-        }
-    }
-    Ok(Stripped { bytes: out, exif })
+    let blanked = crate::bmff::blank_metadata(b)?;
+    Ok(Stripped {
+        bytes: blanked.bytes,
+        exif: blanked.exif,
+    })
 }
 
 fn strip_jpeg(b: &[u8]) -> Result<Stripped, ImagingError> {

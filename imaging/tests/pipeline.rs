@@ -624,3 +624,26 @@ fn resize_to_gives_exactly_the_size_asked_for() {
         Err(ImagingError::Unsupported)
     ));
 }
+
+/// A hostile HEIC (a million empty boxes in its `meta` box, 8 MB) is refused by the item-location
+/// parser's box cap before libheif reads it, with a clear error.
+#[cfg(feature = "heic")]
+#[test]
+fn hostile_heic_structures_are_refused_before_decoding() {
+    let bx = |kind: &[u8; 4], payload: &[u8]| {
+        let mut out = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(payload);
+        out
+    };
+    let mut inner = vec![0u8; 4];
+    for _ in 0..1_000_000 {
+        inner.extend(bx(b"free", b""));
+    }
+    let mut file = bx(b"ftyp", b"heic\0\0\0\0mif1heic");
+    file.extend(bx(b"meta", &inner));
+    match process(&file, &Limits::default()) {
+        Err(ImagingError::Corrupt(why)) => assert!(why.contains("too many boxes"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
