@@ -11,6 +11,7 @@
 //! sees them), and object keys are random, never carrying patient information.
 
 pub mod aws;
+pub mod bmff;
 pub mod envelope;
 pub mod error;
 pub mod keys;

@@ -69,11 +69,15 @@ pub struct Processed {
     /// Upright size (after orientation) of the full image.
     pub width: u32,
     pub height: u32,
-    /// EXIF orientation of the original (its pixels are stored as shot, without EXIF).
+    /// EXIF orientation of the original (its pixels are stored as shot; for JPEG the original
+    /// carries this orientation as its only EXIF tag).
     pub orientation: u8,
     /// When the photo was taken, per the camera.
     pub captured_at: Option<String>,
-    /// The original without metadata; its pixels are bit-exact.
+    /// The original without metadata; its pixels are bit-exact. A JPEG's orientation (2–8) is
+    /// written back as a minimal EXIF block holding only that tag, so the exported file opens
+    /// upright in any viewer: turning the pixels instead would re-encode them (lossy, and no
+    /// longer the original), and without the tag orientations 2–8 open turned or mirrored.
     pub original: Vec<u8>,
     pub preview: Derivative,
     pub thumbnail: Derivative,
@@ -146,7 +150,7 @@ pub fn process(bytes: &[u8], limits: &Limits) -> Result<Processed, ImagingError>
             captured_at: facts.captured_at,
             preview: preview.encode(icc, DERIVATIVE_QUALITY)?,
             thumbnail: thumb.encode(icc, DERIVATIVE_QUALITY)?,
-            original: stripped.bytes,
+            original: stored_original(format, stripped.bytes, facts.orientation),
             decode_path: source.path,
         });
     }
@@ -178,9 +182,21 @@ pub fn process(bytes: &[u8], limits: &Limits) -> Result<Processed, ImagingError>
         captured_at: facts.captured_at,
         preview: encode_jpeg(&preview, icc, DERIVATIVE_QUALITY)?,
         thumbnail: encode_jpeg(&thumb, icc, DERIVATIVE_QUALITY)?,
-        original: stripped.bytes,
+        original: stored_original(format, stripped.bytes, facts.orientation),
         decode_path: path,
     })
+}
+
+/// The original as stored and exported. Derivatives are decoded from the stripped bytes (no
+/// EXIF); only the original gets its orientation tag back. PNG and WebP originals stay without
+/// one for now (their pixels are as shot; `Processed::orientation` says how to show them), and
+/// HEIC keeps its own transformation boxes, which strip leaves alone.
+fn stored_original(format: Format, stripped: Vec<u8>, orientation: u8) -> Vec<u8> {
+    if format == Format::Jpeg {
+        crate::strip::jpeg_with_orientation(&stripped, orientation)
+    } else {
+        stripped
+    }
 }
 
 /// Decodes an image (JPEGs at reduced size in the DCT domain where the build has libjpeg-turbo),
@@ -440,10 +456,20 @@ mod heif {
     }
 
     pub(super) fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImagingError> {
-        let mut ctx = HeifContext::read_from_bytes(bytes).map_err(err)?;
+        // Limits set before libheif reads anything (set after reading, as before, they only
+        // governed the decode): pixels, items, tiles and memory. The file has already passed
+        // `bmff::blank_metadata`'s caps on boxes, items and extents (strip runs first), so libheif
+        // never walks an unbounded structure, and the decode is bounded by the pixel and memory
+        // limits (a grid's tiles by the item cap).
+        let mut ctx = HeifContext::new().map_err(err)?;
         let mut sec = ctx.security_limits();
         sec.set_max_image_size_pixels(limits.max_pixels);
+        sec.set_max_items(crate::bmff::MAX_ITEMS as u32);
+        sec.set_max_number_of_tiles(crate::bmff::MAX_ITEMS as u64);
+        sec.set_max_iloc_extents_per_item(crate::bmff::MAX_EXTENTS as u32);
+        sec.set_max_total_memory(limits.max_alloc);
         ctx.set_security_limits(&sec).map_err(err)?;
+        ctx.read_bytes(bytes).map_err(err)?;
         let handle = ctx.primary_image_handle().map_err(err)?;
         let (w, h) = (handle.width(), handle.height());
         check_dimensions(w, h, limits)?;

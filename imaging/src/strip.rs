@@ -47,37 +47,17 @@ pub fn strip(format: Format, bytes: &[u8]) -> Result<Stripped, ImagingError> {
     }
 }
 
-/// HEIC: every metadata item (EXIF, XMP, anything else) is blanked in place: its bytes are
-/// zeroed where they lie in the file, so no offset moves and the image items stay bit-exact. An
-/// item whose bytes cannot be found as one run is refused rather than stored.
+/// HEIC: every metadata item (EXIF, XMP, `uri `; the primary image's, thumbnails', any) is
+/// blanked in place at the offsets its `iloc` entry records ([`crate::bmff`]), so no offset moves
+/// and the image items stay bit-exact. Malformed, overlapping or out-of-range locations are
+/// refused rather than stored.
 #[cfg(feature = "heic")]
 fn strip_heic(b: &[u8]) -> Result<Stripped, ImagingError> {
-    use libheif_rs::HeifContext;
-    let ctx = HeifContext::read_from_bytes(b)
-        .map_err(|e| ImagingError::Corrupt(format!("HEIC: {}", e.message)))?;
-    let mut out = b.to_vec();
-    let mut exif = None;
-    for handle in ctx.top_level_image_handles() {
-        for item in handle.all_metadata() {
-            let data = &item.raw_data;
-            if data.is_empty() {
-                continue;
-            }
-            if &item.item_type.to_string() == "Exif" && exif.is_none() && data.len() > 4 {
-                // HEIF's Exif item starts with the offset of the TIFF header.
-                let skip = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                if let Some(tiff) = data.get(4 + skip..) {
-                    exif = Some(tiff.to_vec());
-                }
-            }
-            let at = out
-                .windows(data.len())
-                .position(|w| w == data.as_slice())
-                .ok_or_else(|| corrupt("the HEIC photo's metadata could not be removed"))?;
-            out[at..at + data.len()].fill(0);
-        }
-    }
-    Ok(Stripped { bytes: out, exif })
+    let blanked = crate::bmff::blank_metadata(b)?;
+    Ok(Stripped {
+        bytes: blanked.bytes,
+        exif: blanked.exif,
+    })
 }
 
 fn strip_jpeg(b: &[u8]) -> Result<Stripped, ImagingError> {
@@ -178,6 +158,48 @@ fn strip_jpeg(b: &[u8]) -> Result<Stripped, ImagingError> {
         }
     }
     Ok(Stripped { bytes: out, exif })
+}
+
+/// The EXIF block (TIFF structure) of an exported original: IFD0 with the Orientation tag and
+/// nothing else (no camera, time, GPS or thumbnail), big-endian, 26 bytes.
+pub fn orientation_tiff(orientation: u8) -> Vec<u8> {
+    let mut t = b"MM\0*".to_vec();
+    t.extend_from_slice(&8u32.to_be_bytes()); // IFD0 right after the header
+    t.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    t.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    t.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    t.extend_from_slice(&1u32.to_be_bytes()); // one value, held in the entry
+    t.extend_from_slice(&(orientation as u16).to_be_bytes());
+    t.extend_from_slice(&[0, 0]);
+    t.extend_from_slice(&0u32.to_be_bytes()); // no next IFD (no thumbnail)
+    t
+}
+
+/// A stripped JPEG with its orientation written back as a minimal EXIF APP1
+/// ([`orientation_tiff`]), so that viewers show the exported original upright while its pixels
+/// (every other segment and the entropy-coded data) stay byte for byte as shot. Orientation 1
+/// (or an invalid one) needs no tag and returns the input unchanged. The segment goes right after
+/// SOI, or after a JFIF APP0 there, which JFIF requires to come first.
+pub fn jpeg_with_orientation(stripped: &[u8], orientation: u8) -> Vec<u8> {
+    if !(2..=8).contains(&orientation) || !stripped.starts_with(&[0xff, 0xd8]) {
+        return stripped.to_vec();
+    }
+    let mut at = 2;
+    if stripped.get(2..4) == Some(&[0xff, 0xe0]) && stripped.len() >= 6 {
+        let len = u16::from_be_bytes([stripped[4], stripped[5]]) as usize;
+        if stripped.len() >= 4 + len {
+            at = 4 + len;
+        }
+    }
+    let mut body = b"Exif\0\0".to_vec();
+    body.extend_from_slice(&orientation_tiff(orientation));
+    let mut out = Vec::with_capacity(stripped.len() + body.len() + 4);
+    out.extend_from_slice(&stripped[..at]);
+    out.extend_from_slice(&[0xff, 0xe1]);
+    out.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&stripped[at..]);
+    out
 }
 
 /// The ICC profile of a JPEG, reassembled from its APP2 `ICC_PROFILE` chunks (in their sequence
@@ -320,21 +342,39 @@ fn strip_webp(b: &[u8]) -> Result<Stripped, ImagingError> {
     Ok(Stripped { bytes: out, exif })
 }
 
-/// Reads orientation and capture time from an EXIF block (TIFF structure). Unreadable EXIF
-/// yields the defaults: it is dropped anyway.
+/// Reads orientation and capture time from an EXIF block (TIFF structure), keeping whatever is
+/// valid: one quirk elsewhere in the block (a next-IFD pointer where none belongs, as piexif
+/// writes; a tag whose values lie past the end) must not cost the orientation, or a photo comes
+/// out sideways or mirrored, and a mirrored wound photo swaps left and right. Unreadable fields
+/// yield the defaults: the block is dropped anyway.
 pub fn read_exif(tiff: &[u8]) -> ExifFacts {
     use exif::{In, Tag, Value};
-    let Ok(exif) = exif::Reader::new().read_raw(tiff.to_vec()) else {
+    // kamadak-exif's continue-on-error mode skips broken entries and child IFDs and hands back
+    // the rest as `Error::PartialResult`. Errors in IFD0's own structure (an entry count running
+    // past the block, a next-IFD pointer out of range) are still fatal there, so the orientation
+    // then comes from `ifd0_orientation`, which reads IFD0's entries as far as they go.
+    let parsed = match exif::Reader::new()
+        .continue_on_error(true)
+        .read_raw(tiff.to_vec())
+    {
+        Ok(exif) => Some(exif),
+        Err(exif::Error::PartialResult(partial)) => Some(partial.into_inner().0),
+        Err(_) => None,
+    };
+    let orientation = parsed
+        .as_ref()
+        .and_then(|exif| exif.get_field(Tag::Orientation, In::PRIMARY))
+        .and_then(|f| f.value.get_uint(0))
+        .filter(|o| (1..=8).contains(o))
+        .map(|o| o as u8)
+        .or_else(|| ifd0_orientation(tiff))
+        .unwrap_or(1);
+    let Some(exif) = parsed else {
         return ExifFacts {
-            orientation: 1,
+            orientation,
             captured_at: None,
         };
     };
-    let orientation = exif
-        .get_field(Tag::Orientation, In::PRIMARY)
-        .and_then(|f| f.value.get_uint(0))
-        .filter(|o| (1..=8).contains(o))
-        .unwrap_or(1) as u8;
     let ascii = |tag| match exif.get_field(tag, In::PRIMARY).map(|f| &f.value) {
         Some(Value::Ascii(v)) => v
             .first()
@@ -371,4 +411,50 @@ pub fn read_exif(tiff: &[u8]) -> ExifFacts {
         orientation,
         captured_at,
     }
+}
+
+/// The Orientation tag (0x0112, one SHORT, 1–8) of IFD0, read from the entries that lie inside
+/// the block and nothing else: no next-IFD pointer, no child IFD, no value offset is followed, so
+/// it cannot be led astray by them and examines at most the block once.
+fn ifd0_orientation(tiff: &[u8]) -> Option<u8> {
+    let le = match tiff.get(..4)? {
+        b"II*\0" => true,
+        b"MM\0*" => false,
+        _ => return None,
+    };
+    let u16_at = |at: usize| {
+        let b: [u8; 2] = tiff.get(at..at.checked_add(2)?)?.try_into().ok()?;
+        Some(if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
+    };
+    let u32_at = |at: usize| {
+        let b: [u8; 4] = tiff.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let ifd0 = u32_at(4)? as usize;
+    let count = u16_at(ifd0)? as usize;
+    (0..count)
+        .map_while(|k| {
+            let at = ifd0 + 2 + 12 * k;
+            // An entry cut off by the end of the block ends the reading.
+            tiff.get(at..at + 12)?;
+            Some(at)
+        })
+        .find(|&at| u16_at(at) == Some(0x0112))
+        .and_then(|at| {
+            // SHORT, at least one value: the first sits in the entry's value field.
+            if u16_at(at + 2)? != 3 || u32_at(at + 4)? == 0 {
+                return None;
+            }
+            u16_at(at + 8)
+        })
+        .filter(|o| (1..=8).contains(o))
+        .map(|o| o as u8)
 }
