@@ -233,10 +233,7 @@ pub async fn serve(
         };
         conns.spawn(connection(
             builder.clone(),
-            Capped {
-                stream,
-                _permit: permit,
-            },
+            Capped::new(stream, permit),
             addr,
             app.clone(),
             stopping.clone(),
@@ -290,9 +287,101 @@ async fn connection(
 
 /// A connection's socket with its place under the connection cap: the permit is given back when
 /// the socket is dropped, which for an upgraded connection is when the WebSocket ends.
+///
+/// It also gives the HTTP parser's refusals a problem body. hyper 1.x answers a request head it
+/// cannot parse (bad method, URI, header or version: 400; too many or too large headers: 431;
+/// URI too long: 414) itself, before any service sees it, with an empty body, and has no option
+/// to add one or to leave the answer to us (`proto/h1/conn.rs` `on_parse_error` writes the head
+/// from `role.rs` `Server::on_error` unconditionally, then the connection ends with the parse
+/// error). Checking `hyper::Error::is_parse()` once the connection future ends is too late: the
+/// empty answer is on the wire by then. So the answer is replaced here, on its way out: it is
+/// the only head with one of those statuses and `content-length: 0` that this server writes
+/// (the application's own errors all carry a problem body), written as one whole buffer while
+/// no other answer is in progress, and after it hyper closes the connection.
 struct Capped {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Bytes accepted from hyper but not yet on the socket (only ever a replaced answer).
+    pending: Vec<u8>,
+}
+
+impl Capped {
+    fn new(stream: TcpStream, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            stream,
+            _permit: permit,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Writes what is pending; `Ready(Ok)` once nothing is.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.stream).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// If `buf` is hyper's own answer to an unparsable request, queues the problem answer in
+    /// its place and says so.
+    fn replaced(&mut self, buf: &[u8]) -> bool {
+        match parser_refusal(buf) {
+            Some(answer) => {
+                self.pending = answer;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The problem answer for hyper's empty answer `head` to a request it could not parse, if `head`
+/// is one (a whole head, nothing after it, one of the parser's statuses, an empty body).
+fn parser_refusal(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let lines = text.strip_suffix("\r\n\r\n")?;
+    if lines.contains("\r\n\r\n") {
+        return None;
+    }
+    let (status, code, detail) = match lines.get(..13)? {
+        "HTTP/1.1 400 " => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedRequest,
+            "the request is not valid HTTP/1.1 (request line, a header or its value)",
+        ),
+        "HTTP/1.1 431 " => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::HeadersTooLarge,
+            "the request has too many headers or they are too large",
+        ),
+        "HTTP/1.1 414 " => (
+            StatusCode::URI_TOO_LONG,
+            ErrorCode::UriTooLong,
+            "the request URI is too long",
+        ),
+        _ => return None,
+    };
+    if !lines
+        .split("\r\n")
+        .skip(1)
+        .any(|h| h.eq_ignore_ascii_case("content-length: 0"))
+    {
+        return None;
+    }
+    let body = ApiError::new(status, code, detail).body().to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/problem+json\r\n\
+             content-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n\
+             x-content-type-options: nosniff\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 impl AsyncRead for Capped {
@@ -311,6 +400,12 @@ impl AsyncWrite for Capped {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if self.replaced(buf) {
+            // Accepted whole; written by this call if the socket takes it, else by the flush.
+            let _ = self.poll_pending(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -319,6 +414,15 @@ impl AsyncWrite for Capped {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        // hyper's answer to an unparsable request is its head alone, in one buffer.
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(first), None) = (nonempty.next(), nonempty.next())
+            && self.replaced(first)
+        {
+            let _ = self.poll_pending(cx)?;
+            return Poll::Ready(Ok(first.len()));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -327,10 +431,12 @@ impl AsyncWrite for Capped {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
