@@ -51,11 +51,24 @@ pub fn router(routes: Routes, state: &AppState) -> Router {
         body_read: Duration::from_secs(http.body_read_timeout_secs.max(1)),
         request: Duration::from_secs(http.request_timeout_secs.max(1)),
     });
-    routes
+    let origins = Arc::new(Origins {
+        scheme: if http.behind_tls { "https" } else { "http" },
+        allowed: http
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
+    });
+    let app = routes
         .into_router(state.clone())
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(guard, guard_request))
+        // Outside the guard: a refused request's body is not even read.
+        .layer(axum::middleware::from_fn_with_state(
+            origins,
+            same_site_writes,
+        ))
         .layer(axum::middleware::from_fn(ops::track))
         .layer(
             TraceLayer::new_for_http()
@@ -86,8 +99,80 @@ pub fn router(routes: Routes, state: &AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
+        ));
+    // HSTS only when the server is reached over TLS (RFC 6797 §7.2: not over plain HTTP). The
+    // server terminates no TLS itself, so the configuration says whether a proxy in front does.
+    // No `includeSubDomains`: other hosts of the domain are not this server's to decide.
+    let app = if http.behind_tls {
+        app.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
         ))
-        .with_state(state.clone())
+    } else {
+        app
+    };
+    app.with_state(state.clone())
+}
+
+/// Which origins may send state-changing requests: the server's own (`scheme` and the request's
+/// `Host`) and the configured ones (lowercased, no trailing slash).
+struct Origins {
+    scheme: &'static str,
+    allowed: HashSet<String>,
+}
+
+impl Origins {
+    /// Whether a request with these headers and a state-changing method may go on.
+    ///
+    /// A browser names the page that sent a request in `Origin` (every cross-origin request and
+    /// every same-origin non-GET fetch or form post; `null` for opaque origins) and in
+    /// `Sec-Fetch-Site`; clients other than browsers (the CLI, the load test, curl) send
+    /// neither, and nothing a page can do removes them, so their absence passes. `SameSite=Strict`
+    /// already keeps the session cookie off cross-site requests; this also refuses the ones that
+    /// need no cookie (sign-in, consult links) and holds if a browser's SameSite handling fails.
+    fn admit(&self, headers: &axum::http::HeaderMap) -> bool {
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return !cross_site;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let origin = origin.to_ascii_lowercase();
+        if self.allowed.contains(&origin) {
+            return true;
+        }
+        let own = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| {
+                origin == format!("{}://{}", self.scheme, host.to_ascii_lowercase())
+            });
+        own && !cross_site
+    }
+}
+
+/// Refuses POST, PUT, PATCH and DELETE sent by a page of another origin (see [`Origins::admit`]).
+async fn same_site_writes(
+    State(origins): State<Arc<Origins>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let writes = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if writes && !origins.admit(req.headers()) {
+        tracing::info!("cross-site request refused");
+        return closing(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::CrossOrigin,
+            "state-changing requests are accepted only from this server's own pages",
+        ));
+    }
+    next.run(req).await
 }
 
 /// A known route called with a method it does not have (axum keeps the `Allow` header).
