@@ -28,7 +28,9 @@ def totp(secret_b32: str, now: float) -> str:
 
 def main() -> None:
     base, username, password = sys.argv[1:4]
-    jar = http.cookiejar.CookieJar()
+    # The session cookie is Secure; the demo server is plain HTTP on loopback, which browsers
+    # (and this script) treat as trustworthy enough to send it to.
+    jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(secure_protocols=("https", "wss", "http")))
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
 
     def post(path: str, body: dict | None = None) -> dict:
@@ -47,7 +49,7 @@ def main() -> None:
         post("/api/v1/auth/mfa/enroll/confirm", {"code": totp(secret, time.time())})
     elif login["stage"] != "full":
         sys.exit(f"{username}: sign-in stopped at stage {login['stage']} (use a fresh demo server)")
-    cookie = next((c for c in jar if c.name == "clinic_session"), None)
+    cookie = next((c for c in jar if c.name == "__Host-clinic_session"), None)
     if cookie is None:
         sys.exit(f"{username}: no session cookie")
     print(f"{cookie.name}={cookie.value}")

@@ -60,6 +60,18 @@ impl Reply {
     pub fn code(&self) -> &str {
         self.body.get("code").and_then(Value::as_str).unwrap_or("")
     }
+
+    /// The session cookie this answer set (`name=value`, for a `Cookie` header), if any.
+    pub fn session_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(crate::platform::sessions::COOKIE))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string)
+            .filter(|c| !c.ends_with('='))
+    }
 }
 
 /// Which backend the tests run on, for messages.
@@ -401,15 +413,7 @@ impl TestApp {
         let reply = self
             .call(Method::POST, "/api/v1/auth/login", None, Some(serde_json::json!({ "clinic": slug.0, "username": user.username, "password": password })))
             .await;
-        let cookie = reply
-            .headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with(crate::platform::sessions::COOKIE))
-            .and_then(|v| v.split(';').next())
-            .map(str::to_string)
-            .filter(|c| !c.ends_with('='));
+        let cookie = reply.session_cookie();
         (reply, cookie)
     }
 

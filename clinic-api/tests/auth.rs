@@ -31,8 +31,8 @@ async fn staff_must_enroll_then_codes_cannot_be_replayed() {
         "{set_cookie}"
     );
     assert!(
-        !set_cookie.contains("Secure"),
-        "plain-HTTP loopback relaxes Secure: {set_cookie}"
+        set_cookie.contains("; Secure"),
+        "Secure on a loopback listener too: {set_cookie}"
     );
 
     // Before enrolling, nothing but enrollment.
@@ -76,6 +76,9 @@ async fn staff_must_enroll_then_codes_cannot_be_replayed() {
         )
         .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    let cookie = done
+        .session_cookie()
+        .expect("a new session cookie after MFA");
     let recovery: Vec<String> =
         serde_json::from_value(done.body["recovery_codes"].clone()).unwrap();
     assert_eq!(recovery.len(), 10);
@@ -122,6 +125,7 @@ async fn staff_must_enroll_then_codes_cannot_be_replayed() {
         )
         .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    let cookie2 = ok.session_cookie().expect("a new session cookie after MFA");
     assert_eq!(
         app.call(Method::GET, "/api/v1/locations", Some(&cookie2), None)
             .await
@@ -809,4 +813,90 @@ async fn a_password_someone_else_set_must_be_changed_before_anything_else() {
         .call(Method::GET, "/api/v1/locations", Some(&cookie), None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+/// Session fixation: the token a session had before its MFA check (which could have been seen,
+/// or planted, before the second factor was given) stops working once the check passes; the
+/// answer sets a new one. Both ways to pass it: enrollment and verification.
+#[tokio::test]
+async fn the_session_token_changes_when_mfa_completes() {
+    let app = TestApp::new().await;
+    let provider = app.user(Role::Provider).await;
+    let state_of = |cookie: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .call(Method::GET, "/api/v1/auth/session", Some(&cookie), None)
+                .await;
+            (r.status, r.body["stage"].as_str().unwrap_or("").to_string())
+        }
+    };
+
+    // Enrollment completes MFA.
+    let (_, before) = app.login(&provider, PASSWORD).await;
+    let before = before.unwrap();
+    let start = app
+        .call(Method::POST, "/api/v1/auth/mfa/enroll", Some(&before), None)
+        .await;
+    let secret = decode_base32(start.body["secret"].as_str().unwrap());
+    let done = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/enroll/confirm",
+            Some(&before),
+            Some(json!({ "code": app.code(&secret, 0) })),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    let after = done.session_cookie().expect("a new session cookie");
+    assert_ne!(after, before);
+    assert!(
+        done.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("; Secure; HttpOnly; SameSite=Strict")
+    );
+    assert_eq!(
+        state_of(before.clone()).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the pre-MFA token no longer works"
+    );
+    assert_eq!(state_of(after).await, (StatusCode::OK, "full".to_string()));
+
+    // Verification completes MFA.
+    app.clock.advance_secs(30);
+    let (_, before) = app.login(&provider, PASSWORD).await;
+    let before = before.unwrap();
+    assert_eq!(
+        state_of(before.clone()).await,
+        (StatusCode::OK, "mfa_pending".to_string())
+    );
+    let ok = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/mfa/verify",
+            Some(&before),
+            Some(json!({ "code": app.code(&secret, 0) })),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    let after = ok.session_cookie().expect("a new session cookie");
+    assert_ne!(after, before);
+    assert_eq!(state_of(before.clone()).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        state_of(after.clone()).await,
+        (StatusCode::OK, "full".to_string())
+    );
+    // The old token cannot do what the pre-MFA session could either (verify again, sign out).
+    let again = app
+        .call(Method::POST, "/api/v1/auth/logout", Some(&before), None)
+        .await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{}", again.text);
+    assert_eq!(state_of(after).await.0, StatusCode::OK);
+    // Still one session per sign-in: the token changed, the session did not multiply.
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL")
+        .fetch_one(&app.admin.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "live sessions after two sign-ins");
 }

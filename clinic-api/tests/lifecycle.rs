@@ -199,6 +199,66 @@ async fn a_chunked_body_over_the_limit_gets_413() {
     assert_problem(&until_closed(&mut c).await, 413, "body_too_large");
 }
 
+/// What the HTTP parser refuses (before any route sees the request) is answered with a
+/// problem too, not an empty 400/431: a client can tell what it did wrong.
+#[tokio::test]
+async fn requests_the_parser_refuses_get_problems() {
+    let s = start(|_| {}).await;
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            format!("{JOIN_HEAD}Content-Length: -1\r\n\r\n"),
+            400,
+            "malformed_request",
+        ),
+        (
+            format!("{JOIN_HEAD}Content-Length: 1, 2\r\n\r\n{{}}"),
+            400,
+            "malformed_request",
+        ),
+        (
+            "GET /heal\x7fthz HTTP/1.1\r\nHost: clinic\r\n\r\n".to_string(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: clinic\r\nBad Header: x\r\n\r\n".to_string(),
+            400,
+            "malformed_request",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nHost: clinic\r\n{many_headers}\r\n"),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (bytes, status, code) in &cases {
+        let mut c = raw(s.addr, bytes.as_bytes()).await;
+        let answer = until_closed(&mut c).await;
+        assert_problem(&answer, *status, code);
+        let (_, head, _) = parse(&answer);
+        assert!(head.contains("connection: close"), "{answer}");
+        // The declared length is the body's: a client reads exactly the problem.
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{answer}"
+        );
+    }
+    // Also on a keep-alive connection, after a request that was answered normally.
+    let mut c = raw(
+        s.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: clinic\r\n\r\nGET /healthz HTTP/1.1\r\nHost: clinic\r\nContent-Length: -1\r\n\r\n",
+    )
+    .await;
+    let answer = until_closed(&mut c).await;
+    let (first, second) = answer
+        .split_once("HTTP/1.1 400")
+        .unwrap_or_else(|| panic!("no 400 after the first answer: {answer}"));
+    assert!(first.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_problem(&format!("HTTP/1.1 400{second}"), 400, "malformed_request");
+}
+
 #[tokio::test]
 async fn an_unfinished_request_head_is_closed() {
     let s = start(|_| {}).await;

@@ -175,14 +175,10 @@ async fn bad_paths_queries_and_routes_are_problems_too() {
         .unwrap();
     assert_eq!(users, 1, "no half-made users");
     // A cookie of garbage is simply not a session.
-    for junk in [
-        "clinic_session=",
-        "clinic_session=....",
-        "clinic_session=%00%ff",
-        "clinic_session=abc.def",
-    ] {
+    for junk in ["", "....", "%00%ff", "abc.def"] {
+        let junk = format!("{}={junk}", clinic_api::platform::sessions::COOKIE);
         let r = app
-            .call(Method::GET, "/api/v1/locations", Some(junk), None)
+            .call(Method::GET, "/api/v1/locations", Some(&junk), None)
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{junk}");
     }

@@ -277,14 +277,17 @@ pub struct SessionConfig {
     pub absolute_lifetime_secs: i64,
     /// How recent an MFA check must be for routes marked sensitive.
     pub step_up_window_secs: i64,
-    /// `auto` (Secure unless listening on loopback over plain HTTP), `always`.
+    /// `always`, the only value. The cookie is `__Host-` prefixed, which browsers accept only
+    /// with `Secure`; they also accept `Secure` cookies from http://localhost and
+    /// http://127.0.0.1 (potentially trustworthy origins), so plain-HTTP local development needs
+    /// no opt-out. The former `auto` dropped `Secure` on a loopback listener, which is wrong
+    /// behind a TLS-terminating proxy on loopback; a file that still says `auto` is refused.
     pub secure_cookie: SecureCookie,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SecureCookie {
-    Auto,
     Always,
 }
 
@@ -327,6 +330,13 @@ pub struct HttpConfig {
     pub body_read_timeout_secs: u64,
     /// On shutdown, requests in flight get this long to finish before their connections close.
     pub drain_timeout_secs: u64,
+    /// The server is reached over TLS (terminated by a proxy in front of it; it speaks plain
+    /// HTTP itself): answers carry `Strict-Transport-Security`, and the server's own origin is
+    /// `https://<Host>` (else `http://<Host>`) for the cross-site check.
+    pub behind_tls: bool,
+    /// Origins besides the server's own (`scheme://host[:port]`) whose pages may send
+    /// state-changing requests (POST, PUT, PATCH, DELETE); any other `Origin` gets 403.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -395,7 +405,7 @@ impl Default for SessionConfig {
             idle_timeout_secs: 15 * 60,
             absolute_lifetime_secs: 12 * 3600,
             step_up_window_secs: 5 * 60,
-            secure_cookie: SecureCookie::Auto,
+            secure_cookie: SecureCookie::Always,
         }
     }
 }
@@ -423,6 +433,8 @@ impl Default for HttpConfig {
             header_read_timeout_secs: 15,
             body_read_timeout_secs: 15,
             drain_timeout_secs: 20,
+            behind_tls: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -513,13 +525,6 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit-checkpoints.jsonl"))
     }
-    /// Whether session cookies carry `Secure`: always, except plain HTTP on loopback.
-    pub fn secure_cookies(&self) -> bool {
-        match self.sessions.secure_cookie {
-            SecureCookie::Always => true,
-            SecureCookie::Auto => !self.listen.ip().is_loopback(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -540,7 +545,8 @@ mod tests {
         assert!(c.database_url().starts_with("sqlite://./data/clinic.db"));
         assert_eq!(c.blob_dir(), PathBuf::from("./data/blobs"));
         assert_eq!(c.sessions.idle_timeout_secs, 900);
-        assert!(!c.secure_cookies());
+        assert_eq!(c.sessions.secure_cookie, SecureCookie::Always);
+        assert!(!c.http.behind_tls);
     }
 
     #[test]
@@ -566,10 +572,13 @@ mod tests {
         assert_eq!(c.sessions.idle_timeout_secs, 120);
         assert!(c.log.json);
         assert_eq!(c.database_url(), "postgres://u@localhost/db");
-        assert!(
-            c.secure_cookies(),
-            "non-loopback listener always sets Secure"
-        );
+    }
+
+    #[test]
+    fn the_former_auto_secure_cookie_is_refused() {
+        let err = Config::load_from(None, env(&[("CLINIC_SESSIONS__SECURE_COOKIE", "auto")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("always"), "{err}");
     }
 
     #[test]

@@ -51,11 +51,24 @@ pub fn router(routes: Routes, state: &AppState) -> Router {
         body_read: Duration::from_secs(http.body_read_timeout_secs.max(1)),
         request: Duration::from_secs(http.request_timeout_secs.max(1)),
     });
-    routes
+    let origins = Arc::new(Origins {
+        scheme: if http.behind_tls { "https" } else { "http" },
+        allowed: http
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
+    });
+    let app = routes
         .into_router(state.clone())
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(guard, guard_request))
+        // Outside the guard: a refused request's body is not even read.
+        .layer(axum::middleware::from_fn_with_state(
+            origins,
+            same_site_writes,
+        ))
         .layer(axum::middleware::from_fn(ops::track))
         .layer(
             TraceLayer::new_for_http()
@@ -86,8 +99,80 @@ pub fn router(routes: Routes, state: &AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
+        ));
+    // HSTS only when the server is reached over TLS (RFC 6797 §7.2: not over plain HTTP). The
+    // server terminates no TLS itself, so the configuration says whether a proxy in front does.
+    // No `includeSubDomains`: other hosts of the domain are not this server's to decide.
+    let app = if http.behind_tls {
+        app.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
         ))
-        .with_state(state.clone())
+    } else {
+        app
+    };
+    app.with_state(state.clone())
+}
+
+/// Which origins may send state-changing requests: the server's own (`scheme` and the request's
+/// `Host`) and the configured ones (lowercased, no trailing slash).
+struct Origins {
+    scheme: &'static str,
+    allowed: HashSet<String>,
+}
+
+impl Origins {
+    /// Whether a request with these headers and a state-changing method may go on.
+    ///
+    /// A browser names the page that sent a request in `Origin` (every cross-origin request and
+    /// every same-origin non-GET fetch or form post; `null` for opaque origins) and in
+    /// `Sec-Fetch-Site`; clients other than browsers (the CLI, the load test, curl) send
+    /// neither, and nothing a page can do removes them, so their absence passes. `SameSite=Strict`
+    /// already keeps the session cookie off cross-site requests; this also refuses the ones that
+    /// need no cookie (sign-in, consult links) and holds if a browser's SameSite handling fails.
+    fn admit(&self, headers: &axum::http::HeaderMap) -> bool {
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return !cross_site;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let origin = origin.to_ascii_lowercase();
+        if self.allowed.contains(&origin) {
+            return true;
+        }
+        let own = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| {
+                origin == format!("{}://{}", self.scheme, host.to_ascii_lowercase())
+            });
+        own && !cross_site
+    }
+}
+
+/// Refuses POST, PUT, PATCH and DELETE sent by a page of another origin (see [`Origins::admit`]).
+async fn same_site_writes(
+    State(origins): State<Arc<Origins>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let writes = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if writes && !origins.admit(req.headers()) {
+        tracing::info!("cross-site request refused");
+        return closing(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::CrossOrigin,
+            "state-changing requests are accepted only from this server's own pages",
+        ));
+    }
+    next.run(req).await
 }
 
 /// A known route called with a method it does not have (axum keeps the `Allow` header).
@@ -233,10 +318,7 @@ pub async fn serve(
         };
         conns.spawn(connection(
             builder.clone(),
-            Capped {
-                stream,
-                _permit: permit,
-            },
+            Capped::new(stream, permit),
             addr,
             app.clone(),
             stopping.clone(),
@@ -290,9 +372,101 @@ async fn connection(
 
 /// A connection's socket with its place under the connection cap: the permit is given back when
 /// the socket is dropped, which for an upgraded connection is when the WebSocket ends.
+///
+/// It also gives the HTTP parser's refusals a problem body. hyper 1.x answers a request head it
+/// cannot parse (bad method, URI, header or version: 400; too many or too large headers: 431;
+/// URI too long: 414) itself, before any service sees it, with an empty body, and has no option
+/// to add one or to leave the answer to us (`proto/h1/conn.rs` `on_parse_error` writes the head
+/// from `role.rs` `Server::on_error` unconditionally, then the connection ends with the parse
+/// error). Checking `hyper::Error::is_parse()` once the connection future ends is too late: the
+/// empty answer is on the wire by then. So the answer is replaced here, on its way out: it is
+/// the only head with one of those statuses and `content-length: 0` that this server writes
+/// (the application's own errors all carry a problem body), written as one whole buffer while
+/// no other answer is in progress, and after it hyper closes the connection.
 struct Capped {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Bytes accepted from hyper but not yet on the socket (only ever a replaced answer).
+    pending: Vec<u8>,
+}
+
+impl Capped {
+    fn new(stream: TcpStream, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            stream,
+            _permit: permit,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Writes what is pending; `Ready(Ok)` once nothing is.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.stream).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// If `buf` is hyper's own answer to an unparsable request, queues the problem answer in
+    /// its place and says so.
+    fn replaced(&mut self, buf: &[u8]) -> bool {
+        match parser_refusal(buf) {
+            Some(answer) => {
+                self.pending = answer;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The problem answer for hyper's empty answer `head` to a request it could not parse, if `head`
+/// is one (a whole head, nothing after it, one of the parser's statuses, an empty body).
+fn parser_refusal(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let lines = text.strip_suffix("\r\n\r\n")?;
+    if lines.contains("\r\n\r\n") {
+        return None;
+    }
+    let (status, code, detail) = match lines.get(..13)? {
+        "HTTP/1.1 400 " => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedRequest,
+            "the request is not valid HTTP/1.1 (request line, a header or its value)",
+        ),
+        "HTTP/1.1 431 " => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::HeadersTooLarge,
+            "the request has too many headers or they are too large",
+        ),
+        "HTTP/1.1 414 " => (
+            StatusCode::URI_TOO_LONG,
+            ErrorCode::UriTooLong,
+            "the request URI is too long",
+        ),
+        _ => return None,
+    };
+    if !lines
+        .split("\r\n")
+        .skip(1)
+        .any(|h| h.eq_ignore_ascii_case("content-length: 0"))
+    {
+        return None;
+    }
+    let body = ApiError::new(status, code, detail).body().to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/problem+json\r\n\
+             content-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n\
+             x-content-type-options: nosniff\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 impl AsyncRead for Capped {
@@ -311,6 +485,12 @@ impl AsyncWrite for Capped {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if self.replaced(buf) {
+            // Accepted whole; written by this call if the socket takes it, else by the flush.
+            let _ = self.poll_pending(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -319,6 +499,15 @@ impl AsyncWrite for Capped {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        // hyper's answer to an unparsable request is its head alone, in one buffer.
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(first), None) = (nonempty.next(), nonempty.next())
+            && self.replaced(first)
+        {
+            let _ = self.poll_pending(cx)?;
+            return Poll::Ready(Ok(first.len()));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -327,10 +516,12 @@ impl AsyncWrite for Capped {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

@@ -16,7 +16,10 @@ use crate::platform::ids::{ClinicId, LocationId, PatientId, SessionId, UserId};
 use crate::platform::keys::sha256_hex;
 use crate::platform::state::AppState;
 
-pub const COOKIE: &str = "clinic_session";
+/// The session cookie's name. `__Host-` (RFC 6265bis §4.1.3.2): browsers accept it only with
+/// `Secure`, `Path=/` and no `Domain`, so neither a sibling subdomain nor a plain-HTTP page can
+/// set or overwrite it (no session fixation through a cookie planted from elsewhere).
+pub const COOKIE: &str = "__Host-clinic_session";
 
 /// How far a session has come through login.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -58,9 +61,7 @@ pub async fn create(
     client: &ClientInfo,
 ) -> sqlx::Result<NewSession> {
     let now = state.clock.now_ms();
-    let mut raw = [0u8; 32];
-    state.keys.random(&mut raw);
-    let token = URL_SAFE_NO_PAD.encode(raw);
+    let token = new_token(state);
     let id = SessionId::new();
     // A session born full (a patient without MFA) has had no MFA check: step-up stays owed.
     let mfa_at: Option<i64> = None;
@@ -87,14 +88,17 @@ pub async fn create(
     })
 }
 
-/// The `Set-Cookie` value for a session token (empty token and max-age 0 clear it).
-pub fn set_cookie(state: &AppState, value: &str, max_age_secs: i64) -> String {
-    let secure = if state.config.secure_cookies() {
-        "; Secure"
-    } else {
-        ""
-    };
-    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}")
+/// A session token: 32 random bytes, base64url.
+fn new_token(state: &AppState) -> String {
+    let mut raw = [0u8; 32];
+    state.keys.random(&mut raw);
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// The `Set-Cookie` value for a session token (empty token and max-age 0 clear it). Always
+/// `Secure`, as the `__Host-` name requires (see `sessions.secure_cookie` in the config).
+pub fn set_cookie(value: &str, max_age_secs: i64) -> String {
+    format!("{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}")
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
@@ -232,7 +236,28 @@ pub async fn authenticate(
     })
 }
 
-/// Marks a session fully signed in after an MFA check (also the step-up clock).
+/// Marks a session fully signed in after its sign-in MFA check (enrollment or verification),
+/// under a new token, and returns the new cookie value. The token it had before the check
+/// stops working at once: whoever saw or planted it (session fixation) does not get the
+/// signed-in session. The session row stays (its id, absolute lifetime and audit trail are the
+/// sign-in's); only the secret that names it changes.
+pub async fn complete_mfa(
+    tx: &mut TenantTx,
+    state: &AppState,
+    caller: &Caller,
+    now: i64,
+) -> sqlx::Result<String> {
+    let token = new_token(state);
+    sqlx::query("UPDATE sessions SET stage = 'full', mfa_at = $1, token_hash = $2 WHERE id = $3")
+        .bind(now)
+        .bind(sha256_hex(token.as_bytes()))
+        .bind(caller.session_id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(format!("{}.{token}", caller.clinic_id))
+}
+
+/// Refreshes the step-up clock of a signed-in session after an MFA check.
 pub async fn mark_mfa(tx: &mut TenantTx, session: &SessionId, now: i64) -> sqlx::Result<()> {
     sqlx::query("UPDATE sessions SET stage = 'full', mfa_at = $1 WHERE id = $2")
         .bind(now)

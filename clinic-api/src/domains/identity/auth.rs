@@ -139,13 +139,8 @@ fn invalid_credentials() -> ApiError {
 /// An answer that sets (or clears) the session cookie.
 type WithCookie<R> = (AppendHeaders<Vec<(HeaderName, HeaderValue)>>, R);
 
-fn with_cookie<R: IntoResponse>(
-    state: &AppState,
-    body: R,
-    cookie_value: &str,
-    max_age: i64,
-) -> WithCookie<R> {
-    let cookie = HeaderValue::from_str(&sessions::set_cookie(state, cookie_value, max_age))
+fn with_cookie<R: IntoResponse>(body: R, cookie_value: &str, max_age: i64) -> WithCookie<R> {
+    let cookie = HeaderValue::from_str(&sessions::set_cookie(cookie_value, max_age))
         .ok()
         .map(|v| (header::SET_COOKIE, v));
     (AppendHeaders(cookie.into_iter().collect()), body)
@@ -382,7 +377,6 @@ async fn login(
         must_change_password: user.must_change_password != 0,
     });
     Ok(with_cookie(
-        &state,
         body,
         &session.cookie_value,
         state.config.sessions.absolute_lifetime_secs,
@@ -460,7 +454,7 @@ async fn verify_mfa(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<MfaVerifyRequest>,
-) -> ApiResult<Json<Verified>> {
+) -> ApiResult<WithCookie<Json<Verified>>> {
     let now = state.clock.now_ms();
     if caller.stage == Stage::EnrollOnly {
         return Err(ApiError::conflict(
@@ -520,11 +514,15 @@ async fn verify_mfa(
     if let Err(e) = outcome {
         return tx.fail(e).await;
     }
-    sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
+    let cookie = sessions::complete_mfa(&mut tx, &state, &caller, now).await?;
     tx.audit(caller.event(Action::MfaVerify, "user").resource(&user.id))
         .await?;
     tx.commit().await?;
-    Ok(Json(Verified { stage: Stage::Full }))
+    Ok(with_cookie(
+        Json(Verified { stage: Stage::Full }),
+        &cookie,
+        state.config.sessions.absolute_lifetime_secs,
+    ))
 }
 
 #[derive(Serialize, schemars::JsonSchema)]
@@ -592,7 +590,7 @@ async fn enroll_confirm(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CodeRequest>,
-) -> ApiResult<Json<RecoveryCodes>> {
+) -> ApiResult<WithCookie<Json<RecoveryCodes>>> {
     let now = state.clock.now_ms();
     // The new recovery codes are hashed (argon2, slow) before the transaction opens.
     let codes = mfa::new_recovery_codes(|b| state.keys.random(b));
@@ -650,13 +648,17 @@ async fn enroll_confirm(
             .execute(&mut *tx)
             .await?;
     }
-    sessions::mark_mfa(&mut tx, &caller.session_id, now).await?;
+    let cookie = sessions::complete_mfa(&mut tx, &state, &caller, now).await?;
     tx.audit(caller.event(Action::MfaEnroll, "user").resource(&user.id))
         .await?;
     tx.commit().await?;
-    Ok(Json(RecoveryCodes {
-        recovery_codes: codes,
-    }))
+    Ok(with_cookie(
+        Json(RecoveryCodes {
+            recovery_codes: codes,
+        }),
+        &cookie,
+        state.config.sessions.absolute_lifetime_secs,
+    ))
 }
 
 async fn step_up(
@@ -694,7 +696,7 @@ async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<With
     )
     .await?;
     tx.commit().await?;
-    Ok(with_cookie(&state, NoContent, "", 0))
+    Ok(with_cookie(NoContent, "", 0))
 }
 
 #[derive(Serialize, schemars::JsonSchema)]
@@ -788,7 +790,6 @@ async fn change_password(
     .await?;
     tx.commit().await?;
     Ok(with_cookie(
-        &state,
         Json(PasswordChanged {
             changed: true,
             signed_out: true,
