@@ -259,6 +259,11 @@ pub struct AuditConfig {
     /// Where signed checkpoints are appended; keep it on other storage than the database.
     /// Default: `<data_dir>/audit-checkpoints.jsonl`.
     pub checkpoint_file: Option<PathBuf>,
+    /// The key file that signs checkpoints (same format as `keys.file`, mode 0600, created on
+    /// first use). Put it on other storage than the data directory, so whoever can rewrite the
+    /// database and the checkpoint file still cannot sign a new checkpoint. Default: the main
+    /// key file (`keys.file`).
+    pub checkpoint_key_path: Option<PathBuf>,
     /// How often the server writes a checkpoint (0: never; `clinic audit checkpoint` still
     /// works).
     pub checkpoint_interval_secs: u64,
@@ -355,6 +360,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_file: None,
+            checkpoint_key_path: None,
             checkpoint_interval_secs: 24 * 3600,
         }
     }
@@ -480,6 +486,13 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit-checkpoints.jsonl"))
     }
+    /// The key file whose ring signs and verifies audit checkpoints.
+    pub fn checkpoint_key_file(&self) -> PathBuf {
+        self.audit
+            .checkpoint_key_path
+            .clone()
+            .unwrap_or_else(|| self.key_file())
+    }
     /// Whether session cookies carry `Secure`: always, except plain HTTP on loopback.
     pub fn secure_cookies(&self) -> bool {
         match self.sessions.secure_cookie {
@@ -536,6 +549,24 @@ mod tests {
         assert!(
             c.secure_cookies(),
             "non-loopback listener always sets Secure"
+        );
+    }
+
+    #[test]
+    fn checkpoint_key_defaults_to_the_key_file_and_can_move() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.checkpoint_key_file(), c.key_file());
+        let c = Config::load_from(
+            None,
+            env(&[(
+                "CLINIC_AUDIT__CHECKPOINT_KEY_PATH",
+                "/secrets/checkpoint.json",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.checkpoint_key_file(),
+            PathBuf::from("/secrets/checkpoint.json")
         );
     }
 
