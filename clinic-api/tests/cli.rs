@@ -11,13 +11,15 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clinic");
 const DISTINCTIVE: &str = "Quixotefeather";
+const SCRAPER_TOKEN: &str = "cli-test-scraper-token";
 
 fn clinic(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)
         .env_remove("DATABASE_URL")
         .env("CLINIC_DATA_DIR", dir.join("data"))
-        .env("CLINIC_LISTEN", "127.0.0.1:0");
+        .env("CLINIC_LISTEN", "127.0.0.1:0")
+        .env("CLINIC_METRICS__TOKEN", SCRAPER_TOKEN);
     cmd
 }
 
@@ -260,7 +262,13 @@ async fn serve_demo_then_operator_commands() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, vec!["modify", "view", "create"]);
-    let metrics = reqwest::get(format!("{base}/metrics"))
+    // Anonymous callers get a problem, the scraper with its token the series.
+    let anonymous = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let metrics = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(SCRAPER_TOKEN)
+        .send()
         .await
         .unwrap()
         .text()

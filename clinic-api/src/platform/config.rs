@@ -20,6 +20,7 @@ pub struct Config {
     pub blobs: BlobConfig,
     pub keys: KeyConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
     pub sessions: SessionConfig,
     pub login: LoginConfig,
     pub http: HttpConfig,
@@ -269,6 +270,16 @@ pub struct AuditConfig {
     pub checkpoint_interval_secs: u64,
 }
 
+/// Who may scrape `/metrics`. Route templates and counts are not PHI, but they map the practice's
+/// activity, so the main listener never serves them to anonymous callers.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The bearer token a scraper sends (`Authorization: Bearer …`), compared in constant time.
+    /// Unset: `/metrics` answers 404 (off).
+    pub token: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
@@ -334,6 +345,7 @@ impl Default for Config {
             blobs: BlobConfig::default(),
             keys: KeyConfig::default(),
             audit: AuditConfig::default(),
+            metrics: MetricsConfig::default(),
             sessions: SessionConfig::default(),
             login: LoginConfig::default(),
             http: HttpConfig::default(),
