@@ -83,6 +83,9 @@ pub async fn open(config: Config) -> anyhow::Result<AppState> {
     }
     std::fs::create_dir_all(config.blob_dir())?;
     let keys = KeyRing::open_or_create(&config.key_file())?;
+    // A separate checkpoint key is created (or its mode checked) now, not at the first pass a
+    // day later.
+    KeyRing::open_or_create(&config.checkpoint_key_file())?;
     assemble(config, db, keys, Arc::new(SystemClock)).await
 }
 
@@ -148,7 +151,17 @@ fn start_jobs(state: &AppState) -> Jobs {
 /// Writes signed audit checkpoints of every tenant's chain head.
 async fn checkpoint_pass(state: AppState) {
     let path = state.config.checkpoint_file();
-    match audit::checkpoint(&state.db, &state.keys, state.clock.now_ms(), &path).await {
+    let keys = match &state.config.audit.checkpoint_key_path {
+        None => state.keys.clone(),
+        Some(key_path) => match KeyRing::load(key_path) {
+            Ok(ring) => Arc::new(ring),
+            Err(e) => {
+                tracing::error!(error = %e, "audit checkpoint failed");
+                return;
+            }
+        },
+    };
+    match audit::checkpoint(&state.db, &keys, state.clock.now_ms(), &path).await {
         Ok(written) => tracing::info!(count = written.len(), "audit checkpoints written"),
         Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
     }

@@ -232,7 +232,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             command: AuditCommand::Verify { json },
         } => {
             let db = admin_db(&config).await?;
-            let keys = KeyRing::open_or_create(&config.key_file())?;
+            // A separate checkpoint key must already exist: a fresh one would verify nothing.
+            let keys = match &config.audit.checkpoint_key_path {
+                Some(path) => KeyRing::load(path)?,
+                None => KeyRing::open_or_create(&config.key_file())?,
+            };
             let report = audit::verify(&db, &keys, &config.checkpoint_file()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -260,7 +264,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             command: AuditCommand::Checkpoint,
         } => {
             let db = admin_db(&config).await?;
-            let keys = KeyRing::open_or_create(&config.key_file())?;
+            let keys = KeyRing::open_or_create(&config.checkpoint_key_file())?;
             let written = audit::checkpoint(&db, &keys, now, &config.checkpoint_file()).await?;
             for cp in &written {
                 println!(

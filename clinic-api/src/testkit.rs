@@ -27,6 +27,9 @@ use crate::{
 /// The password every test user gets.
 pub const PASSWORD: &str = "test password 123";
 
+/// The bearer token test apps' scrapers send (`metrics.token`).
+pub const METRICS_TOKEN: &str = "testkit-metrics-scraper";
+
 pub struct TestApp {
     pub state: AppState,
     pub clock: ManualClock,
@@ -144,6 +147,7 @@ impl TestApp {
         config.audit.checkpoint_interval_secs = 0;
         config.imaging.tier_interval_secs = 0;
         config.scheduling.outbox_interval_secs = 0;
+        config.metrics.token = Some(METRICS_TOKEN.into());
         let (app_url, admin_url) = match std::env::var("TEST_DATABASE_URL") {
             Ok(admin) if admin.starts_with("postgres") => {
                 let name = format!("clinic_t_{}", uuid::Uuid::new_v4().simple());
@@ -382,6 +386,16 @@ impl TestApp {
             None => req.body(Body::empty()),
         }
         .unwrap();
+        self.send(req).await
+    }
+
+    /// Scrapes `/metrics` as the configured scraper.
+    pub async fn scrape_metrics(&self) -> Reply {
+        let req = Request::builder()
+            .uri("/metrics")
+            .header("authorization", format!("Bearer {METRICS_TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
         self.send(req).await
     }
 

@@ -1,5 +1,7 @@
 //! The audit log is append-only and tamper-evident: `verify` finds an edited row, a deleted row,
-//! reordered rows and a truncated tail (against the last signed checkpoint). Tampering here is
+//! reordered rows and a truncated tail (against the last signed checkpoint), and on the
+//! checkpoint file's side a missing or empty file, a line deleted from the middle, reordered
+//! lines and a truncated file (against the lines each tenant's log records). Tampering here is
 //! done the way an attacker with the database owner's rights would: triggers off, rows changed.
 
 use axum::http::{Method, StatusCode};
@@ -76,7 +78,8 @@ async fn an_untouched_log_verifies() {
         .await
         .unwrap();
     assert!(report.ok(), "{:?}", report.problems);
-    assert_eq!(report.events, 13);
+    // 13 events, and one per tenant recording its checkpoint line.
+    assert_eq!(report.events, 15);
     assert_eq!(report.checkpoints, 2);
 }
 
@@ -204,10 +207,200 @@ async fn a_forged_checkpoint_line_is_refused() {
     let problems = verify(&app, &file).await;
     assert!(
         matches!(
-            problems.as_slice(),
-            [Problem::BadCheckpoint { line: 1 | 2 }]
+            problems.first(),
+            Some(Problem::BadCheckpoint { line: 1 | 2 })
         ),
         "{problems:?}"
+    );
+    // The forged line is not the one its tenant's log recorded either.
+    assert!(
+        problems
+            .iter()
+            .any(|p| matches!(p, Problem::CheckpointLineMissing { .. })),
+        "{problems:?}"
+    );
+}
+
+/// `seeded`, then two more checkpoint passes: six chained lines, two per pass.
+async fn seeded_with_six_lines() -> (TestApp, std::path::PathBuf) {
+    let (app, file) = seeded().await;
+    for _ in 0..2 {
+        app.clock.advance_secs(60);
+        audit::checkpoint(&app.admin, &app.state.keys, app.now(), &file)
+            .await
+            .unwrap();
+    }
+    assert_eq!(read_lines(&file).len(), 6);
+    assert!(verify(&app, &file).await.is_empty());
+    (app, file)
+}
+
+fn read_lines(file: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(file: &std::path::Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    std::fs::write(file, text).unwrap();
+}
+
+#[tokio::test]
+async fn verify_fails_when_events_exist_but_the_checkpoint_file_is_missing() {
+    let (app, file) = seeded().await;
+    std::fs::remove_file(&file).unwrap();
+    let report = audit::verify(&app.admin, &app.state.keys, &file)
+        .await
+        .unwrap();
+    assert!(!report.ok());
+    assert_eq!(
+        report.problems,
+        vec![Problem::NoCheckpoints {
+            events: 15,
+            file: file.display().to_string()
+        }]
+    );
+    let message = report.problems[0].to_string();
+    assert!(
+        message.contains("15 audit events") && message.contains("missing or empty"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn verify_fails_when_events_exist_but_the_checkpoint_file_is_empty() {
+    let (app, file) = seeded().await;
+    std::fs::write(&file, "").unwrap();
+    assert_eq!(
+        verify(&app, &file).await,
+        vec![Problem::NoCheckpoints {
+            events: 15,
+            file: file.display().to_string()
+        }]
+    );
+}
+
+#[tokio::test]
+async fn an_empty_log_needs_no_checkpoint() {
+    let app = TestApp::new().await;
+    let file = app.dir.path().join("none.jsonl");
+    let report = audit::verify(&app.admin, &app.state.keys, &file)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+#[tokio::test]
+async fn a_checkpoint_line_deleted_from_the_middle_is_detected() {
+    let (app, file) = seeded_with_six_lines().await;
+    let mut lines = read_lines(&file);
+    lines.remove(2);
+    write_lines(&file, &lines);
+    let problems = verify(&app, &file).await;
+    // The line after the gap no longer links (it is line 3 now)...
+    assert!(
+        problems.contains(&Problem::CheckpointChainBroken { line: 3 }),
+        "{problems:?}"
+    );
+    // ...and the tenant whose line went recorded it.
+    assert!(
+        problems
+            .iter()
+            .any(|p| matches!(p, Problem::CheckpointLineMissing { .. })),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test]
+async fn reordered_checkpoint_lines_are_detected() {
+    let (app, file) = seeded_with_six_lines().await;
+    let mut lines = read_lines(&file);
+    lines.swap(1, 3);
+    write_lines(&file, &lines);
+    let problems = verify(&app, &file).await;
+    for line in [2, 3, 4, 5] {
+        assert!(
+            problems.contains(&Problem::CheckpointChainBroken { line }),
+            "line {line}: {problems:?}"
+        );
+    }
+    // Every line is still there and validly signed: only the order is wrong.
+    assert!(
+        problems
+            .iter()
+            .all(|p| matches!(p, Problem::CheckpointChainBroken { .. })),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_truncated_checkpoint_file_is_detected_against_the_events() {
+    let (app, file) = seeded_with_six_lines().await;
+    let mut lines = read_lines(&file);
+    // The last pass's two lines: consistent in themselves, and the rows they name still exist.
+    lines.truncate(4);
+    write_lines(&file, &lines);
+    let problems = verify(&app, &file).await;
+    let mut missing: Vec<&str> = problems
+        .iter()
+        .map(|p| match p {
+            Problem::CheckpointLineMissing { clinic_id, .. } => clinic_id.as_str(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    missing.sort();
+    assert_eq!(missing.len(), 2, "{problems:?}");
+    assert!(missing.contains(&app.clinic.as_str()), "{problems:?}");
+}
+
+/// A file written before lines were chained (v1: no `prev`): its lines still verify, and new
+/// lines chain onto it.
+#[tokio::test]
+async fn a_checkpoint_file_from_before_chaining_stays_readable() {
+    let app = TestApp::new().await;
+    for _ in 0..3 {
+        audit::record_now(
+            &app.state,
+            AuditEvent::new(app.clinic.clone(), Action::View, "patient"),
+        )
+        .await
+        .unwrap();
+    }
+    let file = app.dir.path().join("old.jsonl");
+    let (clinic_id, seq, head) = app.admin.audit_heads().await.unwrap().remove(0);
+    let at = app.now();
+    let v1 = |seq: i64, head: &str| {
+        let msg = format!("clinic-audit-checkpoint/v1|{clinic_id}|{seq}|{head}|{at}");
+        let (key_id, public_key, sig) = app.state.keys.sign_checkpoint(msg.as_bytes());
+        serde_json::json!({
+            "clinic_id": clinic_id, "seq": seq, "head": head, "at": at, "key_id": key_id,
+            "public_key": hex::encode(public_key), "signature": hex::encode(sig),
+        })
+        .to_string()
+    };
+    write_lines(&file, &[v1(seq, &head)]);
+    let report = audit::verify(&app.admin, &app.state.keys, &file)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.checkpoints, 1);
+    audit::checkpoint(&app.admin, &app.state.keys, app.now(), &file)
+        .await
+        .unwrap();
+    assert!(verify(&app, &file).await.is_empty());
+    // An unchained line after chained ones is an insertion.
+    let mut lines = read_lines(&file);
+    lines.push(v1(seq, &head));
+    write_lines(&file, &lines);
+    assert_eq!(
+        verify(&app, &file).await,
+        vec![Problem::CheckpointChainBroken { line: 3 }]
     );
 }
 

@@ -11,13 +11,15 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clinic");
 const DISTINCTIVE: &str = "Quixotefeather";
+const SCRAPER_TOKEN: &str = "cli-test-scraper-token";
 
 fn clinic(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)
         .env_remove("DATABASE_URL")
         .env("CLINIC_DATA_DIR", dir.join("data"))
-        .env("CLINIC_LISTEN", "127.0.0.1:0");
+        .env("CLINIC_LISTEN", "127.0.0.1:0")
+        .env("CLINIC_METRICS__TOKEN", SCRAPER_TOKEN);
     cmd
 }
 
@@ -260,7 +262,13 @@ async fn serve_demo_then_operator_commands() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, vec!["modify", "view", "create"]);
-    let metrics = reqwest::get(format!("{base}/metrics"))
+    // Anonymous callers get a problem, the scraper with its token the series.
+    let anonymous = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let metrics = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(SCRAPER_TOKEN)
+        .send()
         .await
         .unwrap()
         .text()
@@ -453,4 +461,76 @@ async fn serve_demo_then_operator_commands() {
 
     let (ok, out) = run(dir.path(), &["permissions"]);
     assert!(ok && out.starts_with("# Permission matrix"));
+}
+
+/// `[audit] checkpoint_key_path` (here through its environment variable) puts the checkpoint
+/// signing key outside the data directory: checkpoints sign and verify with it, nothing in the
+/// data directory can vouch for them, and verify never makes up a missing key.
+#[test]
+fn the_checkpoint_key_lives_apart_from_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = dir.path().join("secrets/checkpoint-key.json");
+    let with_key = |args: &[&str], key: &std::path::Path| {
+        let out = clinic(dir.path())
+            .env("CLINIC_AUDIT__CHECKPOINT_KEY_PATH", key)
+            .args(args)
+            .output()
+            .expect("run clinic");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = run(
+        dir.path(),
+        &["tenant", "add", "--slug", "north", "--name", "North"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        dir.path(),
+        &[
+            "user",
+            "add",
+            "--clinic",
+            "north",
+            "--username",
+            "lee",
+            "--role",
+            "owner",
+        ],
+    );
+    assert!(ok, "{out}");
+    // Events exist and no checkpoint was written yet: verify fails and says why.
+    let (ok, out) = with_key(&["audit", "verify"], &key);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("checkpoint-key.json: does not exist"),
+        "verify must not create a checkpoint key: {out}"
+    );
+    assert!(!key.exists());
+    let (ok, out) = with_key(&["audit", "checkpoint"], &key);
+    assert!(ok && out.contains("1 checkpoints written"), "{out}");
+    assert!(key.exists());
+    let (ok, out) = with_key(&["audit", "verify"], &key);
+    assert!(ok && out.contains(": ok"), "{out}");
+    // The data directory holds the checkpoints and the main key file, but not the key that
+    // signed them: with the data directory's key the lines do not verify.
+    let mut names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        !names.iter().any(|n| n.contains("checkpoint-key")),
+        "{names:?}"
+    );
+    let (ok, out) = run(dir.path(), &["audit", "verify"]);
+    assert!(!ok && out.contains("invalid signature"), "{out}");
+    // Deleting the checkpoint file is caught too.
+    std::fs::remove_file(data.join("audit-checkpoints.jsonl")).unwrap();
+    let (ok, out) = with_key(&["audit", "verify"], &key);
+    assert!(
+        !ok && out.contains("TAMPERING DETECTED") && out.contains("missing or empty"),
+        "{out}"
+    );
 }

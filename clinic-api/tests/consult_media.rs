@@ -734,7 +734,7 @@ async fn exchange(patient: Who) {
         stats.iter().any(|e| e["transport"] == want),
         "a participant on {want}: {stats:?}"
     );
-    let metrics = c.app.call(Method::GET, "/metrics", None, None).await.text;
+    let metrics = c.app.scrape_metrics().await.text;
     assert!(
         metrics.contains("sfu_participant_bitrate_in_bps{consult="),
         "{metrics}"
@@ -1026,7 +1026,7 @@ async fn floods_garbage_and_a_silent_peer_do_not_degrade_the_others() {
         .await
         .unwrap()
         .expect("the silent peer's signaling stayed up");
-    let metrics = c.app.call(Method::GET, "/metrics", None, None).await.text;
+    let metrics = c.app.scrape_metrics().await.text;
     let dropped: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("sfu_worker_dropped_unknown_packets_total"))

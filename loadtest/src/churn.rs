@@ -64,9 +64,9 @@ struct Samples {
 
 impl Samples {
     /// RSS from /proc; the heap figures from /metrics, if the server exports them.
-    async fn take(&mut self, cycles: u64, proc: &ProcSampler, staff: &Staff) {
+    async fn take(&mut self, cycles: u64, proc: &ProcSampler, staff: &Staff, token: &str) {
         self.rss.push((cycles, proc.rss_mib()));
-        if let Some((h, r)) = heap_mib(staff).await {
+        if let Some((h, r)) = heap_mib(staff, token).await {
             self.heap.push((cycles, h));
             self.resident.push((cycles, r));
         }
@@ -75,8 +75,16 @@ impl Samples {
 
 /// The server's live heap and its allocator's resident memory in MiB, from its /metrics;
 /// `None` if it does not export them.
-async fn heap_mib(staff: &Staff) -> Option<(f64, f64)> {
-    let text = staff.get("/metrics").send().await.ok()?.text().await.ok()?;
+async fn heap_mib(staff: &Staff, token: &str) -> Option<(f64, f64)> {
+    let text = staff
+        .get("/metrics")
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     let value = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -124,7 +132,9 @@ pub async fn churn(
     let started = Instant::now();
     let sampler = ProcSampler::new(server.pid);
     let mut samples = Samples::default();
-    samples.take(0, &sampler, &desk).await;
+    samples
+        .take(0, &sampler, &desk, &server.metrics_token)
+        .await;
     // Two patients at a time per consult: the room holds four, and a leave is processed after
     // the next join may already have arrived.
     let parallel = consults * 2;
@@ -214,7 +224,9 @@ pub async fn churn(
         let d = done.load(Ordering::Relaxed);
         bar.set_position(d);
         if d >= next_sample {
-            samples.take(d, &sampler, &desk).await;
+            samples
+                .take(d, &sampler, &desk, &server.metrics_token)
+                .await;
             next_sample += every;
         }
         if workers.iter().all(|w| w.is_finished()) {
@@ -234,7 +246,12 @@ pub async fn churn(
     };
     let (rss_judged, heap_judged) = (judged(&samples.rss), judged(&samples.heap));
     samples
-        .take(done.load(Ordering::Relaxed), &sampler, &desk)
+        .take(
+            done.load(Ordering::Relaxed),
+            &sampler,
+            &desk,
+            &server.metrics_token,
+        )
         .await;
     let growth = |s: &[(u64, f64)]| match (s.first(), s.last()) {
         (Some(a), Some(b)) => b.1 - a.1,

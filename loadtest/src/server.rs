@@ -18,6 +18,8 @@ pub struct DemoServer {
     pub base: String,
     pub pid: u32,
     pub logins: Vec<Login>,
+    /// The bearer token this server's `/metrics` answers to (`metrics.token`).
+    pub metrics_token: String,
     child: tokio::process::Child,
     _data: tempfile::TempDir,
 }
@@ -40,6 +42,22 @@ pub fn find_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         "no clinic binary beside {} (build it with `cargo build --release -p clinic-api`, or pass --clinic-bin)",
         me.display()
     )
+}
+
+/// 128 bits from std's randomly keyed hasher: enough for a token that lives as long as one local
+/// run (no random crate for this).
+fn scraper_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .elapsed()
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -72,11 +90,14 @@ impl DemoServer {
     pub async fn start(bin: &Path, log: &Path) -> anyhow::Result<DemoServer> {
         let data = tempfile::tempdir()?;
         let port = free_port()?;
+        // A fresh token per run: /metrics is closed to anyone without it.
+        let metrics_token = scraper_token();
         let log_file = std::fs::File::create(log)?;
         let mut child = tokio::process::Command::new(bin)
             .args(["serve", "--demo"])
             .env("CLINIC_DATA_DIR", data.path())
             .env("CLINIC_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CLINIC_METRICS__TOKEN", &metrics_token)
             .env_remove("DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -128,6 +149,7 @@ impl DemoServer {
             base,
             pid,
             logins,
+            metrics_token,
             child,
             _data: data,
         })

@@ -4,7 +4,8 @@
 //! `h_seq = SHA-256(h_{seq-1} ‖ canonical(event))`, with a single sequencer per tenant (an advisory
 //! lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite). A chain alone cannot reveal that its newest
 //! rows were deleted, so [`checkpoint`] appends Ed25519-signed `(tenant, seq, head)` lines to a
-//! file kept outside the database; [`verify`] checks both.
+//! file kept outside the database, each line chained to the one before it and recorded in its
+//! tenant's chain; [`verify`] checks each against the other.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -60,6 +61,8 @@ pub enum Action {
     UserUnlock,
     MfaReset,
     LocationAssign,
+    /// A checkpoint line was written for this tenant's chain (its hash is the resource id).
+    Checkpoint,
 }
 
 impl Action {
@@ -300,6 +303,17 @@ pub async fn record_now(state: &AppState, event: AuditEvent) -> sqlx::Result<i64
 // Checkpoints and verification
 
 /// One signed checkpoint line.
+///
+/// Lines are chained: `prev` is the SHA-256 of the previous line's exact text (zeros for the
+/// first line) and is covered by the signature, so a line deleted from the middle, or lines
+/// reordered, break the chain at the next line. Deleting the newest lines leaves a chain that is
+/// consistent in itself; each tenant's audit log therefore records every line written for it (a
+/// `checkpoint` event naming the line's hash), and [`verify`] looks each such line up in the file.
+///
+/// Files written before chaining hold v1 lines (no `prev`). They still verify one by one; a v1
+/// line may only come before the first chained line, and the first chained line links to the
+/// last v1 line, so old files need no migration (but deletions among their v1 lines stay
+/// invisible, as they were).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Checkpoint {
     pub clinic_id: String,
@@ -309,16 +323,42 @@ pub struct Checkpoint {
     pub key_id: String,
     /// Hex Ed25519 public key, for outside verifiers; [`verify`] checks against the key ring.
     pub public_key: String,
+    /// Hex SHA-256 of the previous line's text; absent in v1 (unchained) lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
     pub signature: String,
 }
 
 impl Checkpoint {
-    fn message(clinic_id: &str, seq: i64, head: &str, at: i64) -> Vec<u8> {
-        format!("clinic-audit-checkpoint/v1|{clinic_id}|{seq}|{head}|{at}").into_bytes()
+    fn message(&self) -> Vec<u8> {
+        let Checkpoint {
+            clinic_id,
+            seq,
+            head,
+            at,
+            ..
+        } = self;
+        match &self.prev {
+            None => format!("clinic-audit-checkpoint/v1|{clinic_id}|{seq}|{head}|{at}"),
+            Some(prev) => {
+                format!("clinic-audit-checkpoint/v2|{clinic_id}|{seq}|{head}|{at}|{prev}")
+            }
+        }
+        .into_bytes()
     }
 }
 
-/// Writes one signed checkpoint per tenant (its chain's current head) and fsyncs the file.
+/// What a tenant's audit log records about a checkpoint line: `resource_type`, and the line's
+/// hash as `resource_id`.
+const CHECKPOINT_RESOURCE: &str = "audit_checkpoint";
+
+fn line_hash(line: &str) -> String {
+    crate::platform::keys::sha256_hex(line.as_bytes())
+}
+
+/// Appends one signed checkpoint per tenant (its chain's current head), chained to the file's
+/// last line, fsyncs the file, then records each line in its tenant's audit log. `keys` is the
+/// checkpoint signing ring (`Config::checkpoint_key_file`).
 pub async fn checkpoint(
     db: &Db,
     keys: &KeyRing,
@@ -326,31 +366,65 @@ pub async fn checkpoint(
     path: &Path,
 ) -> anyhow::Result<Vec<Checkpoint>> {
     let heads = db.audit_heads().await?;
-    let mut written = Vec::new();
-    for (clinic_id, seq, head) in heads {
-        let (key_id, public_key, sig) =
-            keys.sign_checkpoint(&Checkpoint::message(&clinic_id, seq, &head, now_ms));
-        written.push(Checkpoint {
-            clinic_id,
-            seq,
-            head,
-            at: now_ms,
-            key_id,
-            public_key: hex::encode(public_key),
-            signature: hex::encode(sig),
-        });
-    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)?;
-    for cp in &written {
-        writeln!(file, "{}", serde_json::to_string(cp)?)?;
+    // Two writers (the server's job and `clinic audit checkpoint`) would both link to the same
+    // last line and fork the chain; the lock serialises them. Released when `file` closes.
+    file.lock()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text)?;
+    let mut prev = text
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .map_or_else(|| hex::encode(GENESIS), line_hash);
+    let mut written = Vec::new();
+    let mut lines = Vec::new();
+    for (clinic_id, seq, head) in heads {
+        let mut cp = Checkpoint {
+            clinic_id,
+            seq,
+            head,
+            at: now_ms,
+            key_id: String::new(),
+            public_key: String::new(),
+            prev: Some(prev.clone()),
+            signature: String::new(),
+        };
+        let (key_id, public_key, sig) = keys.sign_checkpoint(&cp.message());
+        cp.key_id = key_id;
+        cp.public_key = hex::encode(public_key);
+        cp.signature = hex::encode(sig);
+        let line = serde_json::to_string(&cp)?;
+        prev = line_hash(&line);
+        lines.push(line);
+        written.push(cp);
     }
+    let mut out = String::new();
+    for line in &lines {
+        out.push_str(line);
+        out.push('\n');
+    }
+    file.write_all(out.as_bytes())?;
     file.sync_all()?;
+    drop(file);
+    // After the fsync: a recorded line is always in the file (a line whose record failed is
+    // merely not cross-checked).
+    for (cp, line) in written.iter().zip(&lines) {
+        let clinic = ClinicId::from_trusted(cp.clinic_id.clone());
+        let mut tx = db.tenant_tx(&clinic, now_ms).await?;
+        let mut event = AuditEvent::new(clinic, Action::Checkpoint, CHECKPOINT_RESOURCE)
+            .resource(line_hash(line))
+            .detail(format!("seq {}", cp.seq));
+        event.purpose = Some("operations".into());
+        tx.audit(event).await?;
+        tx.commit().await?;
+    }
     Ok(written)
 }
 
@@ -378,6 +452,15 @@ pub enum Problem {
     CheckpointMismatch { clinic_id: String, seq: i64 },
     /// A checkpoint line whose signature does not verify (or cannot be parsed).
     BadCheckpoint { line: usize },
+    /// Audit events exist but the checkpoint file is missing or holds no line: nothing vouches
+    /// for the chains' tails.
+    NoCheckpoints { events: u64, file: String },
+    /// A checkpoint line does not link to the line before it: lines deleted, reordered or
+    /// inserted.
+    CheckpointChainBroken { line: usize },
+    /// A tenant's log records a checkpoint line the file does not hold: the file was truncated
+    /// or replaced.
+    CheckpointLineMissing { clinic_id: String, seq: i64 },
 }
 
 impl std::fmt::Display for Problem {
@@ -414,6 +497,19 @@ impl std::fmt::Display for Problem {
             Problem::BadCheckpoint { line } => {
                 write!(f, "checkpoint line {line} has an invalid signature")
             }
+            Problem::NoCheckpoints { events, file } => write!(
+                f,
+                "{events} audit events but the checkpoint file {file} is missing or empty \
+                 (deleted, or never written: restore it, or run `clinic audit checkpoint` on a new install)"
+            ),
+            Problem::CheckpointChainBroken { line } => write!(
+                f,
+                "checkpoint line {line} does not link to the line before it (lines deleted, reordered or inserted)"
+            ),
+            Problem::CheckpointLineMissing { clinic_id, seq } => write!(
+                f,
+                "clinic {clinic_id}: event {seq} records a checkpoint line the checkpoint file does not hold (file truncated or replaced)"
+            ),
         }
     }
 }
@@ -432,15 +528,16 @@ impl VerifyReport {
     }
 }
 
-/// Verifies every tenant's chain and the checkpoint file. Needs a connection that sees all
-/// tenants (the admin/owner connection on PostgreSQL).
+/// Verifies every tenant's chain and the checkpoint file against each other. `keys` is the
+/// checkpoint signing ring. Needs a connection that sees all tenants (the admin/owner connection
+/// on PostgreSQL).
 pub async fn verify(
     db: &Db,
     keys: &KeyRing,
     checkpoint_file: &Path,
 ) -> anyhow::Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let checkpoints = read_checkpoints(keys, checkpoint_file, &mut report)?;
+    let (checkpoints, line_hashes, lines) = read_checkpoints(keys, checkpoint_file, &mut report)?;
     report.checkpoints = checkpoints.len();
     let clinics: Vec<(String,)> = sqlx::query_as("SELECT id FROM clinics ORDER BY id")
         .fetch_all(&db.pool)
@@ -476,6 +573,20 @@ pub async fn verify(
                     seq: row.seq,
                 });
             }
+            let records_line = row.action == Action::Checkpoint.as_str()
+                && row.resource_type == CHECKPOINT_RESOURCE;
+            if records_line
+                && lines > 0
+                && !row
+                    .resource_id
+                    .as_ref()
+                    .is_some_and(|h| line_hashes.contains(h))
+            {
+                report.problems.push(Problem::CheckpointLineMissing {
+                    clinic_id: clinic_id.clone(),
+                    seq: row.seq,
+                });
+            }
             prev = row.hash.clone();
             expected_seq = row.seq + 1;
         }
@@ -503,36 +614,73 @@ pub async fn verify(
             });
         }
     }
+    // An empty file is reported once, not as every recorded line missing from it.
+    if lines == 0 && report.events > 0 {
+        report.problems.insert(
+            0,
+            Problem::NoCheckpoints {
+                events: report.events,
+                file: checkpoint_file.display().to_string(),
+            },
+        );
+    }
     Ok(report)
 }
 
+/// The file's validly signed lines, the hashes of those lines, and how many non-blank lines it
+/// has; signature and chain problems go into `report`.
 fn read_checkpoints(
     keys: &KeyRing,
     path: &Path,
     report: &mut VerifyReport,
-) -> anyhow::Result<Vec<Checkpoint>> {
+) -> anyhow::Result<(Vec<Checkpoint>, std::collections::HashSet<String>, usize)> {
     let mut out = Vec::new();
+    let mut hashes = std::collections::HashSet::new();
+    let mut lines = 0;
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, hashes, 0)),
         Err(e) => return Err(e.into()),
     };
+    let mut expected_prev = hex::encode(GENESIS);
+    let mut chained = false;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let valid = serde_json::from_str::<Checkpoint>(&line).ok().filter(|cp| {
-            let msg = Checkpoint::message(&cp.clinic_id, cp.seq, &cp.head, cp.at);
-            hex::decode(&cp.signature)
-                .is_ok_and(|sig| keys.verify_checkpoint(&cp.key_id, &msg, &sig).is_ok())
+        lines += 1;
+        let hash = line_hash(&line);
+        let parsed = serde_json::from_str::<Checkpoint>(&line).ok();
+        let valid = parsed.filter(|cp| {
+            hex::decode(&cp.signature).is_ok_and(|sig| {
+                keys.verify_checkpoint(&cp.key_id, &cp.message(), &sig)
+                    .is_ok()
+            })
         });
         match valid {
-            Some(cp) => out.push(cp),
+            Some(cp) => {
+                // A v1 line is only accepted before the first chained one (an old file's
+                // prefix); after it, an unchained line is an insertion.
+                let links = match &cp.prev {
+                    Some(p) => *p == expected_prev,
+                    None => !chained,
+                };
+                if !links {
+                    report
+                        .problems
+                        .push(Problem::CheckpointChainBroken { line: i + 1 });
+                }
+                chained |= cp.prev.is_some();
+                hashes.insert(hash.clone());
+                out.push(cp);
+            }
             None => report.problems.push(Problem::BadCheckpoint { line: i + 1 }),
         }
+        // Link the next line to this one whatever it is, so one break is reported once.
+        expected_prev = hash;
     }
-    Ok(out)
+    Ok((out, hashes, lines))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ pub struct Config {
     pub blobs: BlobConfig,
     pub keys: KeyConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
     pub sessions: SessionConfig,
     pub login: LoginConfig,
     pub http: HttpConfig,
@@ -265,9 +266,24 @@ pub struct AuditConfig {
     /// Where signed checkpoints are appended; keep it on other storage than the database.
     /// Default: `<data_dir>/audit-checkpoints.jsonl`.
     pub checkpoint_file: Option<PathBuf>,
+    /// The key file that signs checkpoints (same format as `keys.file`, mode 0600, created on
+    /// first use). Put it on other storage than the data directory, so whoever can rewrite the
+    /// database and the checkpoint file still cannot sign a new checkpoint. Default: the main
+    /// key file (`keys.file`).
+    pub checkpoint_key_path: Option<PathBuf>,
     /// How often the server writes a checkpoint (0: never; `clinic audit checkpoint` still
     /// works).
     pub checkpoint_interval_secs: u64,
+}
+
+/// Who may scrape `/metrics`. Route templates and counts are not PHI, but they map the practice's
+/// activity, so the main listener never serves them to anonymous callers.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The bearer token a scraper sends (`Authorization: Bearer …`), compared in constant time.
+    /// Unset: `/metrics` answers 404 (off).
+    pub token: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -356,6 +372,7 @@ impl Default for Config {
             blobs: BlobConfig::default(),
             keys: KeyConfig::default(),
             audit: AuditConfig::default(),
+            metrics: MetricsConfig::default(),
             sessions: SessionConfig::default(),
             login: LoginConfig::default(),
             http: HttpConfig::default(),
@@ -394,6 +411,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             checkpoint_file: None,
+            checkpoint_key_path: None,
             checkpoint_interval_secs: 24 * 3600,
         }
     }
@@ -525,6 +543,13 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit-checkpoints.jsonl"))
     }
+    /// The key file whose ring signs and verifies audit checkpoints.
+    pub fn checkpoint_key_file(&self) -> PathBuf {
+        self.audit
+            .checkpoint_key_path
+            .clone()
+            .unwrap_or_else(|| self.key_file())
+    }
 }
 
 #[cfg(test)]
@@ -579,6 +604,24 @@ mod tests {
         let err = Config::load_from(None, env(&[("CLINIC_SESSIONS__SECURE_COOKIE", "auto")]))
             .unwrap_err();
         assert!(err.to_string().contains("always"), "{err}");
+    }
+
+    #[test]
+    fn checkpoint_key_defaults_to_the_key_file_and_can_move() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.checkpoint_key_file(), c.key_file());
+        let c = Config::load_from(
+            None,
+            env(&[(
+                "CLINIC_AUDIT__CHECKPOINT_KEY_PATH",
+                "/secrets/checkpoint.json",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.checkpoint_key_file(),
+            PathBuf::from("/secrets/checkpoint.json")
+        );
     }
 
     #[test]

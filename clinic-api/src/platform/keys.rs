@@ -113,6 +113,18 @@ impl KeyRing {
                 .map_err(|e| err(e.to_string()))?;
             return Ok(ring);
         }
+        Self::load(path)
+    }
+
+    /// Opens an existing key file (refusing one others may read); never creates one.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let err = |reason: String| KeyError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        if !path.exists() {
+            return Err(err("does not exist".into()));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

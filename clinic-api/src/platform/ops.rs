@@ -6,6 +6,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::platform::authz::{Policy, Routes};
+use crate::platform::error::{ApiError, ApiResult, ErrorCode};
+use crate::platform::keys::ct_eq;
 use crate::platform::openapi::Content;
 use crate::platform::state::AppState;
 
@@ -34,7 +36,7 @@ pub fn routes() -> Routes {
             Method::GET,
             "/metrics",
             Policy::PUBLIC,
-            "Prometheus metrics (no PHI: route templates and counts)",
+            "Prometheus metrics (no PHI: route templates and counts); a scraper sends the configured bearer token (`metrics.token`), without one configured the route answers 404",
             metrics_text,
         )
         .responds(StatusCode::OK, Content::Media("text/plain; version=0.0.4"))
@@ -52,13 +54,52 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+async fn metrics_text(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let Some(token) = &state.config.metrics.token else {
+        return Err(ApiError::not_found("route"));
+    };
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Hash both sides first: equal lengths, so the comparison time says nothing about the token.
+    if !ct_eq(&sha256(sent), &sha256(token)) {
+        return Err(ApiError::unauthorized(
+            ErrorCode::Unauthenticated,
+            "metrics need the scraper's bearer token",
+        ));
+    }
     crate::platform::heap::export();
-    (
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
-        .into_response()
+        .into_response())
+}
+
+fn sha256(s: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// The method label: the standard methods by name, anything else as `other`, so a client
+/// inventing methods cannot add series (each is kept for the process's life).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Counts requests and their latency per route template (never the raw path, which holds ids).
@@ -68,11 +109,11 @@ pub async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let start = std::time::Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::counter!("http_requests_total", "method" => method, "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
         .record(start.elapsed().as_secs_f64());
     resp
