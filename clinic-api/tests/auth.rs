@@ -761,6 +761,8 @@ async fn a_password_someone_else_set_must_be_changed_before_anything_else() {
         )
         .await;
     assert_eq!(verify.status, StatusCode::OK, "{}", verify.text);
+    // The token changes when MFA completes.
+    let cookie = verify.session_cookie().expect("the session's new token");
     // A full session, but only the password change is open to it.
     for (method, path) in [
         (Method::GET, "/api/v1/locations"),
@@ -809,6 +811,7 @@ async fn a_password_someone_else_set_must_be_changed_before_anything_else() {
         )
         .await;
     assert_eq!(verify.status, StatusCode::OK, "{}", verify.text);
+    let cookie = verify.session_cookie().expect("the session's new token");
     let r = app
         .call(Method::GET, "/api/v1/locations", Some(&cookie), None)
         .await;

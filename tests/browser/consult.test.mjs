@@ -200,7 +200,11 @@ test('a signed-in provider starts a consult from the page', { timeout: 60000 }, 
   await anon.context().close();
 
   const [name, value] = api.cookie().split(';')[0].split('=');
-  const page = await openPage('start', '/consult/provider', { width: 1280, height: 900 }, [{ name, value, url: server.base }]);
+  // The session cookie is `__Host-`: Secure, Path=/, no Domain (a url-only cookie would not be
+  // Secure over http, and Chromium would refuse the name).
+  const host = new URL(server.base).hostname;
+  const cookie = { name, value, domain: host, path: '/', secure: true, httpOnly: true, sameSite: 'Strict' };
+  const page = await openPage('start', '/consult/provider', { width: 1280, height: 900 }, [cookie]);
   try {
     await page.waitForSelector('#start', { state: 'visible' });
     assert.match(await page.textContent('#location'), /Main Street \(Columbus\)/);
