@@ -384,6 +384,13 @@ impl Default for Config {
     }
 }
 
+impl LoginConfig {
+    /// How long a password check may wait for a free slot (`check_wait_ms`).
+    pub fn check_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.check_wait_ms)
+    }
+}
+
 impl DatabaseConfig {
     /// How the pool waits on contention.
     pub fn contention(&self) -> crate::platform::db::Contention {

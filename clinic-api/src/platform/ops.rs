@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::platform::authz::{Policy, Routes};
 use crate::platform::error::{ApiError, ApiResult, ErrorCode};
-use crate::platform::keys::ct_eq;
+use crate::platform::keys::{ct_eq, sha256_hex};
 use crate::platform::openapi::Content;
 use crate::platform::state::AppState;
 
@@ -67,7 +67,10 @@ async fn metrics_text(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     // Hash both sides first: equal lengths, so the comparison time says nothing about the token.
-    if !ct_eq(&sha256(sent), &sha256(token)) {
+    if !ct_eq(
+        sha256_hex(sent.as_bytes()).as_bytes(),
+        sha256_hex(token.as_bytes()).as_bytes(),
+    ) {
         return Err(ApiError::unauthorized(
             ErrorCode::Unauthenticated,
             "metrics need the scraper's bearer token",
@@ -79,12 +82,6 @@ async fn metrics_text(
         state.metrics.render(),
     )
         .into_response())
-}
-
-fn sha256(s: &str) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
-        .as_ref()
-        .to_vec()
 }
 
 /// The method label: the standard methods by name, anything else as `other`, so a client

@@ -2,8 +2,6 @@
 //! TOTP enrollment for accounts that must have MFA; step-up for sensitive routes; sign-out;
 //! password change. Every failure that matters (bad password, lockout, bad code) is audited.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -189,11 +187,6 @@ fn failures_of(user: &UserRow) -> Failures {
     }
 }
 
-/// How long a password check may wait for a free slot.
-fn check_wait(state: &AppState) -> Duration {
-    Duration::from_millis(state.config.login.check_wait_ms)
-}
-
 /// Counts a failed password or code: backoff after `backoff_after`, lock after `lock_after`.
 /// Returns the error to answer with; the caller commits `tx`.
 async fn count_failure(
@@ -257,7 +250,7 @@ async fn unknown_name(
     let (answer, detail) = match locked_answer(state, throttle.unknown_failures(account), now) {
         Some(lock) => (lock, "unknown username; locked"),
         None => {
-            passwords::check(None, password, check_wait(state)).await?;
+            passwords::check(None, password, state.config.login.check_wait()).await?;
             let after = throttle.unknown_failed(account, cfg, now);
             match locked_answer(state, after, now) {
                 Some(lock) if after.count >= cfg.lock_after => (lock, "unknown username"),
@@ -290,7 +283,7 @@ async fn login(
     state
         .get::<SignInThrottle>()
         .admit(client.ip.as_deref(), &account)?;
-    let wait = check_wait(&state);
+    let wait = state.config.login.check_wait();
     let Some(clinic) = state.db.clinic_id_by_slug(req.clinic.trim()).await? else {
         return Err(unknown_name(&state, None, &client, &account, req.password, now).await?);
     };
@@ -467,7 +460,7 @@ async fn verify_mfa(
         Some(rc) => {
             let (user_id, rc) = (caller.user_id.to_string(), rc.clone());
             Some(
-                passwords::off_thread(check_wait(&state), move || {
+                passwords::off_thread(state.config.login.check_wait(), move || {
                     mfa::recovery_hash(&user_id, &rc)
                 })
                 .await?,
@@ -596,7 +589,7 @@ async fn enroll_confirm(
     let codes = mfa::new_recovery_codes(|b| state.keys.random(b));
     let hashed = {
         let (user_id, codes) = (caller.user_id.to_string(), codes.clone());
-        passwords::off_thread(check_wait(&state), move || {
+        passwords::off_thread(state.config.login.check_wait(), move || {
             codes
                 .iter()
                 .map(|c| mfa::recovery_hash(&user_id, c))
@@ -760,7 +753,7 @@ async fn change_password(
     let user = load_self(&mut tx, &caller).await?;
     tx.commit().await?;
     let checked = user.password_hash.clone();
-    let wait = check_wait(&state);
+    let wait = state.config.login.check_wait();
     let ok = passwords::check(Some(checked.clone()), req.current_password.clone(), wait).await?;
     // The new password is hashed before the writing transaction opens, like the check.
     let new_hash = if ok {

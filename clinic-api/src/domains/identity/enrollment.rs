@@ -134,8 +134,7 @@ async fn enroll(
         .and_then(|(c, _)| ClinicId::parse(c))
         .ok_or_else(invalid)?;
     // Hashed before the transaction: no write lock or pool connection is held while argon2 runs.
-    let wait = std::time::Duration::from_millis(state.config.login.check_wait_ms);
-    let hash = passwords::NewHash::of(&body.password, wait).await?;
+    let hash = passwords::NewHash::of(&body.password, state.config.login.check_wait()).await?;
     let now = state.clock.now_ms();
     let mut tx = state.tx(&clinic).await?;
     let row: Option<LinkRow> = sqlx::query_as(

@@ -412,7 +412,7 @@ async fn create_route(
     // a sign-in attempt costs the same as for any account). Hashed before the transaction opens.
     let password = passwords::NewHash::of(
         &passwords::generate(|b| state.keys.random(b)),
-        std::time::Duration::from_millis(state.config.login.check_wait_ms),
+        state.config.login.check_wait(),
     )
     .await?;
     let mut tx = state.tx(&caller.clinic_id).await?;
