@@ -13,6 +13,11 @@ var REFUSALS = {
   image_corrupt: 'That photo seems damaged or was not saved completely. Please take it again.',
   image_too_complex: 'That picture is too large for us to process. Please take a normal photo.',
   storage_unavailable: 'We could not save your photo just now. Please try again in a minute.',
+  upload_stalled: 'The connection stopped while sending. Please check your signal and try again.',
+  upload_too_slow: 'The connection is too slow to send this photo right now. Please try again where the signal is better, or on Wi-Fi.',
+  upload_busy: 'We are receiving many photos right now. Please try again in a minute.',
+  too_many_uploads: 'Your other photos are still being sent. Please wait for them, then send this one.',
+  upload_quota: 'You have sent many photos today. Please try again tomorrow, or call the office if this one is urgent.',
   session_expired: 'You were signed out. Please sign in again and resend the photo.',
   unauthenticated: 'Please sign in first.'
 };

@@ -606,3 +606,130 @@ async fn twenty_concurrent_exchanges_of_one_code_yield_one_token() {
     .unwrap();
     assert_eq!(exchanged, 1, "one exchange audited");
 }
+
+/// Makes the database refuse consult audit events whose detail starts with `step` (a trigger,
+/// created by the test's admin connection), or lets them through again.
+async fn refuse_consult_audit(app: &TestApp, step: Option<&str>) {
+    let pool = &app.admin.pool;
+    let postgres = app.backend() == clinic_api::platform::db::Backend::Postgres;
+    if postgres {
+        sqlx::query("DROP TRIGGER IF EXISTS refuse_consult_audit ON audit_events")
+            .execute(pool)
+            .await
+            .unwrap();
+    } else {
+        sqlx::query("DROP TRIGGER IF EXISTS refuse_consult_audit")
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let Some(step) = step else { return };
+    // (The step is one of the test's own literals.)
+    let when = format!("NEW.resource_type = 'consult' AND NEW.detail LIKE '{step}%'");
+    if postgres {
+        sqlx::query("CREATE OR REPLACE FUNCTION refuse_consult_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$")
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE TRIGGER refuse_consult_audit BEFORE INSERT ON audit_events FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION refuse_consult_audit()"))
+            .execute(pool)
+            .await
+            .unwrap();
+    } else {
+        sqlx::query(&format!("CREATE TRIGGER refuse_consult_audit BEFORE INSERT ON audit_events WHEN {when} BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// The server closed the connection (after any messages still queued).
+async fn closed(ws: &mut Ws) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Err(_) => return false,
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// A join or an admission whose audit event cannot be written does not happen: the participant
+/// gets a fatal `audit_unavailable` and is closed, nobody else sees them, and once the audit log
+/// takes writes again the same token joins (before the fix the join went on unaudited).
+#[tokio::test]
+async fn a_join_or_admission_that_cannot_be_audited_is_refused() {
+    let c = setup().await;
+    let provider_token = c.token("provider", "Dr. Hartwell").await;
+    let patient_token = c.token("patient", "Wendy").await;
+    let joins = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM audit_events WHERE resource_type = 'consult' AND resource_id = $1 AND detail LIKE 'join%'",
+        )
+        .bind(&c.id)
+        .fetch_one(&c.app.admin.pool)
+        .await
+        .unwrap();
+        n
+    };
+
+    refuse_consult_audit(&c.app, Some("join")).await;
+    let (mut dr, first) = c.join(&provider_token).await;
+    assert_eq!(
+        (
+            first["type"].as_str(),
+            first["code"].as_str(),
+            first["fatal"].as_bool()
+        ),
+        (Some("error"), Some("audit_unavailable"), Some(true)),
+        "{first}"
+    );
+    assert!(closed(&mut dr).await, "the unaudited connection is closed");
+    assert_eq!(joins().await, 0);
+
+    refuse_consult_audit(&c.app, None).await;
+    let (mut dr, welcome) = c.join(&provider_token).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["admitted"], true, "{welcome}");
+    assert_eq!(joins().await, 1);
+
+    // The admission cannot be recorded: the patient is refused, not let in unaudited.
+    let (mut pat, welcome) = c.join(&patient_token).await;
+    assert_eq!(welcome["admitted"], false, "{welcome}");
+    let waiting = until_where(&mut dr, "waiting_room", |m| {
+        !m["waiting"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let patient_id = waiting["waiting"][0]["id"].as_str().unwrap().to_string();
+    refuse_consult_audit(&c.app, Some("admit")).await;
+    send(
+        &mut dr,
+        json!({ "type": "admit", "participant": patient_id }),
+    )
+    .await;
+    let refused = until(&mut pat, "error").await;
+    assert_eq!(refused["code"], "audit_unavailable", "{refused}");
+    assert!(closed(&mut pat).await);
+    let roster = until(&mut dr, "roster").await;
+    assert_eq!(
+        roster["participants"].as_array().unwrap().len(),
+        1,
+        "the provider's roster never shows the patient: {roster}"
+    );
+    assert_eq!(presence(&roster, &patient_id), None);
+
+    // Writes work again: the same token waits and is admitted.
+    refuse_consult_audit(&c.app, None).await;
+    let (mut pat, welcome) = c.join(&patient_token).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    until_where(&mut dr, "waiting_room", |m| {
+        !m["waiting"].as_array().unwrap().is_empty()
+    })
+    .await;
+    send(
+        &mut dr,
+        json!({ "type": "admit", "participant": patient_id }),
+    )
+    .await;
+    until(&mut pat, "admitted").await;
+}

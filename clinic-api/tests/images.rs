@@ -992,3 +992,90 @@ async fn a_stalled_upload_times_out_and_gives_its_reservation_back() {
     assert!(blob_files(&s.app).is_empty(), "nothing stored");
     assert_eq!(Images::of(&s.app.state).inflight_free_bytes(), cap);
 }
+
+/// A legal hold placed while a deletion is under way wins. The hold's transaction has written
+/// (not committed) when the deletion starts: on PostgreSQL the deletion reads the row without the
+/// hold, passes the checks, and its UPDATE waits on the row lock; when the hold commits, the
+/// UPDATE's own `legal_hold_at IS NULL` turns it into nothing, and the answer is 409 with the
+/// image and its objects kept (before the fix the held image was deleted). On SQLite the
+/// deletion's write transaction waits for the hold's and then sees it.
+#[tokio::test]
+async fn a_legal_hold_placed_during_a_deletion_wins() {
+    let Setup {
+        app,
+        cookie,
+        patient,
+        ..
+    } = setup(|c| c.imaging.tiers.min_retention_days = 0).await;
+    let r = upload(
+        &app,
+        &format!("/api/v1/patients/{patient}/images"),
+        &cookie,
+        phone_photo(64, 48, 1),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let owner = app.user(Role::Owner).await;
+    let owner_cookie = app.session(&owner, Stage::Full).await;
+    let postgres = app.backend() == clinic_api::platform::db::Backend::Postgres;
+
+    // The hold, written in a transaction left open.
+    let mut hold = app.admin.pool.acquire().await.unwrap();
+    let begin = if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
+    sqlx::query(begin).execute(&mut *hold).await.unwrap();
+    sqlx::query("UPDATE images SET legal_hold_at = $1, legal_hold_by = $2 WHERE id = $3")
+        .bind(app.now())
+        .bind(owner.id.as_str())
+        .bind(&id)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+
+    let path = format!("/api/v1/images/{id}");
+    let deletion = app.call(Method::DELETE, &path, Some(&owner_cookie), None);
+    let commit_when_waiting = async {
+        if postgres {
+            // Until the deletion's UPDATE waits on the hold's row lock.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let (waiting,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND datname = current_database() AND query LIKE 'UPDATE images SET deleted_at%'",
+                )
+                .fetch_one(&app.admin.pool)
+                .await
+                .unwrap();
+                if waiting > 0 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the deletion's UPDATE never waited on the hold"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        sqlx::query("COMMIT").execute(&mut *hold).await.unwrap();
+    };
+    let (del, ()) = tokio::join!(deletion, commit_when_waiting);
+    assert_eq!(
+        (del.status, del.code()),
+        (StatusCode::CONFLICT, "legal_hold"),
+        "{}",
+        del.text
+    );
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT COUNT(*) FROM images WHERE id = '{id}' AND deleted_at IS NULL")
+        )
+        .await,
+        1,
+        "the held image is kept"
+    );
+    assert_eq!(blob_files(&app).len(), 3, "its objects are kept");
+}

@@ -71,6 +71,13 @@ pub enum Input {
     EndNow {
         reason: EndReason,
     },
+    /// The shell could not record the audit event of this connection's join, admission or
+    /// reconnect: the step is undone. The participant is told (`audit_unavailable`, fatal),
+    /// closed and taken out of the room without a trace in anyone's roster; their token is not
+    /// spent, so they can try again once the audit log takes writes.
+    Unaudited {
+        conn: ConnId,
+    },
 }
 
 /// What the room asks the shell to record.
@@ -226,6 +233,7 @@ impl Room {
             Input::Closed { conn } => self.closed(now, conn, &mut out),
             Input::Tick => self.tick(now, &mut out),
             Input::EndNow { reason } => self.end(reason, None, &mut out),
+            Input::Unaudited { conn } => self.unaudited(conn, &mut out),
         }
         self.update_empty(now);
         out
@@ -561,6 +569,34 @@ impl Room {
         self.send_waiting_room(out);
     }
 
+    fn unaudited(&mut self, conn: ConnId, out: &mut Output) {
+        let Some(pid) = self.conns.remove(&conn) else {
+            return;
+        };
+        out.send.push((
+            conn,
+            error(
+                "audit_unavailable",
+                "the visit could not be recorded, so it cannot go on; try again in a moment",
+                true,
+            ),
+        ));
+        out.close.push(conn);
+        if self
+            .participants
+            .get(&pid)
+            .is_none_or(|p| p.conn != Some(conn))
+        {
+            return;
+        }
+        let p = self.participants.remove(&pid).expect("present");
+        if p.admitted {
+            out.effects.push(Effect::MediaDrop { participant: pid });
+        }
+        self.broadcast_roster(out);
+        self.send_waiting_room(out);
+    }
+
     fn closed(&mut self, now: Instant, conn: ConnId, out: &mut Output) {
         let Some(pid) = self.conns.remove(&conn) else {
             return;
@@ -743,6 +779,60 @@ mod tests {
     fn setup() -> (Room, Instant) {
         let t0 = Instant::now();
         (Room::new("k", RoomConfig::default(), t0), t0)
+    }
+
+    /// A join or an admission the shell could not audit is undone: the participant is told and
+    /// closed, leaves no trace in the others' roster or waiting room, and may join again.
+    #[test]
+    fn an_unaudited_join_or_admission_is_undone() {
+        let (mut room, t) = setup();
+        let join = |conn, pid, role| Input::Join {
+            conn,
+            joiner: joiner(pid, role),
+        };
+        room.handle(t, join(1, "dr", ConsultRole::Provider));
+        room.handle(t, join(2, "pat", ConsultRole::Patient));
+        let out = room.handle(t, Input::Unaudited { conn: 2 });
+        assert_eq!(error_code(&out, 2).as_deref(), Some("audit_unavailable"));
+        assert!(out.close.contains(&2));
+        let waiting = sent_to(&out, 1).into_iter().find_map(|m| match m {
+            ServerMsg::WaitingRoom { waiting } => Some(waiting.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            waiting.map(|w| w.len()),
+            Some(0),
+            "the patient no longer waits"
+        );
+        assert_eq!(room.participant_of(2), None);
+        assert!(out.effects.is_empty(), "nothing audited, no media to drop");
+
+        // The same token joins again; this time the admission cannot be audited.
+        room.handle(t, join(3, "pat", ConsultRole::Patient));
+        room.handle(
+            t,
+            Input::Msg {
+                conn: 1,
+                msg: ClientMsg::Admit {
+                    participant: "pat".into(),
+                },
+            },
+        );
+        assert_eq!(room.admitted().len(), 2);
+        let out = room.handle(t, Input::Unaudited { conn: 3 });
+        assert_eq!(error_code(&out, 3).as_deref(), Some("audit_unavailable"));
+        assert_eq!(room.admitted(), vec!["dr".to_string()]);
+        assert!(out.effects.contains(&Effect::MediaDrop {
+            participant: "pat".into()
+        }));
+        let roster = sent_to(&out, 1).into_iter().find_map(|m| match m {
+            ServerMsg::Roster { participants } => Some(participants.len()),
+            _ => None,
+        });
+        assert_eq!(roster, Some(1), "the provider's roster drops the patient");
+        // A connection the room no longer knows changes nothing.
+        let out = room.handle(t, Input::Unaudited { conn: 3 });
+        assert!(out.send.is_empty() && out.effects.is_empty());
     }
 
     #[test]

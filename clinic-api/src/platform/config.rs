@@ -97,6 +97,24 @@ pub struct ImagingConfig {
     /// An upload that sends no data for this long is refused with 408 (and its reservation of
     /// `max_inflight_bytes` is given back).
     pub upload_idle_secs: u64,
+    /// An upload's body must have arrived within this many seconds of its start (0: no
+    /// deadline); past it, 408 `upload_too_slow`.
+    pub upload_deadline_secs: u64,
+    /// After `upload_rate_grace_secs`, an upload must average at least this many bytes a second
+    /// (0: no minimum); a trickle is cut off with 408 `upload_too_slow`.
+    pub upload_min_bytes_per_sec: u64,
+    pub upload_rate_grace_secs: u64,
+    /// Uploads one user has in progress at once (0: no limit); the rest of their burst waits,
+    /// holding no memory.
+    pub uploads_per_user: usize,
+    /// How long an upload may wait for its user's turn and for memory together: then 429
+    /// `too_many_uploads` or 503 `upload_busy`, with Retry-After.
+    pub upload_wait_secs: u64,
+    /// Bytes a patient account may upload in any 24 hours (0: no limit); past it, 429
+    /// `upload_quota`.
+    pub patient_daily_upload_bytes: u64,
+    /// The same for staff accounts.
+    pub staff_daily_upload_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -197,6 +215,13 @@ impl Default for ImagingConfig {
             max_parallel: 0,
             max_inflight_bytes: 256 * 1024 * 1024,
             upload_idle_secs: 30,
+            upload_deadline_secs: 900,
+            upload_min_bytes_per_sec: 1024,
+            upload_rate_grace_secs: 10,
+            uploads_per_user: 4,
+            upload_wait_secs: 60,
+            patient_daily_upload_bytes: 512 * 1024 * 1024,
+            staff_daily_upload_bytes: 32 * 1024 * 1024 * 1024,
         }
     }
 }

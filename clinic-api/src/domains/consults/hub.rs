@@ -358,7 +358,7 @@ pub(super) async fn room_task(
             &clinic,
             &consult,
             patient.as_deref(),
-            &room,
+            &mut room,
             &mut conns,
             out,
         )
@@ -379,59 +379,136 @@ pub(super) async fn apply(
     clinic: &ClinicId,
     consult: &str,
     patient: Option<&str>,
-    room: &Room,
+    room: &mut Room,
     conns: &mut HashMap<ConnId, ConnQueue>,
     out: Output,
 ) {
-    for (conn, msg) in out.send {
-        push(conns, conn, Outbound::Msg(msg), Full::Close);
-    }
-    for conn in out.close {
-        push(conns, conn, Outbound::Close, Full::Close);
-        conns.remove(&conn);
-    }
-    for effect in out.effects {
-        match effect {
-            Effect::Audit {
+    let mut pending = vec![out];
+    while let Some(out) = pending.pop() {
+        // The audit events first, before anyone hears of the step: a join, an admission or a
+        // reconnect that cannot be recorded does not happen. Its messages are not sent, and the
+        // room undoes it (the participant is told and closed).
+        let mut effects = Vec::with_capacity(out.effects.len());
+        let mut unaudited = Vec::new();
+        for effect in out.effects {
+            let Effect::Audit {
                 action,
                 participant,
                 role,
                 by,
                 detail,
-            } => {
-                let action_name = match action {
-                    AuditAction::Join => "join",
-                    AuditAction::Admit => "admit",
-                    AuditAction::Remove => "remove",
-                    AuditAction::Leave => "leave",
-                    AuditAction::Reconnect => "reconnect",
-                    AuditAction::End => "end",
-                };
-                let mut e =
-                    AuditEvent::new(clinic.clone(), Action::Access, "consult").resource(consult);
-                e.actor_id = by.clone().or(participant.clone());
-                e.actor_role = role.map(|r| {
-                    format!(
-                        "consult_{}",
-                        serde_json::to_value(r)
-                            .ok()
-                            .and_then(|v| v.as_str().map(String::from))
-                            .unwrap_or_default()
-                    )
-                });
-                e.patient_id = patient.map(String::from);
-                e.detail = Some(
-                    format!(
-                        "{action_name} participant={} {detail}",
-                        participant.unwrap_or_default()
-                    )
-                    .trim()
-                    .to_string(),
-                );
-                if let Err(err) = audit::record_now(state, e).await {
-                    tracing::error!(error = %err, "could not audit a consult event");
+            } = effect
+            else {
+                effects.push(effect);
+                continue;
+            };
+            let refusable = matches!(
+                action,
+                AuditAction::Join | AuditAction::Admit | AuditAction::Reconnect
+            );
+            let conn = participant.as_deref().and_then(|p| room.conn_of(p));
+            let e = consult_event(
+                clinic,
+                consult,
+                patient,
+                action,
+                participant,
+                role,
+                by,
+                &detail,
+            );
+            if let Err(err) = audit::record_now(state, e).await {
+                tracing::error!(error = %err, "could not audit a consult event");
+                metrics::counter!("consult_audit_failures_total").increment(1);
+                if refusable && let Some(conn) = conn {
+                    unaudited.push(conn);
                 }
             }
+        }
+        if !unaudited.is_empty() {
+            for conn in out.close {
+                push(conns, conn, Outbound::Close, Full::Close);
+                conns.remove(&conn);
+            }
+            for conn in unaudited {
+                pending.push(room.handle(Instant::now(), Input::Unaudited { conn }));
+            }
+            // Media of the undone step is not started; drops and the end still happen.
+            for effect in effects {
+                if matches!(effect, Effect::MediaDrop { .. } | Effect::Ended { .. }) {
+                    carry_out(state, clinic, consult, room, conns, effect).await;
+                }
+            }
+            continue;
+        }
+        for (conn, msg) in out.send {
+            push(conns, conn, Outbound::Msg(msg), Full::Close);
+        }
+        for conn in out.close {
+            push(conns, conn, Outbound::Close, Full::Close);
+            conns.remove(&conn);
+        }
+        for effect in effects {
+            carry_out(state, clinic, consult, room, conns, effect).await;
+        }
+    }
+}
+
+/// A consult room's audit event (ids and roles only; the detail names the step).
+#[allow(clippy::too_many_arguments)]
+fn consult_event(
+    clinic: &ClinicId,
+    consult: &str,
+    patient: Option<&str>,
+    action: AuditAction,
+    participant: Option<String>,
+    role: Option<signaling::token::ConsultRole>,
+    by: Option<String>,
+    detail: &str,
+) -> AuditEvent {
+    let action_name = match action {
+        AuditAction::Join => "join",
+        AuditAction::Admit => "admit",
+        AuditAction::Remove => "remove",
+        AuditAction::Leave => "leave",
+        AuditAction::Reconnect => "reconnect",
+        AuditAction::End => "end",
+    };
+    let mut e = AuditEvent::new(clinic.clone(), Action::Access, "consult").resource(consult);
+    e.actor_id = by.or(participant.clone());
+    e.actor_role = role.map(|r| {
+        format!(
+            "consult_{}",
+            serde_json::to_value(r)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        )
+    });
+    e.patient_id = patient.map(String::from);
+    e.detail = Some(
+        format!(
+            "{action_name} participant={} {detail}",
+            participant.unwrap_or_default()
+        )
+        .trim()
+        .to_string(),
+    );
+    e
+}
+
+/// Carries out one of the room's effects other than an audit event.
+async fn carry_out(
+    state: &AppState,
+    clinic: &ClinicId,
+    consult: &str,
+    room: &Room,
+    conns: &mut HashMap<ConnId, ConnQueue>,
+    effect: Effect,
+) {
+    {
+        match effect {
+            Effect::Audit { .. } => unreachable!("audit events are recorded before effects"),
             Effect::MediaOffer { participant, sdp } => {
                 let reply = match Hub::of(state)
                     .sfu_for(consult)

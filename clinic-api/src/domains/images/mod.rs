@@ -45,13 +45,18 @@ use crate::platform::state::AppState;
 use crate::platform::tx::{Reached, Target};
 
 mod access;
+mod gate;
 mod model;
+mod purge;
 mod tiers;
 mod upload;
 
 use access::*;
+use gate::*;
 pub use model::ImageOut;
 use model::*;
+use purge::purge;
+pub use purge::{KeptImage, Purge, PurgeOut};
 pub use tiers::{TierReport, apply_tiers};
 use upload::*;
 
@@ -69,8 +74,10 @@ pub struct Images {
     processing: tokio::sync::Semaphore,
     /// Upload bytes in memory, in KiB permits (`imaging.max_inflight_bytes`).
     inflight_kib: tokio::sync::Semaphore,
-    /// An upload that sends nothing for this long is refused (`imaging.upload_idle_secs`).
-    upload_idle: std::time::Duration,
+    /// Idle time, deadline, minimum rate, waits and quotas of an upload.
+    rules: UploadRules,
+    /// Each user's uploads at once (`imaging.uploads_per_user`).
+    per_user: PerUser,
 }
 
 impl Images {
@@ -154,7 +161,8 @@ impl Images {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             }),
-            upload_idle: std::time::Duration::from_secs(c.upload_idle_secs.max(1)),
+            rules: UploadRules::of(c),
+            per_user: PerUser::new(c.uploads_per_user),
             inflight_kib: tokio::sync::Semaphore::new(
                 kib(c.max_inflight_bytes).min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize,
             ),
@@ -294,6 +302,15 @@ pub fn routes() -> Routes {
             legal_hold,
         )
         .body::<LegalHold>()
+        .add(
+            Method::POST,
+            "/api/v1/patients/{id}/images/purge",
+            Policy::sensitive(Permission::RecordsRetention),
+            "Purge junk uploads a patient sent from their own account, named or from the last hours \
+             (with a reason; not under legal hold, never staff uploads; audited; needs step-up)",
+            purge,
+        )
+        .body::<Purge>()
         .add(
             Method::DELETE,
             "/api/v1/images/{id}",

@@ -46,76 +46,26 @@ pub(super) fn imaging_error(e: ImagingError) -> ApiError {
     }
 }
 
-/// Reads the body up to the limit, refusing early: 413 past the limit (or a Content-Length over
-/// it), 415 as soon as the first bytes are not an image, 400 when empty or interrupted.
 /// Bytes as KiB permits, rounded up.
 pub(super) fn kib(bytes: u64) -> u64 {
     bytes.div_ceil(1024)
 }
 
-/// An upload's share of `imaging.max_inflight_bytes`, held until it is stored.
-pub(super) type InflightPermit<'a> = tokio::sync::SemaphorePermit<'a>;
-
-pub(super) async fn read_upload<'a>(
-    headers: &HeaderMap,
-    body: Body,
-    images: &'a Images,
-) -> ApiResult<(Vec<u8>, InflightPermit<'a>)> {
-    let limits = &images.limits;
-    let too_large = || {
-        imaging_error(ImagingError::TooLarge {
-            limit: limits.max_bytes,
-        })
+/// The caller's quota and what they used of it in the last 24 hours, read in `tx`.
+async fn quota_of(
+    tx: &mut TenantTx,
+    images: &Images,
+    caller: &Caller,
+) -> ApiResult<Option<(u64, u64)>> {
+    let Some(limit) = images.rules.daily_quota(caller.role) else {
+        return Ok(None);
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared
-        && len > limits.max_bytes
-    {
-        return Err(too_large());
+    let now = tx.now();
+    let used = uploaded_recently(tx, caller, now).await?;
+    if used >= limit {
+        return Err(over_quota(limit, used));
     }
-    // Reserve the upload's bytes before reading any: a burst waits here, its bodies unread.
-    let reserve = kib(declared.unwrap_or(limits.max_bytes).max(1)) as u32;
-    let permit = images
-        .inflight_kib
-        .acquire_many(reserve)
-        .await
-        .map_err(|_| ApiError::internal())?;
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    let mut sniffed = false;
-    // A client that stops sending gives its reservation back after `upload_idle`.
-    while let Some(chunk) = tokio::time::timeout(images.upload_idle, stream.next())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                ErrorCode::UploadStalled,
-                "the upload stopped sending data; try again",
-            )
-        })?
-    {
-        let chunk = chunk.map_err(|_| {
-            ApiError::bad_request(
-                ErrorCode::UploadInterrupted,
-                "the upload was interrupted; try again",
-            )
-        })?;
-        if buf.len() as u64 + chunk.len() as u64 > limits.max_bytes {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-        if !sniffed && buf.len() >= imaging::sniff::SNIFF_LEN {
-            imaging::sniff(&buf).map_err(imaging_error)?;
-            sniffed = true;
-        }
-    }
-    if !sniffed {
-        imaging::sniff(&buf).map_err(imaging_error)?;
-    }
-    Ok((buf, permit))
+    Ok(Some((limit, used)))
 }
 
 pub(super) async fn upload_for_patient(
@@ -126,10 +76,12 @@ pub(super) async fn upload_for_patient(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ImageOut>)> {
     // Check reach first, and end the transaction before the (slow) body is read.
+    let images = Images::of(&state);
     let mut tx = state.tx(&caller.clinic_id).await?;
     let (_, reached) = patients::reach(&mut tx, &caller, &p.id, Permission::ClinicalWrite).await?;
+    let quota = quota_of(&mut tx, images, &caller).await?;
     tx.commit().await?;
-    let (bytes, inflight) = read_upload(&headers, body, Images::of(&state)).await?;
+    let (bytes, inflight) = read_upload(&headers, body, images, &caller, quota).await?;
     let row = store_upload(&state, &caller, &p.id, "staff", &reached, bytes).await?;
     drop(inflight);
     let urls = crate::platform::authz::scope_of(caller.role, Permission::ImagesView)
@@ -144,10 +96,12 @@ pub(super) async fn upload_own(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ImageOut>)> {
+    let images = Images::of(&state);
     let mut tx = state.tx(&caller.clinic_id).await?;
     let (patient, reached) = tx.reach_own(&caller, Permission::OwnRecordsWrite).await?;
+    let quota = quota_of(&mut tx, images, &caller).await?;
     tx.commit().await?;
-    let (bytes, inflight) = read_upload(&headers, body, Images::of(&state)).await?;
+    let (bytes, inflight) = read_upload(&headers, body, images, &caller, quota).await?;
     let row = store_upload(&state, &caller, &patient, "patient", &reached, bytes).await?;
     drop(inflight);
     let now = state.clock.now_ms();
@@ -235,6 +189,15 @@ pub(super) async fn store_upload(
     };
     let recorded: ApiResult<()> = async {
         let mut tx = state.tx(&caller.clinic_id).await?;
+        // The quota again, exactly, with this upload's stored size (on SQLite this transaction
+        // is the only writer; on PostgreSQL concurrent uploads of one account can each pass,
+        // bounded by `imaging.uploads_per_user`).
+        if let Some(limit) = images.rules.daily_quota(caller.role) {
+            let used = uploaded_recently(&mut tx, caller, now).await?;
+            if used.saturating_add(row.original_bytes as u64) > limit {
+                return Err(over_quota(limit, used));
+            }
+        }
         sqlx::query(
             "INSERT INTO images (id, clinic_id, patient_id, uploaded_by, source, format, width, height, \
              orientation, captured_at, original_bytes, original_key, preview_key, thumbnail_key, \
