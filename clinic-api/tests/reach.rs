@@ -181,6 +181,7 @@ async fn every_route_that_takes_an_id_refuses_other_locations_and_other_patients
         "/api/v1/images/{id}",
         "/api/v1/images/{id}/legal-hold",
         "/api/v1/locations/{id}/hours",
+        "/api/v1/patients/{id}/images/purge",
         "/api/v1/users/{id}/disable",
         "/api/v1/users/{id}/locations",
         "/api/v1/users/{id}/reset-mfa",
