@@ -123,7 +123,7 @@ pub fn new_recovery_codes(random: impl Fn(&mut [u8])) -> Vec<String> {
 
 /// A typed recovery code as its 16 characters: case, spaces and dashes ignored, and the letters
 /// Crockford's alphabet leaves out read as the digits they look like (o → 0, i and l → 1).
-fn normalize_recovery(code: &str) -> String {
+pub fn normalize_recovery(code: &str) -> String {
     code.chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| match c.to_ascii_lowercase() {
