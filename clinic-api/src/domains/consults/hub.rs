@@ -506,74 +506,72 @@ async fn carry_out(
     conns: &mut HashMap<ConnId, ConnQueue>,
     effect: Effect,
 ) {
-    {
-        match effect {
-            Effect::Audit { .. } => unreachable!("audit events are recorded before effects"),
-            Effect::MediaOffer { participant, sdp } => {
-                let reply = match Hub::of(state)
-                    .sfu_for(consult)
-                    .offer(consult, &participant, sdp)
-                    .await
-                {
-                    Ok(answer) => ServerMsg::Answer { sdp: answer },
-                    Err(e) => ServerMsg::Error {
-                        code: media_error_code(&e).into(),
-                        message: e.to_string(),
-                        fatal: false,
-                    },
-                };
-                if let Some(conn) = room.conn_of(&participant) {
-                    push(conns, conn, Outbound::Msg(reply), Full::Close);
-                }
-            }
-            Effect::MediaAnswer { participant, sdp } => {
-                if let Err(e) = Hub::of(state)
-                    .sfu_for(consult)
-                    .answer(&participant, sdp)
-                    .await
-                    && let Some(conn) = room.conn_of(&participant)
-                {
-                    let error = ServerMsg::Error {
-                        code: media_error_code(&e).into(),
-                        message: e.to_string(),
-                        fatal: false,
-                    };
-                    push(conns, conn, Outbound::Msg(error), Full::Close);
-                }
-            }
-            Effect::MediaIce {
-                participant,
-                candidate,
-            } => Hub::of(state)
+    match effect {
+        Effect::Audit { .. } => unreachable!("audit events are recorded before effects"),
+        Effect::MediaOffer { participant, sdp } => {
+            let reply = match Hub::of(state)
                 .sfu_for(consult)
-                .candidate(&participant, candidate),
-            Effect::MediaLayer {
-                participant,
-                preference,
-            } => {
-                let pref = match preference {
-                    protocol::LayerPreference::Normal => sfu::Preference::Normal,
-                    protocol::LayerPreference::LowData => sfu::Preference::LowData,
-                    protocol::LayerPreference::AudioOnly => sfu::Preference::AudioOnly,
-                };
-                Hub::of(state)
-                    .sfu_for(consult)
-                    .preference(&participant, pref);
+                .offer(consult, &participant, sdp)
+                .await
+            {
+                Ok(answer) => ServerMsg::Answer { sdp: answer },
+                Err(e) => ServerMsg::Error {
+                    code: media_error_code(&e).into(),
+                    message: e.to_string(),
+                    fatal: false,
+                },
+            };
+            if let Some(conn) = room.conn_of(&participant) {
+                push(conns, conn, Outbound::Msg(reply), Full::Close);
             }
-            Effect::MediaDrop { participant } => Hub::of(state)
+        }
+        Effect::MediaAnswer { participant, sdp } => {
+            if let Err(e) = Hub::of(state)
                 .sfu_for(consult)
-                .drop_participant(&participant),
-            Effect::ClientStats { .. } => {}
-            Effect::Ended { reason } => {
-                let result = async {
-                    let mut tx = state.tx(clinic).await?;
-                    mark_ended(&mut tx, consult, reason).await?;
-                    tx.commit().await
-                }
-                .await;
-                if let Err(err) = result {
-                    tracing::error!(error = %err, "could not mark a consult ended");
-                }
+                .answer(&participant, sdp)
+                .await
+                && let Some(conn) = room.conn_of(&participant)
+            {
+                let error = ServerMsg::Error {
+                    code: media_error_code(&e).into(),
+                    message: e.to_string(),
+                    fatal: false,
+                };
+                push(conns, conn, Outbound::Msg(error), Full::Close);
+            }
+        }
+        Effect::MediaIce {
+            participant,
+            candidate,
+        } => Hub::of(state)
+            .sfu_for(consult)
+            .candidate(&participant, candidate),
+        Effect::MediaLayer {
+            participant,
+            preference,
+        } => {
+            let pref = match preference {
+                protocol::LayerPreference::Normal => sfu::Preference::Normal,
+                protocol::LayerPreference::LowData => sfu::Preference::LowData,
+                protocol::LayerPreference::AudioOnly => sfu::Preference::AudioOnly,
+            };
+            Hub::of(state)
+                .sfu_for(consult)
+                .preference(&participant, pref);
+        }
+        Effect::MediaDrop { participant } => Hub::of(state)
+            .sfu_for(consult)
+            .drop_participant(&participant),
+        Effect::ClientStats { .. } => {}
+        Effect::Ended { reason } => {
+            let result = async {
+                let mut tx = state.tx(clinic).await?;
+                mark_ended(&mut tx, consult, reason).await?;
+                tx.commit().await
+            }
+            .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "could not mark a consult ended");
             }
         }
     }
