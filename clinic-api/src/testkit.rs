@@ -115,6 +115,41 @@ pub fn say_uncaptured(text: &str) {
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
+/// A small deterministic generator (xorshift64*) for tests that draw random moments or choices
+/// and must be repeatable: [`Rng::from_env`] takes its seed from a variable, or from the clock,
+/// and prints it.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from `var` if set, else from the clock; prints `VAR=seed` so a run can be repeated.
+    pub fn from_env(var: &str) -> Self {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos() as u64
+                    | 1
+            });
+        println!("{var}={seed}");
+        Rng(seed.max(1))
+    }
+
+    pub fn draw(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.draw() % (hi - lo + 1)
+    }
+}
+
 /// Replaces the database name of a PostgreSQL URL.
 pub fn with_database(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {

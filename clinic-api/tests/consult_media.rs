@@ -2,9 +2,10 @@
 //! consult through the WebSocket signaling, negotiate with the SFU (including the SFU's own offers
 //! for the other participant's tracks), and each receives the other's Opus audio and VP8 or H.264
 //! video RTP. Variants: a patient whose network blocks UDP (ICE-TCP); H.264 instead of VP8; a
-//! lossy path to the patient (NACKs answered with RTX retransmissions); and misbehaving peers (a
-//! flood from an unknown address, junk from a known one, a participant that never answers) that
-//! must not degrade the consult.
+//! lossy path to the patient (NACKs answered with RTX retransmissions); a poor mobile link both
+//! ways (5% loss, 80 ms ± 20 ms) that must leave 99% of the frames decodable; and misbehaving
+//! peers (a flood from an unknown address, junk from a known one, a participant that never
+//! answers) that must not degrade the consult.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -61,6 +62,9 @@ struct Received {
     video_mime: Mutex<Option<String>>,
     /// Sequence numbers of the video packets received (after any RTX repair).
     video_seqs: Mutex<HashSet<u16>>,
+    /// Each video packet received (after any RTX repair): sequence number, whether it starts a
+    /// keyframe (VP8), and when.
+    video_arrivals: Mutex<Vec<(u16, bool, std::time::Instant)>>,
     /// Audio packets this participant sent.
     sent_audio: AtomicU64,
     /// `stats` entries a host received.
@@ -101,6 +105,14 @@ impl PeerConnectionEventHandler for Handler {
                             .lock()
                             .unwrap()
                             .insert(pkt.header.sequence_number);
+                        // The VP8 payload descriptor (one byte here), then the frame header
+                        // whose lowest bit is 0 on a keyframe.
+                        let key = pkt.payload.len() > 1 && pkt.payload[1] & 1 == 0;
+                        received.video_arrivals.lock().unwrap().push((
+                            pkt.header.sequence_number,
+                            key,
+                            std::time::Instant::now(),
+                        ));
                         if received.video.fetch_add(1, Ordering::Relaxed) == 0 {
                             let codec = track.codec(pkt.header.ssrc).await;
                             *received.video_mime.lock().unwrap() = codec.map(|c| c.mime_type);
@@ -187,6 +199,62 @@ struct Proxy {
     dropped_seqs: Mutex<Vec<(u16, std::time::Instant)>>,
     rtx: AtomicU64,
     garbage_sent: AtomicU64,
+    /// A poor link instead of `drop_every`: every datagram, both ways, is lost with this
+    /// probability or else delivered after a uniform random delay in this range (what
+    /// `tc netem loss 5% delay 80ms 20ms` does; the kernel here has no netem qdisc).
+    impair: Option<Impairment>,
+    /// The generator behind the losses and delays.
+    rng: Mutex<u64>,
+    /// When each video packet towards the participant (its sequence number in the SFU's
+    /// outgoing numbering) first reached the proxy, lost or not.
+    video_first_seen: Mutex<Vec<(u16, std::time::Instant)>>,
+    /// Datagrams lost by the impairment, towards the participant and towards the SFU.
+    lost_down: AtomicU64,
+    lost_up: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+struct Impairment {
+    loss: f64,
+    delay_ms: (u64, u64),
+}
+
+impl Proxy {
+    fn next_random(&self) -> u64 {
+        let mut x = self.rng.lock().unwrap();
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// What the impairment does to one datagram: `None` lost, else its delay.
+    fn fate(&self) -> Option<Duration> {
+        let Some(i) = self.impair else {
+            return Some(Duration::ZERO);
+        };
+        if (self.next_random() % 1_000_000) as f64 / 1e6 < i.loss {
+            return None;
+        }
+        let span = i.delay_ms.1 - i.delay_ms.0 + 1;
+        Some(Duration::from_millis(
+            i.delay_ms.0 + self.next_random() % span,
+        ))
+    }
+}
+
+/// Sends `pkt` from `sock` to `to` after `delay` (at once when zero). Like netem's jitter, a
+/// delay larger than the gap to the next datagram reorders them.
+async fn deliver(sock: &Arc<UdpSocket>, pkt: &[u8], to: SocketAddr, delay: Duration) {
+    if delay.is_zero() {
+        let _ = sock.send_to(pkt, to).await;
+        return;
+    }
+    let (sock, pkt) = (sock.clone(), pkt.to_vec());
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = sock.send_to(&pkt, to).await;
+    });
 }
 
 /// The payload type of an RTP packet (not RTCP, STUN or DTLS), read from its clear header.
@@ -228,14 +296,19 @@ fn payload_types(sdp: &str, codec: &str) -> (HashSet<u8>, HashSet<u8>) {
 
 impl Proxy {
     async fn start(drop_every: u64) -> (SocketAddr, Arc<Proxy>) {
+        Self::start_with(Proxy {
+            drop_every,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn start_with(proxy: Proxy) -> (SocketAddr, Arc<Proxy>) {
         // `near` faces the participant; `far` is the participant's address as the SFU sees it.
         let near = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let far = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = near.local_addr().unwrap();
-        let proxy = Arc::new(Proxy {
-            drop_every,
-            ..Default::default()
-        });
+        let proxy = Arc::new(proxy);
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         tokio::spawn({
             let (near, far, proxy, client) =
@@ -245,8 +318,12 @@ impl Proxy {
                 while let Ok((n, from)) = near.recv_from(&mut buf).await {
                     *client.lock().unwrap() = Some(from);
                     let target = *proxy.target.lock().unwrap();
+                    let Some(delay) = proxy.fate() else {
+                        proxy.lost_up.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     if let Some(t) = target {
-                        let _ = far.send_to(&buf[..n], t).await;
+                        deliver(&far, &buf[..n], t, delay).await;
                     }
                 }
             }
@@ -259,6 +336,12 @@ impl Proxy {
                     let pkt = &buf[..n];
                     if let Some(pt) = rtp_payload_type(pkt) {
                         if proxy.video_pts.lock().unwrap().contains(&pt) {
+                            let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+                            proxy
+                                .video_first_seen
+                                .lock()
+                                .unwrap()
+                                .push((seq, std::time::Instant::now()));
                             let k = proxy.video_seen.fetch_add(1, Ordering::Relaxed) + 1;
                             if proxy.drop_every > 0 && k % proxy.drop_every == 0 {
                                 proxy.dropped.fetch_add(1, Ordering::Relaxed);
@@ -274,9 +357,13 @@ impl Proxy {
                             proxy.rtx.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    let Some(delay) = proxy.fate() else {
+                        proxy.lost_down.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     let to = *client.lock().unwrap();
                     if let Some(to) = to {
-                        let _ = near.send_to(pkt, to).await;
+                        deliver(&near, pkt, to, delay).await;
                     }
                 }
             }
@@ -840,26 +927,19 @@ async fn h264_is_forwarded_both_ways() {
     .await;
 }
 
-/// A lossy path to the patient: every 10th video packet the SFU sends is lost. The patient's
-/// stack asks for them again (NACK), and the SFU answers with RTX retransmissions from its
-/// send buffer; the provider's page sees the patient's NACK count.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_packets_are_nacked_and_retransmitted_over_rtx() {
-    let c = consult(&["provider", "patient"]).await;
-    let (proxy_addr, proxy) = Proxy::start(10).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+/// A provider and a patient of consult `c` on their way: their peer tasks, what each receives,
+/// and the switch that stops both.
+struct Pair {
+    stop: tokio::sync::watch::Sender<bool>,
+    dr: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pat: tokio::task::JoinHandle<anyhow::Result<()>>,
+    dr_rx: Arc<Received>,
+    pat_rx: Arc<Received>,
+}
+
+fn pair(c: &Consult, provider: Who, patient: Who) -> Pair {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (dr_rx, pat_rx) = (Arc::new(Received::default()), Arc::new(Received::default()));
-    let provider = Who {
-        host: true,
-        ssrc_base: 0x1000,
-        ..Default::default()
-    };
-    let patient = Who {
-        interceptors: true,
-        proxy: Some((proxy_addr, proxy.clone())),
-        ssrc_base: 0x2000,
-        ..Default::default()
-    };
     let dr = tokio::spawn(participant(
         c.addr,
         c.tokens[0].clone(),
@@ -874,6 +954,40 @@ async fn lost_packets_are_nacked_and_retransmitted_over_rtx() {
         pat_rx.clone(),
         stop_rx,
     ));
+    Pair {
+        stop,
+        dr,
+        pat,
+        dr_rx,
+        pat_rx,
+    }
+}
+
+/// A lossy path to the patient: every 10th video packet the SFU sends is lost. The patient's
+/// stack asks for them again (NACK), and the SFU answers with RTX retransmissions from its
+/// send buffer; the provider's page sees the patient's NACK count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_packets_are_nacked_and_retransmitted_over_rtx() {
+    let c = consult(&["provider", "patient"]).await;
+    let (proxy_addr, proxy) = Proxy::start(10).await;
+    let provider = Who {
+        host: true,
+        ssrc_base: 0x1000,
+        ..Default::default()
+    };
+    let patient = Who {
+        interceptors: true,
+        proxy: Some((proxy_addr, proxy.clone())),
+        ssrc_base: 0x2000,
+        ..Default::default()
+    };
+    let Pair {
+        stop: stop_tx,
+        dr,
+        pat,
+        dr_rx,
+        pat_rx,
+    } = pair(&c, provider, patient);
     let nacks = |r: &Received| {
         r.stats
             .lock()
@@ -927,6 +1041,139 @@ async fn lost_packets_are_nacked_and_retransmitted_over_rtx() {
         "retransmissions came over RTX"
     );
     assert!(nacks(&dr_rx) > 0, "the SFU counted the patient's NACKs");
+}
+
+/// A patient on a poor mobile link: every datagram between the patient and the SFU, both ways
+/// (media, RTX, NACKs and reports, ICE and DTLS), is lost 5% of the time or else delayed
+/// 80 ms ± 20 ms (uniform, so reordered as netem's jitter reorders), for 30 s of 50 frames a
+/// second with a keyframe every 25. A frame counts as decodable when it arrived within 1 s of
+/// reaching the proxy (a jitter buffer's patience) and so did every frame back to its keyframe
+/// (a delta frame needs its references). NACK and RTX must keep at least 99% decodable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_over_5_percent_loss_and_80_ms_jitter_stays_99_percent_decodable() {
+    let c = consult(&["provider", "patient"]).await;
+    let (proxy_addr, proxy) = Proxy::start_with(Proxy {
+        impair: Some(Impairment {
+            loss: 0.05,
+            delay_ms: (60, 100),
+        }),
+        rng: Mutex::new(0x5eed_1234_abcd_0077),
+        ..Default::default()
+    })
+    .await;
+    let provider = Who {
+        host: true,
+        interceptors: true,
+        ssrc_base: 0x1000,
+        ..Default::default()
+    };
+    let patient = Who {
+        interceptors: true,
+        proxy: Some((proxy_addr, proxy.clone())),
+        ssrc_base: 0x2000,
+        ..Default::default()
+    };
+    let Pair {
+        stop: stop_tx,
+        dr,
+        pat,
+        pat_rx,
+        ..
+    } = pair(&c, provider, patient);
+    assert!(
+        wait_for(30, &[&dr, &pat], || pat_rx.video.load(Ordering::Relaxed)
+            > 0)
+        .await,
+        "video reached the patient over the poor link"
+    );
+    let began = std::time::Instant::now();
+    // 30 s of media (a peer that gives up ends early, and its error shows below).
+    while began.elapsed() < Duration::from_secs(30) && !dr.is_finished() && !pat.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    let (a, b) = (dr.await.unwrap(), pat.await.unwrap());
+    a.expect("provider peer");
+    b.expect("patient peer");
+
+    // Judge the frames the SFU sent up to 1.5 s before the end (the last ones have had no time
+    // to be repaired).
+    let cutoff = began + Duration::from_millis(28_500);
+    let sent = proxy.video_first_seen.lock().unwrap().clone();
+    let mut first_seen: Vec<(u16, std::time::Instant)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (seq, at) in sent {
+        if seen.insert(seq) {
+            first_seen.push((seq, at));
+        }
+    }
+    let arrivals: std::collections::HashMap<u16, (bool, std::time::Instant)> =
+        pat_rx.video_arrivals.lock().unwrap().iter().fold(
+            Default::default(),
+            |mut m, (seq, key, at)| {
+                m.entry(*seq).or_insert((*key, *at));
+                m
+            },
+        );
+    let (mut frames, mut decodable, mut late, mut missing) = (0usize, 0usize, 0usize, 0usize);
+    let mut chain = false;
+    let mut latencies = Vec::new();
+    // From the first keyframe the patient received on: a receiver starts decoding there.
+    let start = first_seen
+        .iter()
+        .position(|(seq, at)| *at >= began && arrivals.get(seq).is_some_and(|(key, _)| *key))
+        .unwrap_or(first_seen.len());
+    for (seq, at) in first_seen[start..].iter().filter(|(_, at)| *at < cutoff) {
+        frames += 1;
+        match arrivals.get(seq) {
+            Some((key, arrived))
+                if arrived.saturating_duration_since(*at) <= Duration::from_secs(1) =>
+            {
+                latencies.push(arrived.saturating_duration_since(*at));
+                chain = *key || chain;
+            }
+            Some(_) => {
+                late += 1;
+                chain = false;
+            }
+            None => {
+                missing += 1;
+                chain = false;
+            }
+        }
+        decodable += usize::from(chain);
+    }
+    latencies.sort();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    let share = decodable as f64 / frames.max(1) as f64;
+    eprintln!(
+        "poor link (5% loss, 80 ms ± 20 ms, both ways): {frames} frames judged, {decodable} \
+         decodable ({:.2}%), {late} repaired too late, {missing} never arrived; datagrams lost \
+         towards the patient {}, towards the SFU {}; RTX packets {}; arrival after the proxy \
+         p50 {:?} p99 {:?} max {:?}",
+        share * 100.0,
+        proxy.lost_down.load(Ordering::Relaxed),
+        proxy.lost_up.load(Ordering::Relaxed),
+        proxy.rtx.load(Ordering::Relaxed),
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or_default(),
+    );
+    assert!(frames >= 1_200, "enough frames to judge: {frames}");
+    assert!(
+        proxy.lost_down.load(Ordering::Relaxed) >= 50,
+        "the link lost packets"
+    );
+    assert!(
+        share >= 0.99,
+        "{:.2}% of the frames decodable",
+        share * 100.0
+    );
 }
 
 /// Misbehaving peers do not degrade a consult: while a provider and a patient talk, an unknown

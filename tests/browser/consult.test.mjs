@@ -38,7 +38,9 @@ async function newConsult() {
   return { consult, link };
 }
 
-// The inbound-rtp stats of the track a page receives from participant `pid`.
+// The inbound-rtp stats of the track a page receives from participant `pid` (its busiest entry),
+// with the frames decoded by each SSRC it has received: a receiver whose sender changed SSRC
+// (the SFU's new stream after a participant came back) starts a new entry from zero.
 function inbound(page, pid, kind) {
   return page.evaluate(async ({ pid, kind }) => {
     const c = window.consult;
@@ -47,8 +49,10 @@ function inbound(page, pid, kind) {
     const tracks = kind === 'video' ? stream.getVideoTracks() : stream.getAudioTracks();
     const ids = new Set(tracks.map((t) => t.id));
     let found = null;
+    const bySsrc = {};
     (await c.pc.getStats()).forEach((s) => {
       if (s.type === 'inbound-rtp' && s.kind === kind && ids.has(s.trackIdentifier)) {
+        bySsrc[s.ssrc] = s.framesDecoded || 0;
         if (!found || (s.packetsReceived || 0) > (found.packetsReceived || 0)) {
           found = {
             packetsReceived: s.packetsReceived, framesDecoded: s.framesDecoded,
@@ -57,12 +61,39 @@ function inbound(page, pid, kind) {
         }
       }
     });
+    if (found) found.bySsrc = bySsrc;
     return found;
   }, { pid, kind });
 }
 
 const decoded = (n) => (s) => s && s.framesDecoded >= n;
+// At least n frames decoded since `before`, over every SSRC (old ones counted from where they were).
+const decodedSince = (before, n) => (s) => s && Object.entries(s.bySsrc)
+  .reduce((sum, [ssrc, frames]) => sum + frames - ((before && before.bySsrc[ssrc]) || 0), 0) >= n;
 const heard = (s) => s && s.packetsReceived > 0;
+
+// Every video receiver of a page, for a failure report: its transceiver, track and each
+// inbound-rtp entry (a receiver has one per SSRC it has seen).
+function videoReceivers(page) {
+  return page.evaluate(async () => {
+    const c = window.consult;
+    const owner = {};
+    for (const [pid, stream] of Object.entries(c.remote || {})) for (const t of stream.getTracks()) owner[t.id] = pid;
+    const stats = [];
+    const now = performance.timeOrigin + performance.now();
+    (await c.pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        stats.push({ ssrc: s.ssrc, mid: s.mid, track: s.trackIdentifier, from: owner[s.trackIdentifier], packets: s.packetsReceived,
+          lost: s.packetsLost, frames: s.framesDecoded, keyframes: s.keyFramesDecoded, plis: s.pliCount, nacks: s.nackCount,
+          firs: s.firCount, dropped: s.framesDropped, lastPacketAgoMs: s.lastPacketReceivedTimestamp ? Math.round(now - s.lastPacketReceivedTimestamp) : null });
+      }
+    });
+    const transceivers = c.pc.getTransceivers().map((t) => ({ mid: t.mid, direction: t.direction, current: t.currentDirection,
+      kind: t.receiver.track.kind, track: t.receiver.track.id, muted: t.receiver.track.muted, state: t.receiver.track.readyState,
+      from: owner[t.receiver.track.id] }));
+    return { signaling: c.pc.signalingState, ice: c.pc.iceConnectionState, stats, transceivers };
+  });
+}
 
 function report(err) {
   console.error('--- page console ---\n' + logs.slice(-200).join('\n'));
@@ -119,7 +150,7 @@ test('provider, patient and caregiver: admit, media, low data, ICE restart, resu
     const ufragBefore = await ufrag();
     await patient.evaluate(() => window.consult.restartIce());
     assert.notEqual(await ufrag(), ufragBefore, 'the restart offered new ICE credentials');
-    await until(() => inbound(patient, prov.participant_id, 'video'), decoded(before.framesDecoded + 30), 15000, 'video after the ICE restart');
+    await until(() => inbound(patient, prov.participant_id, 'video'), decodedSince(before, 30), 15000, 'video after the ICE restart');
     assert.equal(await patient.evaluate(() => window.consult.pc.iceConnectionState), 'connected');
 
     // (d) The patient's signaling connection drops: a visible banner, a resume within the grace
@@ -129,7 +160,7 @@ test('provider, patient and caregiver: admit, media, low data, ICE restart, resu
     await patient.waitForSelector('#reconnecting', { state: 'visible', timeout: 2000 });
     await patient.waitForFunction(() => window.consult.state === 'in-call' && window.consult.ws && window.consult.ws.readyState === 1, null, { timeout: 15000 });
     assert.ok(await patient.isHidden('#reconnecting'));
-    await until(() => inbound(patient, prov.participant_id, 'video'), decoded(beforeDrop.framesDecoded + 30), 15000, 'video after resuming');
+    await until(() => inbound(patient, prov.participant_id, 'video'), decodedSince(beforeDrop, 30), 15000, 'video after resuming');
 
     // (e) The caregiver reloads the page (the link's code is spent; the page resumes from the
     // session it kept): back in without re-admission, with a new media session both ways.
@@ -138,7 +169,18 @@ test('provider, patient and caregiver: admit, media, low data, ICE restart, resu
     await caregiver.reload();
     await caregiver.waitForFunction(() => window.consult && window.consult.state === 'in-call', null, { timeout: 15000 });
     await until(() => inbound(caregiver, prov.participant_id, 'video'), decoded(30), 15000, "the provider's video after the caregiver's reload");
-    await until(() => inbound(provider, care.participant_id, 'video'), decoded(careBefore.framesDecoded + 30), 15000, "the caregiver's new video on the provider page");
+    try {
+      await until(() => inbound(provider, care.participant_id, 'video'), decodedSince(careBefore, 30), 15000, "the caregiver's new video on the provider page");
+    } catch (e) {
+      console.error(`before the reload: ${JSON.stringify(careBefore)}`);
+      console.error(`provider: ${JSON.stringify(await videoReceivers(provider), null, 1)}`);
+      console.error(`caregiver: ${JSON.stringify(await caregiver.evaluate(async () => {
+        const out = [];
+        (await window.consult.pc.getStats()).forEach((s) => { if (s.type === 'outbound-rtp' && s.kind === 'video') out.push({ rid: s.rid, ssrc: s.ssrc, packets: s.packetsSent, frames: s.framesEncoded, keyframes: s.keyFramesEncoded, plis: s.pliCount, limit: s.qualityLimitationReason, active: s.active }); });
+        return out;
+      }), null, 1)}`);
+      throw e;
+    }
     // The SFU replaced the caregiver's old media session, and the caregiver's new tracks came to
     // the provider on the m-lines that carried the old ones (paused, then sending again): the
     // provider's page keeps its transceivers and the caregiver's tile, and repeated reloads

@@ -10,6 +10,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::rtp::{RtpPacket, RtpWrite};
 
 use super::Worker;
+use super::peer::{RTX_CACHE_AGE, RTX_CACHE_PACKETS, RTX_RATIO_CAP};
 use crate::forward::{Packet, layer_of};
 
 impl Worker {
@@ -81,6 +82,7 @@ impl Worker {
                 continue;
             };
             let payload = copy.unwrap_or_else(|| pkt.payload.clone());
+            let budgeted = &mut sub.rtx_budgeted;
             let written = sub.rtc.call(|rtc| {
                 // The subscriber's payload type for the same codec.
                 let pt = rtc.media(out_mid).and_then(|m| {
@@ -93,9 +95,14 @@ impl Worker {
                 let write = RtpWrite::new(pt, mapped.seq.into(), mapped.timestamp, now, payload)
                     .marker(marker)
                     .nackable(nackable);
-                rtc.direct_api()
-                    .stream_tx_by_mid(out_mid, None)?
-                    .write_rtp(write);
+                let mut api = rtc.direct_api();
+                let tx = api.stream_tx_by_mid(out_mid, None)?;
+                // Before the stream's first packet (setting it empties the cache).
+                if !budgeted.contains(&out_mid) {
+                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+                    budgeted.push(out_mid);
+                }
+                tx.write_rtp(write);
                 Some(())
             });
             if written.flatten().is_some() {
