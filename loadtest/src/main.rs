@@ -11,6 +11,7 @@
 //! Targets are loopback only: this tool never sends load anywhere else.
 
 mod api;
+mod apibench;
 mod churn;
 mod janus;
 mod metrics;
@@ -42,6 +43,17 @@ enum Cli {
     Churn(ChurnArgs),
     /// Health and readiness latency of a running server.
     Probe(ProbeArgs),
+    /// The clinic API alone under a busy morning's mix, ramped until p99 passes its limit, on
+    /// SQLite and PostgreSQL, beside a bare axum + sqlx ceiling; then a sign-in flood beside it.
+    Api(apibench::ApiArgs),
+    /// The API benchmark's bare ceiling server (started by `api`; prints its address).
+    #[command(hide = true)]
+    CeilingServer {
+        #[arg(long)]
+        db: String,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// The raw UDP relay (started by `capacity --target relay`; prints its addresses).
     #[command(hide = true)]
     RelayServer {
@@ -390,6 +402,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse() {
         Cli::Probe(a) => probe(a).await,
+        Cli::Api(a) => apibench::run(a).await,
+        Cli::CeilingServer { db, port } => apibench::ceiling::serve(&db, port).await,
         Cli::Run(a) => {
             scenario_run(
                 scenario::Scenario::load(&a.scenario)?,

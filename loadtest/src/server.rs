@@ -88,6 +88,16 @@ pub fn parse_logins(text: &str) -> Vec<Login> {
 
 impl DemoServer {
     pub async fn start(bin: &Path, log: &Path) -> anyhow::Result<DemoServer> {
+        Self::start_on(bin, log, None).await
+    }
+
+    /// [`DemoServer::start`] on the database at `database_url` (an empty PostgreSQL database;
+    /// `None`: SQLite in the fresh data directory).
+    pub async fn start_on(
+        bin: &Path,
+        log: &Path,
+        database_url: Option<&str>,
+    ) -> anyhow::Result<DemoServer> {
         let data = tempfile::tempdir()?;
         let port = free_port()?;
         // A fresh token per run: /metrics is closed to anyone without it.
@@ -99,6 +109,7 @@ impl DemoServer {
             .env("CLINIC_LISTEN", format!("127.0.0.1:{port}"))
             .env("CLINIC_METRICS__TOKEN", &metrics_token)
             .env_remove("DATABASE_URL")
+            .envs(database_url.map(|u| ("DATABASE_URL", u)))
             .stdout(Stdio::piped())
             .stderr(log_file)
             .kill_on_drop(true)

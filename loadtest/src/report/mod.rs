@@ -1,25 +1,25 @@
 //! The HTML report of a load test: one self-contained page (inline CSS and SVG, no script, no
 //! external resources) for one run, or for several runs side by side with their plots overlaid.
+//!
+//! The page opens with the verdict (per target: the level it sustained and what stopped it, then
+//! the ratios between targets), then one chart of p99 latency and loss against load for every
+//! target together, then the tables and the other charts. A section with nothing to show is left
+//! out. Charts are drawn with plotters ([`chart`]); [`load_chart`] is shared with other reports.
 
 use crate::results::*;
 
+mod chart;
 mod plots;
-mod svg;
 mod tables;
 #[cfg(test)]
 mod tests;
+mod verdict;
 
-use plots::{capacity_section, percentile_bars, timeline_plots};
-use tables::{api_tables, errors_table, run_meta, summary_table};
+pub use chart::{Curve, load_chart};
+pub use chart::{Line, line_chart};
 
-/// Series colours (Tableau 10). With several runs, a run keeps its colour in every plot.
-pub(super) const PALETTE: [&str; 10] = [
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-    "#9c755f", "#bab0ac",
-];
-
-/// The latency-limit line of a capacity plot with a single run.
-pub(super) const LIMIT_COLOUR: &str = "#c0392b";
+use plots::{load_section, percentile_section, timeline_section};
+use tables::{api_tables, capacity_table, errors_table, run_meta, summary_table};
 
 /// Shown in place of a number that is not finite.
 pub(super) const DASH: &str = "–";
@@ -30,24 +30,22 @@ h1{font-size:1.6rem}
 h2{font-size:1.3rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 h3{font-size:1.1rem;margin:1.2rem 0 .4rem}
 h4{font-size:.95rem;margin:.8rem 0 .3rem}
+section.verdict{background:#f6f8fb;border:1px solid #dbe2ea;border-radius:4px;padding:0 1.2rem .6rem}
+section.verdict h2{margin-top:.8rem;border:0}
+section.verdict li{margin:.35rem 0;line-height:1.45}
 table{border-collapse:collapse;margin:.3rem 0 1rem;font-size:.88rem}
 th,td{padding:.2rem .6rem;border-bottom:1px solid #e4e4e4;text-align:left;vertical-align:top}
 th{background:#f4f4f4;font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 tr.total td{font-weight:600}
-.ok{color:#2a7d2a}.bad{color:#c0392b}.muted{color:#777}
+.ok{color:#2a7d2a;font-weight:600}.bad{color:#c0392b;font-weight:600}.muted{color:#777}
 .plots{display:flex;flex-wrap:wrap;gap:1rem}
-svg.plot{max-width:100%;height:auto;border:1px solid #e4e4e4;background:#fff}
-svg .title{font-size:14px;font-weight:600;fill:#222}
-svg .tick{font-size:11px;fill:#555}
-svg .axis-title{font-size:12px;fill:#333}
-svg .legend{font-size:11px;fill:#333}
-svg .grid{stroke:#ececec}
-svg .axis{stroke:#888}
+svg.plot{display:block;max-width:100%;height:auto;border:1px solid #e4e4e4;background:#fff}
 </style>
 ";
 
-/// The HTML report of one run, or of several runs side by side (e.g. our SFU, Janus, raw UDP relay measured in the same session).
+/// The HTML report of one run, or of several runs side by side (e.g. our SFU, Janus, raw UDP
+/// relay measured in the same session).
 pub fn html(runs: &[RunResult]) -> String {
     let labels = run_labels(runs);
     let title = format!("Load test: {}", scenario_names(runs));
@@ -62,32 +60,47 @@ pub fn html(runs: &[RunResult]) -> String {
         return out;
     }
 
-    out.push_str("<h2>Runs</h2>\n");
-    for (run, label) in runs.iter().zip(&labels) {
-        out.push_str(&run_meta(run, label));
-    }
-    out.push_str("<h2>Summary by phase</h2>\n");
-    for (run, label) in runs.iter().zip(&labels) {
-        out.push_str(&format!("<h3>{}</h3>\n", escape(label)));
-        out.push_str(&summary_table(run));
-    }
-    out.push_str("<h2>API latency</h2>\n");
-    for (run, label) in runs.iter().zip(&labels) {
-        out.push_str(&format!("<h3>{}</h3>\n", escape(label)));
-        out.push_str(&api_tables(run));
-    }
-    out.push_str("<h2>Errors by kind</h2>\n");
-    for (run, label) in runs.iter().zip(&labels) {
-        out.push_str(&format!("<h3>{}</h3>\n", escape(label)));
-        out.push_str(&errors_table(run));
-    }
-    out.push_str("<h2>Over time</h2>\n");
-    out.push_str(&timeline_plots(runs, &labels));
-    out.push_str("<h2>Media latency percentiles per phase</h2>\n");
-    out.push_str(&percentile_bars(runs, &labels));
-    out.push_str(&capacity_section(runs, &labels));
+    out.push_str(&verdict::verdict(runs, &labels));
+    out.push_str(&load_section(runs, &labels));
+    out.push_str(&per_run("Capacity search", runs, &labels, |run| {
+        run.capacity
+            .as_ref()
+            .map(capacity_table)
+            .unwrap_or_default()
+    }));
+    out.push_str(&per_run("Summary by phase", runs, &labels, summary_table));
+    out.push_str(&per_run("API latency", runs, &labels, api_tables));
+    out.push_str(&per_run("Errors by kind", runs, &labels, errors_table));
+    out.push_str(&timeline_section(runs, &labels));
+    out.push_str(&percentile_section(runs, &labels));
+    out.push_str(&per_run("Runs", runs, &labels, run_meta));
     out.push_str("</body>\n</html>\n");
     out
+}
+
+/// A section of one part per run (headed by the run's label when there are several); runs
+/// whose part is empty are left out, and the whole section when all are.
+fn per_run(
+    title: &str,
+    runs: &[RunResult],
+    labels: &[String],
+    part: impl Fn(&RunResult) -> String,
+) -> String {
+    let mut body = String::new();
+    for (run, label) in runs.iter().zip(labels) {
+        let text = part(run);
+        if text.is_empty() {
+            continue;
+        }
+        if runs.len() > 1 {
+            body.push_str(&format!("<h3>{}</h3>\n", escape(label)));
+        }
+        body.push_str(&text);
+    }
+    if body.is_empty() {
+        return body;
+    }
+    format!("<h2>{}</h2>\n{body}", escape(title))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -142,20 +155,6 @@ pub(super) fn duration(s: f64) -> String {
     format!("{min} min {sec:02} s")
 }
 
-/// An SVG coordinate (finite, one decimal).
-pub(super) fn coord(v: f64) -> String {
-    if v.is_finite() {
-        format!("{:.1}", v + 0.0)
-    } else {
-        "0".to_string()
-    }
-}
-
-/// `v`, or 0 when it is not finite.
-pub(super) fn finite_or_zero(v: f64) -> f64 {
-    if v.is_finite() { v } else { 0.0 }
-}
-
 /// At most `n` characters of `s`, with an ellipsis when cut.
 pub(super) fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
@@ -164,11 +163,6 @@ pub(super) fn truncate(s: &str, n: usize) -> String {
         let head: String = s.chars().take(n.saturating_sub(1)).collect();
         format!("{head}…")
     }
-}
-
-/// The colour of series `i`.
-pub(super) fn colour(i: usize) -> &'static str {
-    PALETTE[i % PALETTE.len()]
 }
 
 /// The distinct scenario names of the runs, or `(unnamed)`.

@@ -1,33 +1,113 @@
-//! The report's plots: metrics over time, latency percentile bars, capacity levels.
+//! The report's plots: latency and loss against load (every target together), quantities over
+//! time, latency percentile bars. Drawn by [`super::chart`]; run `r` has colour `r` in each.
 
-use super::svg::*;
+use super::chart::{Bars, bar_chart};
+use super::verdict::phase_loss;
 use super::*;
 
+/// Title of the combined load chart (the first chart of every report that has one).
+pub(super) const LOAD_TITLE: &str = "p99 media latency and loss against load";
+
+/// One curve per run (empty curves kept, so run `r` keeps colour `r`): the capacity steps of a
+/// capacity run, else its phases (loss: the larger of audio and video loss), by increasing load.
+pub(super) fn load_curves(runs: &[RunResult], labels: &[String]) -> Vec<Curve> {
+    runs.iter()
+        .zip(labels)
+        .map(|(run, label)| {
+            let mut points: Vec<(f64, f64, f64)> = match &run.capacity {
+                Some(cap) if !cap.steps.is_empty() => cap
+                    .steps
+                    .iter()
+                    .map(|s| (f64::from(s.consults), s.latency_p99_ms, s.loss))
+                    .collect(),
+                _ => run
+                    .phases
+                    .iter()
+                    .filter(|p| p.media_latency_ms.count > 0 || p.media_latency_ms.p99 > 0.0)
+                    .map(|p| (f64::from(p.consults), p.media_latency_ms.p99, phase_loss(p)))
+                    .collect(),
+            };
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Curve {
+                label: label.clone(),
+                points,
+            }
+        })
+        .collect()
+}
+
+/// The combined load chart and a line on what it shows; empty when no run has a level with a
+/// finite latency or loss.
+pub(super) fn load_section(runs: &[RunResult], labels: &[String]) -> String {
+    let curves = load_curves(runs, labels);
+    let any = curves
+        .iter()
+        .flat_map(|c| &c.points)
+        .any(|&(x, y, l)| x.is_finite() && (y.is_finite() || l.is_finite()));
+    if !any {
+        return String::new();
+    }
+    let caps: Vec<&Capacity> = runs.iter().filter_map(|r| r.capacity.as_ref()).collect();
+    let latency_limit = caps.first().map(|c| c.latency_limit_ms);
+    let loss_limit = caps.first().map(|c| c.loss_limit);
+    let mut s = String::from("<h2>Latency and loss against load</h2>\n");
+    s.push_str(&load_chart(
+        LOAD_TITLE,
+        "concurrent consults",
+        &curves,
+        latency_limit,
+        loss_limit,
+    ));
+    let mut notes = Vec::new();
+    if !caps.is_empty() {
+        notes.push("capacity runs: one point per level of the search");
+    }
+    if runs.iter().any(|r| r.capacity.is_none()) {
+        notes.push("scenario runs: one point per phase, loss the larger of audio and video loss");
+    }
+    if !caps.is_empty() {
+        notes.push("dashed: the capacity search's limits");
+    }
+    let differ = caps.iter().any(|c| {
+        c.latency_limit_ms.to_bits() != caps[0].latency_limit_ms.to_bits()
+            || c.loss_limit.to_bits() != caps[0].loss_limit.to_bits()
+    });
+    if differ {
+        notes.push("the runs' limits differ: the first run's are drawn");
+    }
+    let mut caption = notes.join("; ");
+    if let Some(first) = caption.get(..1) {
+        caption = format!("{}{}", first.to_uppercase(), &caption[1..]);
+    }
+    s.push_str(&format!("<p class=\"muted\">{caption}.</p>\n"));
+    s
+}
+
 /// One quantity of a [`Sample`] drawn over time.
-pub(super) struct Metric {
+struct Metric {
     name: &'static str,
-    dash: Option<&'static str>,
+    dashed: bool,
     value: fn(&Sample) -> f64,
 }
 
 /// One plot over time: its title, y-axis title and the quantities it draws.
-pub(super) struct TimelinePlot {
+struct TimelinePlot {
     title: &'static str,
     y_title: &'static str,
     metrics: Vec<Metric>,
 }
 
 /// A solid-line quantity.
-pub(super) fn metric(name: &'static str, value: fn(&Sample) -> f64) -> Metric {
+fn metric(name: &'static str, value: fn(&Sample) -> f64) -> Metric {
     Metric {
         name,
-        dash: None,
+        dashed: false,
         value,
     }
 }
 
 /// The plots over time.
-pub(super) fn timeline_specs() -> Vec<TimelinePlot> {
+fn timeline_specs() -> Vec<TimelinePlot> {
     vec![
         TimelinePlot {
             title: "Media latency",
@@ -36,10 +116,15 @@ pub(super) fn timeline_specs() -> Vec<TimelinePlot> {
                 metric("p50", |s: &Sample| s.latency_p50_ms),
                 Metric {
                     name: "p99",
-                    dash: Some("6 3"),
+                    dashed: true,
                     value: |s: &Sample| s.latency_p99_ms,
                 },
             ],
+        },
+        TimelinePlot {
+            title: "Media loss",
+            y_title: "loss (%)",
+            metrics: vec![metric("loss", |s: &Sample| s.loss * 100.0)],
         },
         TimelinePlot {
             title: "Media packets forwarded",
@@ -71,256 +156,134 @@ pub(super) fn timeline_specs() -> Vec<TimelinePlot> {
             y_title: "RSS (MiB)",
             metrics: vec![metric("RSS", |s: &Sample| s.server_rss_mib)],
         },
-        TimelinePlot {
-            title: "Media loss",
-            y_title: "loss (%)",
-            metrics: vec![metric("loss", |s: &Sample| s.loss * 100.0)],
-        },
     ]
 }
 
-/// The plots over time, every run overlaid. With one run, its quantities get distinct colours;
-/// with several, each run has its colour and the quantities of a plot differ by dash.
-pub(super) fn timeline_plots(runs: &[RunResult], labels: &[String]) -> String {
+/// The plots over time, every run overlaid (run `r` in colour `r`, a plot's second quantity
+/// dashed). A plot whose quantities are zero or missing throughout is left out, and named in
+/// one line. Empty when no run has timeline samples.
+pub(super) fn timeline_section(runs: &[RunResult], labels: &[String]) -> String {
     if runs.iter().all(|run| run.timeline.is_empty()) {
-        return "<p class=\"muted\">No timeline samples.</p>\n".to_string();
+        return String::new();
     }
-    let single = runs.len() == 1;
-    let mut s = String::from("<div class=\"plots\">\n");
+    let mut plots = String::new();
+    let mut zero = Vec::new();
     for spec in timeline_specs() {
-        let mut series = Vec::new();
+        let shows_something = runs.iter().flat_map(|run| &run.timeline).any(|sample| {
+            spec.metrics.iter().any(|m| {
+                let v = (m.value)(sample);
+                v.is_finite() && v != 0.0
+            })
+        });
+        if !shows_something {
+            zero.push(spec.title);
+            continue;
+        }
+        let mut lines = Vec::new();
         for (r, (run, label)) in runs.iter().zip(labels).enumerate() {
-            for (m, metric) in spec.metrics.iter().enumerate() {
-                series.push(Series {
+            if run.timeline.is_empty() {
+                continue;
+            }
+            for metric in &spec.metrics {
+                lines.push(Line {
                     label: if spec.metrics.len() == 1 {
                         label.clone()
                     } else {
                         format!("{label} {}", metric.name)
                     },
-                    colour: colour(if single { m } else { r }),
-                    dash: metric.dash,
+                    colour: r,
+                    dashed: metric.dashed,
                     points: run
                         .timeline
                         .iter()
                         .map(|sample| (sample.t_s, (metric.value)(sample)))
                         .collect(),
-                    markers: false,
                 });
             }
         }
-        s.push_str(&line_plot(&LinePlot {
-            title: spec.title,
-            x_title: "time (s)",
-            y_title: spec.y_title,
-            series,
-            hlines: Vec::new(),
-        }));
+        plots.push_str(&line_chart(spec.title, "time (s)", spec.y_title, &lines));
     }
-    s.push_str("</div>\n");
+    let mut s = String::new();
+    if !plots.is_empty() {
+        s.push_str("<h2>Over time</h2>\n<div class=\"plots\">\n");
+        s.push_str(&plots);
+        s.push_str("</div>\n");
+    }
+    if !zero.is_empty() {
+        let noun = if plots.is_empty() {
+            "Over time"
+        } else {
+            "Left out"
+        };
+        s.push_str(&format!(
+            "<p class=\"muted\">{noun}: {} stayed at zero throughout.</p>\n",
+            escape(&zero.join(", "))
+        ));
+    }
     s
 }
 
-// ---------------------------------------------------------------------------------------------
-// Percentile bars
-
-/// Colour and opacity of the bar for percentile `k` (0 = p50, 1 = p95, 2 = p99) of run `r`.
-pub(super) fn bar_style(single: bool, r: usize, k: usize) -> (&'static str, f64) {
-    if single {
-        (colour(k), 1.0)
-    } else {
-        let opacity = match k {
-            0 => 0.4,
-            1 => 0.7,
-            _ => 1.0,
-        };
-        (colour(r), opacity)
+/// Opacity of percentile `k` (0 = p50, 1 = p95, 2 = p99) of a run.
+fn bar_opacity(k: usize) -> f64 {
+    match k {
+        0 => 0.35,
+        1 => 0.65,
+        _ => 1.0,
     }
 }
 
-/// Grouped bars: for each phase (by name, in order of first appearance), media latency p50,
-/// p95 and p99 of every run that has it.
-pub(super) fn percentile_bars(runs: &[RunResult], labels: &[String]) -> String {
-    let mut names: Vec<&str> = Vec::new();
-    for phase in runs.iter().flat_map(|run| &run.phases) {
-        if !names.contains(&phase.name.as_str()) {
-            names.push(&phase.name);
+/// Grouped bars: for each phase (by name, in order of first appearance) that received media,
+/// media latency p50, p95 and p99 of every run that has it. Empty when no phase received media.
+pub(super) fn percentile_section(runs: &[RunResult], labels: &[String]) -> String {
+    let has_media = |p: &PhaseResult| p.media_latency_ms.count > 0;
+    let mut names: Vec<String> = Vec::new();
+    for phase in runs
+        .iter()
+        .flat_map(|run| &run.phases)
+        .filter(|p| has_media(p))
+    {
+        if !names.contains(&phase.name) {
+            names.push(phase.name.clone());
         }
     }
     if names.is_empty() {
-        return "<p class=\"muted\">No phases.</p>\n".to_string();
+        return String::new();
     }
-    let y_max = runs
-        .iter()
-        .flat_map(|run| &run.phases)
-        .flat_map(|p| {
-            let m = &p.media_latency_ms;
-            [m.p50, m.p95, m.p99]
-        })
-        .filter(|v| v.is_finite())
-        .fold(0.0_f64, f64::max);
-    let ya = Axis::new(0.0, y_max);
-    let f = FRAME;
-    let single = runs.len() == 1;
-    let group_w = (f.right - f.left) / names.len() as f64;
-    let bar_w = group_w * 0.8 / (runs.len() * 3).max(1) as f64;
-    let label_chars = ((group_w / 6.5) as usize).max(3);
-
-    let mut s = String::from("<div class=\"plots\">\n");
-    s.push_str(&svg_open("Media latency percentiles per phase"));
-    s.push_str(&y_axis(&ya, "media latency (ms)"));
-    for (g, name) in names.iter().enumerate() {
-        let group_x = f.left + group_w * (g as f64 + 0.1);
-        for (r, (run, label)) in runs.iter().zip(labels).enumerate() {
-            let Some(phase) = run.phases.iter().find(|p| p.name == *name) else {
-                continue;
-            };
-            let m = &phase.media_latency_ms;
-            for (k, (pct_name, v)) in [("p50", m.p50), ("p95", m.p95), ("p99", m.p99)]
-                .into_iter()
-                .enumerate()
-            {
-                let (fill, opacity) = bar_style(single, r, k);
-                let v = finite_or_zero(v).max(0.0);
-                let top = f.y(&ya, v);
-                let tip = format!("{label} · {name} · {pct_name}: {} ms", ms(v));
-                s.push_str(&format!(
-                    "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{fill}\" \
-                     fill-opacity=\"{}\"><title>{}</title></rect>\n",
-                    coord(group_x + (r * 3 + k) as f64 * bar_w),
-                    coord(top),
-                    coord(bar_w * 0.9),
-                    coord((f.bottom - top).max(0.0)),
-                    num(opacity, 2),
-                    escape(&tip)
-                ));
-            }
+    let mut bars = Vec::new();
+    for (r, (run, label)) in runs.iter().zip(labels).enumerate() {
+        if !run.phases.iter().any(has_media) {
+            continue;
         }
-        s.push_str(&format!(
-            "<text class=\"tick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\"><title>{}</title>{}</text>\n",
-            coord(f.left + group_w * (g as f64 + 0.5)),
-            coord(f.bottom + 17.0),
-            escape(name),
-            escape(&truncate(name, label_chars))
-        ));
-    }
-    s.push_str(&frame_lines());
-    s.push_str(&x_title("phase"));
-    let mut entries = Vec::new();
-    for (r, label) in labels.iter().enumerate() {
         for (k, pct_name) in ["p50", "p95", "p99"].into_iter().enumerate() {
-            let (colour, opacity) = bar_style(single, r, k);
-            entries.push(LegendEntry {
-                label: if single {
-                    pct_name.to_string()
-                } else {
-                    format!("{label} {pct_name}")
-                },
-                colour,
-                swatch: Swatch::Bar(opacity),
+            let values = names
+                .iter()
+                .map(|name| {
+                    run.phases
+                        .iter()
+                        .find(|p| &p.name == name && has_media(p))
+                        .map_or(f64::NAN, |p| {
+                            let m = &p.media_latency_ms;
+                            [m.p50, m.p95, m.p99][k]
+                        })
+                })
+                .collect();
+            bars.push(Bars {
+                label: format!("{label} {pct_name}"),
+                colour: r,
+                opacity: bar_opacity(k),
+                values,
             });
         }
     }
-    s.push_str(&legend(&entries));
-    s.push_str("</svg>\n</div>\n");
-    s
-}
-
-// ---------------------------------------------------------------------------------------------
-// Capacity
-
-/// The capacity search of one run: result, limits and steps.
-pub(super) fn capacity_table(cap: &Capacity, label: &str) -> String {
-    let stopped = if cap.stopped_because.trim().is_empty() {
-        DASH.to_string()
-    } else {
-        escape(&cap.stopped_because)
-    };
-    let mut s = format!(
-        "<h3>{}</h3>\n<p>Highest sustained level: <strong>{} consults</strong></p>\n\
-         <p>Stopped because: {stopped}</p>\n\
-         <p class=\"muted\">Limits: p99 ≤ {} ms, loss ≤ {} %</p>\n",
-        escape(label),
-        cap.highest_sustained,
-        ms(cap.latency_limit_ms),
-        pct(cap.loss_limit)
-    );
-    if cap.steps.is_empty() {
-        s.push_str("<p class=\"muted\">No steps.</p>\n");
-        return s;
-    }
-    s.push_str(
-        "<table>\n<tr><th>consults</th><th>forwarded pkt/s</th><th>p99 (ms)</th>\
-         <th>loss (%)</th><th>server CPU (%)</th><th>ok</th></tr>\n",
-    );
-    for step in &cap.steps {
-        let ok = if step.ok {
-            "<td class=\"ok\">✓</td>"
-        } else {
-            "<td class=\"bad\">✗</td>"
-        };
-        s.push_str(&format!(
-            "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-             <td class=\"n\">{}</td><td class=\"n\">{}</td>{ok}</tr>\n",
-            step.consults,
-            num(step.forwarded_pps, 0),
-            ms(step.latency_p99_ms),
-            pct(step.loss),
-            num(step.server_cpu_pct, 1)
-        ));
-    }
-    s.push_str("</table>\n");
-    s
-}
-
-/// Every run's capacity search, then one plot of p99 latency against consults with each run's
-/// latency limit dashed. Empty when no run has one.
-pub(super) fn capacity_section(runs: &[RunResult], labels: &[String]) -> String {
-    let with_capacity = runs.iter().filter(|run| run.capacity.is_some()).count();
-    if with_capacity == 0 {
-        return String::new();
-    }
-    let mut s = String::from("<h2>Capacity</h2>\n");
-    let (mut series, mut hlines) = (Vec::new(), Vec::new());
-    for (r, (run, label)) in runs.iter().zip(labels).enumerate() {
-        let Some(cap) = &run.capacity else {
-            continue;
-        };
-        s.push_str(&capacity_table(cap, label));
-        let mut points: Vec<(f64, f64)> = cap
-            .steps
-            .iter()
-            .map(|step| (f64::from(step.consults), step.latency_p99_ms))
-            .collect();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push(Series {
-            label: label.clone(),
-            colour: colour(r),
-            dash: None,
-            points,
-            markers: true,
-        });
-        let (limit_label, limit_colour) = if with_capacity == 1 {
-            (
-                format!("limit {} ms", ms(cap.latency_limit_ms)),
-                LIMIT_COLOUR,
-            )
-        } else {
-            (format!("{label} limit"), colour(r))
-        };
-        hlines.push(HLine {
-            y: cap.latency_limit_ms,
-            label: limit_label,
-            colour: limit_colour,
-        });
-    }
-    s.push_str("<div class=\"plots\">\n");
-    s.push_str(&line_plot(&LinePlot {
-        title: "p99 media latency vs consults",
-        x_title: "concurrent consults",
-        y_title: "p99 latency (ms)",
-        series,
-        hlines,
-    }));
+    let mut s =
+        String::from("<h2>Media latency percentiles per phase</h2>\n<div class=\"plots\">\n");
+    s.push_str(&bar_chart(
+        "Media latency percentiles per phase",
+        "phase",
+        "media latency (ms)",
+        &names,
+        &bars,
+    ));
     s.push_str("</div>\n");
     s
 }

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
-use super::svg::*;
+use super::chart::tick;
+use super::plots::LOAD_TITLE;
 use super::*;
 
 /// True when `html` holds a token a non-finite float prints as.
@@ -95,28 +96,270 @@ fn sample_run(target: &str, scale: f64, highest: u32) -> RunResult {
     }
 }
 
-#[test]
-fn two_runs_render_every_section() {
-    let runs = [sample_run("clinic", 1.0, 40), sample_run("janus", 1.3, 37)];
-    let html = html(&runs);
-    assert!(html.matches("<svg").count() >= 6);
-    for phase in ["warm-up", "ramp-20", "peak-40"] {
-        assert!(html.contains(phase), "missing phase {phase}");
+/// The first index of `needle` in `html`, failing the test when it is missing.
+fn at(html: &str, needle: &str) -> usize {
+    html.find(needle)
+        .unwrap_or_else(|| panic!("missing {needle:?}"))
+}
+
+/// The `<svg>` elements of `html`, in order.
+fn svgs(html: &str) -> Vec<&str> {
+    html.match_indices("<svg")
+        .map(|(i, _)| {
+            let end = html[i..].find("</svg>").map_or(html.len(), |e| i + e + 6);
+            &html[i..end]
+        })
+        .collect()
+}
+
+/// A text element with exactly `text` as plotters writes it.
+fn svg_text(text: &str) -> String {
+    format!(">\n{text}\n</text>")
+}
+
+/// A scenario run (no capacity search) of `sample_run`, with no errors.
+fn scenario_run(target: &str) -> RunResult {
+    let mut run = sample_run(target, 1.0, 0);
+    run.capacity = None;
+    run.errors.clear();
+    for phase in &mut run.phases {
+        phase.errors = 0;
     }
-    assert!(html.contains("clinic") && html.contains("janus"));
-    assert!(html.contains("<strong>40 consults</strong>"));
-    assert!(html.contains("<strong>37 consults</strong>"));
-    assert!(html.contains("Load test: busy-morning"));
-    assert!(html.contains("GET /api/v1/appointments"));
-    assert!(html.contains("media_timeout"));
-    assert!(html.contains("stroke-dasharray=\"6 4\""));
+    run
+}
+
+/// A capacity run that made no API calls or uploads and had no errors.
+fn capacity_run_without_api(target: &str, scale: f64, highest: u32) -> RunResult {
+    let mut run = sample_run(target, scale, highest);
+    run.errors.clear();
+    for phase in &mut run.phases {
+        phase.api_ms.clear();
+        phase.upload_ms = Pcts::default();
+        phase.errors = 0;
+    }
+    for sample in &mut run.timeline {
+        sample.api_rps = 0.0;
+        sample.api_p99_ms = 0.0;
+        sample.errors = 0;
+    }
+    run
+}
+
+#[test]
+fn verdict_comes_before_the_first_table_and_chart() {
+    let runs = [
+        sample_run("clinic", 1.0, 40),
+        sample_run("janus", 1.3, 37),
+        sample_run("relay", 0.2, 60),
+    ];
+    let html = html(&runs);
+    let verdict = at(&html, "<h2>Verdict</h2>");
+    assert!(verdict < at(&html, "<table"));
+    assert!(verdict < at(&html, "<svg"));
+    for (target, level) in [("clinic", 40), ("janus", 37), ("relay", 60)] {
+        let sentence =
+            format!("<strong>{target}</strong>: sustained <strong>{level} consults</strong>");
+        assert!(at(&html, &sentence) < at(&html, "<table"), "{target}");
+    }
+    assert!(html.contains("within p99 ≤ 100.0 ms and loss ≤ 1.00 %"));
+    assert!(html.contains("stopped because p99 above the latency limit"));
+    assert!(html.contains(
+        "<strong>clinic</strong> ÷ <strong>janus</strong>: <strong>1.08×</strong> (40 ÷ 37 consults)"
+    ));
+    assert!(html.contains(
+        "<strong>clinic</strong> ÷ <strong>relay</strong>: <strong>0.67×</strong> (40 ÷ 60 consults)"
+    ));
+    assert!(at(&html, "class=\"ratios\"") < at(&html, "<table"));
     assert!(!has_non_finite(&html));
+}
+
+#[test]
+fn exactly_one_load_chart_comes_first_with_every_target() {
+    let runs = [
+        sample_run("clinic", 1.0, 40),
+        sample_run("janus", 1.3, 37),
+        sample_run("relay", 0.2, 60),
+    ];
+    let html = html(&runs);
+    let label = format!("aria-label=\"{LOAD_TITLE}\"");
+    assert_eq!(html.matches(&label).count(), 1);
+    let all = svgs(&html);
+    let first = all.first().copied().unwrap_or_default();
+    assert!(first.contains(&label), "the first chart is the load chart");
+    assert!(at(&html, &label) < at(&html, "<table"));
+    for target in ["clinic", "janus", "relay"] {
+        assert!(first.contains(&svg_text(target)), "legend {target}");
+    }
+    assert!(first.contains(&svg_text("p99 latency (ms)")));
+    assert!(first.contains(&svg_text("loss (%)")));
+    assert!(first.contains(&svg_text("concurrent consults")));
+    assert!(first.contains(&svg_text("p99 limit 100 ms")));
+    assert!(first.contains(&svg_text("loss limit 1 %")));
+    // Four levels per target, a dot in each panel, one more in each legend entry.
+    assert_eq!(first.matches("<circle").count(), 3 * 4 * 2 + 3);
+    // The other charts follow: over time and the percentile bars.
+    assert!(all.len() >= 8, "{} charts", all.len());
+    assert!(html.contains("aria-label=\"Media latency percentiles per phase\""));
+}
+
+#[test]
+fn capacity_run_without_api_calls_prints_no_empty_sections() {
+    let html = html(&[capacity_run_without_api("clinic", 1.0, 40)]);
+    for placeholder in [
+        "No API",
+        "No phases",
+        "No notes",
+        "No steps",
+        "No timeline",
+        "no errors",
+        "no data",
+    ] {
+        assert!(!html.contains(placeholder), "placeholder {placeholder:?}");
+    }
+    for empty in ["<h2>API latency</h2>", "<h2>Errors by kind</h2>", "<h4>"] {
+        assert!(!html.contains(empty), "empty section {empty}");
+    }
+    assert!(!html.contains("aria-label=\"API requests\""));
+    assert!(!html.contains("aria-label=\"API latency p99\""));
+    assert!(html.contains("Left out: API requests, API latency p99 stayed at zero throughout."));
+    assert!(html.contains("<h2>Capacity search</h2>"));
+    assert!(html.contains("<h2>Summary by phase</h2>"));
+    // One run: no per-run headings.
+    assert!(!html.contains("<h3>"));
+}
+
+#[test]
+fn api_tables_only_for_phases_with_calls() {
+    let mut run = sample_run("clinic", 1.0, 40);
+    if let Some(phase) = run.phases.first_mut() {
+        phase.api_ms.clear();
+        phase.upload_ms = Pcts::default();
+    }
+    let html = html(&[run, capacity_run_without_api("janus", 1.3, 37)]);
+    assert_eq!(html.matches("<h4>").count(), 2);
+    assert!(!html.contains("<h4>warm-up</h4>"));
+    let api = at(&html, "<h2>API latency</h2>");
+    let next = api + at(&html[api + 1..], "<h2>");
+    assert!(html[api..next].contains("<h3>clinic</h3>"));
+    assert!(!html[api..next].contains("<h3>janus</h3>"));
+}
+
+#[test]
+fn scenario_runs_say_whether_they_ran_clean() {
+    let clean = html(&[scenario_run("clinic")]);
+    assert!(clean.contains(
+        "<strong>clinic</strong>: <span class=\"ok\">ran clean</span>: no errors, every peer got \
+         media; peak <strong>40 consults</strong> (p99 62.4 ms, loss 0.30 %)."
+    ));
+    assert!(at(&clean, "ran clean") < at(&clean, "<table"));
+    assert!(clean.contains(&format!("aria-label=\"{LOAD_TITLE}\"")));
+
+    let mut failed = scenario_run("janus");
+    failed.errors.insert("media_timeout".to_string(), 2);
+    let both = html(&[scenario_run("clinic"), failed]);
+    assert!(both.contains(
+        "<strong>janus</strong>: <span class=\"bad\">not clean</span>: 2 errors (media_timeout 2); \
+         2 peers got no media; peak <strong>40 consults</strong>"
+    ));
+    assert!(
+        both.contains(
+            "<strong>clinic</strong> ÷ <strong>janus</strong>: – (janus did not run clean)"
+        )
+    );
+}
+
+#[test]
+fn load_chart_takes_zero_one_and_three_curves() {
+    let none = load_chart("t", "requests/s offered", &[], None, None);
+    assert!(none.starts_with("<svg class=\"plot\""));
+    assert!(none.contains(&svg_text("no data")));
+    assert!(none.trim_end().ends_with("</svg>"));
+    assert!(!none.contains("<?xml"));
+    assert!(!has_non_finite(&none));
+
+    let one = load_chart(
+        "API",
+        "requests/s offered",
+        &[Curve {
+            label: "clinic-api".to_string(),
+            points: vec![(100.0, 4.0, 0.0), (200.0, 9.5, 0.002), (400.0, 80.0, 0.05)],
+        }],
+        Some(50.0),
+        Some(0.01),
+    );
+    assert!(one.contains(&svg_text("clinic-api")));
+    assert!(one.contains(&svg_text("requests/s offered")));
+    assert!(one.contains(&svg_text("p99 limit 50 ms")));
+    assert_eq!(one.matches("<circle").count(), 3 * 2 + 1);
+    assert!(!has_non_finite(&one));
+
+    let curve = |label: &str, points: Vec<(f64, f64, f64)>| Curve {
+        label: label.to_string(),
+        points,
+    };
+    let three = load_chart(
+        "mixed",
+        "consults",
+        &[
+            curve("a", vec![(1.0, f64::NAN, 0.0), (2.0, 3.0, f64::INFINITY)]),
+            curve("b", vec![(f64::NEG_INFINITY, 1.0, 0.0), (3.0, 1e300, 0.5)]),
+            curve("c", Vec::new()),
+        ],
+        Some(f64::NAN),
+        Some(f64::INFINITY),
+    );
+    for label in ["a", "b", "c"] {
+        assert!(three.contains(&svg_text(label)), "legend {label}");
+    }
+    // a: one latency point and one loss point; b: one loss point (1e300 ms is not plottable).
+    assert_eq!(three.matches("<circle").count(), (1 + 1) + 1 + 3);
+    assert!(!three.contains(&svg_text("limit")));
+    assert!(!has_non_finite(&three));
+}
+
+#[test]
+fn line_chart_skips_non_finite_points() {
+    let chart = line_chart(
+        "Server CPU",
+        "time (s)",
+        "CPU (%)",
+        &[
+            Line {
+                label: "clinic".to_string(),
+                colour: 0,
+                dashed: false,
+                points: vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0)],
+            },
+            Line {
+                label: "janus".to_string(),
+                colour: 1,
+                dashed: true,
+                points: vec![(f64::INFINITY, 1.0)],
+            },
+        ],
+    );
+    assert!(chart.contains(&svg_text("clinic")) && chart.contains(&svg_text("janus")));
+    assert!(chart.contains("<polyline"));
+    assert!(!has_non_finite(&chart));
+    let empty = line_chart("e", "x", "y", &[]);
+    assert!(empty.contains(&svg_text("no data")));
+}
+
+#[test]
+fn tick_labels_are_short() {
+    assert_eq!(tick(&20_000.0), "20k");
+    assert_eq!(tick(&2_500_000.0), "2.5M");
+    assert_eq!(tick(&0.2), "0.2");
+    assert_eq!(tick(&(0.1 + 0.2)), "0.3");
+    assert_eq!(tick(&-0.0), "0");
+    assert_eq!(tick(&40.0), "40");
 }
 
 #[test]
 fn empty_input_renders() {
     let html = html(&[RunResult::default()]);
-    assert!(html.contains("no errors"));
+    assert!(html.contains("<strong>run 1</strong>: nothing measured (no phases recorded)."));
+    assert!(!html.contains("<svg"));
     assert!(!has_non_finite(&html));
     let none = super::html(&[]);
     assert!(none.contains("No runs."));
@@ -136,47 +379,25 @@ fn non_finite_and_zero_values_stay_out_of_the_svg() {
     }
     if let Some(cap) = &mut run.capacity {
         cap.latency_limit_ms = f64::NAN;
+        if let Some(step) = cap.steps.first_mut() {
+            step.latency_p99_ms = f64::INFINITY;
+            step.loss = f64::NAN;
+        }
     }
     let html = html(&[run]);
+    assert!(html.contains("<strong>0 consults</strong>"));
     assert!(!has_non_finite(&html));
 }
 
 #[test]
-fn empty_and_flat_plots_have_finite_axes() {
-    let plot = |points: Vec<(f64, f64)>| {
-        line_plot(&LinePlot {
-            title: "t",
-            x_title: "x",
-            y_title: "y",
-            series: vec![Series {
-                label: "s".to_string(),
-                colour: colour(0),
-                dash: None,
-                points,
-                markers: false,
-            }],
-            hlines: Vec::new(),
-        })
-    };
-    let empty = plot(Vec::new());
-    assert!(empty.contains("no data"));
-    assert!(!has_non_finite(&empty));
-    let flat = plot(vec![(0.0, 0.0), (1.0, 0.0), (2.0, 0.0)]);
-    assert!(flat.contains("<polyline"));
-    assert!(!has_non_finite(&flat));
-}
-
-#[test]
-fn axis_ticks_are_round() {
-    let axis = Axis::new(0.0, 37.0);
-    let labels: Vec<String> = axis.ticks.iter().map(|&t| axis.label(t)).collect();
-    assert_eq!(labels, ["0", "10", "20", "30", "40"]);
-    let small = Axis::new(0.0, 0.9);
-    assert_eq!(small.label(0.2), "0.2");
-    let big = Axis::new(0.0, 45_000.0);
-    assert_eq!(big.label(20_000.0), "20k");
-    let flat = Axis::new(0.0, 0.0);
-    assert!(flat.hi > flat.lo);
+fn page_is_self_contained() {
+    let html = html(&[sample_run("clinic", 1.0, 40), sample_run("janus", 1.3, 37)]);
+    assert!(!html.contains("<script"));
+    assert!(!html.contains("<?xml"));
+    for attr in ["href=", "src=", "url("] {
+        assert!(!html.contains(attr), "external reference {attr}");
+    }
+    assert_eq!(html.matches("<svg").count(), html.matches("</svg>").count());
 }
 
 #[test]
