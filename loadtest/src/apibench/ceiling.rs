@@ -21,8 +21,8 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sqlx::AnyPool;
 
-use super::clinic::{client_at, loopback};
-use super::drive::{Outcome, Recorder};
+use super::clinic::{client_at, loopback, send};
+use super::drive::Recorder;
 use super::mix::Op;
 
 /// Rows seeded per kind; reads draw among them.
@@ -384,29 +384,6 @@ impl CeilingTarget {
         })
     }
 
-    async fn send(
-        &self,
-        rec: &Recorder,
-        route: &'static str,
-        req: reqwest::RequestBuilder,
-        since: Instant,
-        want: u16,
-    ) {
-        match req.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let _ = r.bytes().await;
-                rec.record(
-                    route,
-                    since.elapsed(),
-                    Outcome::of(status, want, &[]),
-                    &status.to_string(),
-                );
-            }
-            Err(e) => rec.record(route, since.elapsed(), Outcome::Transport, &e.to_string()),
-        }
-    }
-
     pub async fn run(&self, op: Op, pick: u64, due: Instant, rec: &Recorder) {
         let w = &self.workers[(pick % self.workers.len() as u64) as usize];
         let id = format!("r{}", (pick >> 16) % SEEDED);
@@ -430,28 +407,29 @@ impl CeilingTarget {
                 let r = c
                     .post(format!("{}/login", self.base))
                     .json(&json!({ "username": format!("user{n}"), "password": password_of(n) }));
-                self.send(rec, "POST /login", r, due, 200).await;
+                send(rec, "POST /login", r, due, 200, &[]).await;
                 let t = Instant::now();
-                self.send(
+                send(
                     rec,
                     "POST /mfa",
                     c.post(format!("{}/mfa", self.base)),
                     t,
                     200,
+                    &[],
                 )
                 .await;
             }
             Op::Intake => {
                 let r = w.post(format!("{}/w/{kind}", self.base));
-                self.send(rec, route, r, due, 201).await;
+                send(rec, route, r, due, 201, &[]).await;
             }
             Op::Book | Op::CheckIn | Op::Complete | Op::Cancel => {
                 let r = w.post(format!("{}/u/{kind}/{id}", self.base));
-                self.send(rec, route, r, due, 200).await;
+                send(rec, route, r, due, 200, &[]).await;
             }
             _ => {
                 let r = w.get(format!("{}/r/{kind}/{id}", self.base));
-                self.send(rec, route, r, due, 200).await;
+                send(rec, route, r, due, 200, &[]).await;
             }
         }
     }

@@ -332,45 +332,6 @@ impl ClinicTarget {
         format!("{}{path}", self.base)
     }
 
-    /// Sends one request and records it under `route`, timed from `since`.
-    async fn send(
-        &self,
-        rec: &Recorder,
-        route: &'static str,
-        req: reqwest::RequestBuilder,
-        since: Instant,
-        want: u16,
-        tolerated: &[u16],
-    ) -> Option<(u16, Value)> {
-        match req.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let json = r
-                    .headers()
-                    .get("content-type")
-                    .is_some_and(|v| v.as_bytes().starts_with(b"application/"));
-                let bytes = r.bytes().await.unwrap_or_default();
-                let outcome = Outcome::of(status, want, tolerated);
-                let body: Value = if json {
-                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-                } else {
-                    Value::Null
-                };
-                rec.record(
-                    route,
-                    since.elapsed(),
-                    outcome,
-                    &format!("{status} {}", body["code"]),
-                );
-                matches!(outcome, Outcome::Ok | Outcome::Expected).then_some((status, body))
-            }
-            Err(e) => {
-                rec.record(route, since.elapsed(), Outcome::Transport, &e.to_string());
-                None
-            }
-        }
-    }
-
     fn pop<T>(q: &Mutex<VecDeque<T>>, back: bool) -> Option<T> {
         let mut q = q.lock().unwrap_or_else(|e| e.into_inner());
         if back { q.pop_back() } else { q.pop_front() }
@@ -402,21 +363,20 @@ impl ClinicTarget {
                     Self::push(&self.signers, s);
                     return;
                 };
-                let signed = self
-                    .send(
-                        rec,
-                        "POST /api/v1/auth/login",
-                        client.post(self.url("/api/v1/auth/login")).json(&json!({
-                            "clinic": "demo", "username": s.username, "password": s.password,
-                        })),
-                        due,
-                        200,
-                        &[429],
-                    )
-                    .await;
+                let signed = send(
+                    rec,
+                    "POST /api/v1/auth/login",
+                    client.post(self.url("/api/v1/auth/login")).json(&json!({
+                        "clinic": "demo", "username": s.username, "password": s.password,
+                    })),
+                    due,
+                    200,
+                    &[429],
+                )
+                .await;
                 if let (Some((200, _)), Ok(code)) = (signed, totp_at(&s.secret, now)) {
                     let t = Instant::now();
-                    self.send(
+                    send(
                         rec,
                         "POST /api/v1/auth/mfa/verify",
                         client
@@ -432,7 +392,7 @@ impl ClinicTarget {
                 Self::push(&self.signers, s);
             }
             Op::Session => {
-                self.send(
+                send(
                     rec,
                     "GET /api/v1/auth/session",
                     w.client.get(self.url("/api/v1/auth/session")),
@@ -443,7 +403,7 @@ impl ClinicTarget {
                 .await;
             }
             Op::PatientRead => {
-                self.send(
+                send(
                     rec,
                     "GET /api/v1/patients/{id}",
                     w.client
@@ -455,7 +415,7 @@ impl ClinicTarget {
                 .await;
             }
             Op::PatientList => {
-                self.send(
+                send(
                     rec,
                     "GET /api/v1/patients",
                     w.client.get(self.url(&format!(
@@ -470,7 +430,7 @@ impl ClinicTarget {
             }
             Op::Intake => {
                 let n = self.registered.fetch_add(1, Ordering::Relaxed);
-                self.send(
+                send(
                     rec,
                     "POST /api/v1/patients",
                     w.client.post(self.url("/api/v1/patients")).json(&json!({
@@ -489,7 +449,7 @@ impl ClinicTarget {
                 // `days` holds one date more than is viewed: the last day's end.
                 let i = r % (self.days.len() - 1);
                 let (day, to) = (&self.days[i], &self.days[i + 1]);
-                self.send(
+                send(
                     rec,
                     "GET /api/v1/appointments",
                     w.client.get(self.url(&format!(
@@ -503,19 +463,18 @@ impl ClinicTarget {
                 .await;
             }
             Op::Slots => {
-                let got = self
-                    .send(
-                        rec,
-                        "GET /api/v1/slots",
-                        w.client.get(self.url(&format!(
-                            "/api/v1/slots?location_id={}&type_id={}&provider_id={}&days=7",
-                            self.location, self.tele_type, self.provider
-                        ))),
-                        due,
-                        200,
-                        &[],
-                    )
-                    .await;
+                let got = send(
+                    rec,
+                    "GET /api/v1/slots",
+                    w.client.get(self.url(&format!(
+                        "/api/v1/slots?location_id={}&type_id={}&provider_id={}&days=7",
+                        self.location, self.tele_type, self.provider
+                    ))),
+                    due,
+                    200,
+                    &[],
+                )
+                .await;
                 if let Some((_, body)) = got {
                     let starts: Vec<String> = body
                         .as_array()
@@ -538,25 +497,24 @@ impl ClinicTarget {
                     rec.substitute(op);
                     return Box::pin(self.run(Op::Slots, pick, due, rec)).await;
                 };
-                let booked = self
-                    .send(
-                        rec,
-                        "POST /api/v1/appointments",
-                        w.client
-                            .post(self.url("/api/v1/appointments"))
-                            .json(&json!({
-                                "type_id": self.tele_type,
-                                "location_id": self.location,
-                                "provider_id": self.provider,
-                                "patient_id": patient,
-                                "start": start,
-                            })),
-                        due,
-                        201,
-                        // The slot was taken since it was listed, or the patient is busy then.
-                        &[409],
-                    )
-                    .await;
+                let booked = send(
+                    rec,
+                    "POST /api/v1/appointments",
+                    w.client
+                        .post(self.url("/api/v1/appointments"))
+                        .json(&json!({
+                            "type_id": self.tele_type,
+                            "location_id": self.location,
+                            "provider_id": self.provider,
+                            "patient_id": patient,
+                            "start": start,
+                        })),
+                    due,
+                    201,
+                    // The slot was taken since it was listed, or the patient is busy then.
+                    &[409],
+                )
+                .await;
                 if let Some((201, body)) = booked
                     && let Some(id) = body["id"].as_str()
                 {
@@ -584,9 +542,7 @@ impl ClinicTarget {
                         format!("/api/v1/appointments/{id}/check-in"),
                     )
                 };
-                let done = self
-                    .send(rec, route, w.client.post(self.url(&path)), due, 200, &[])
-                    .await;
+                let done = send(rec, route, w.client.post(self.url(&path)), due, 200, &[]).await;
                 if op == Op::CheckIn && done.is_some() {
                     Self::push(&self.checked_in, id);
                 }
@@ -596,7 +552,7 @@ impl ClinicTarget {
                     rec.substitute(op);
                     return Box::pin(self.run(Op::CheckIn, pick, due, rec)).await;
                 };
-                self.send(
+                send(
                     rec,
                     "POST /api/v1/appointments/{id}/complete",
                     w.client
@@ -609,17 +565,16 @@ impl ClinicTarget {
             }
             Op::ImageList => {
                 let p = &self.photo_patients[r % self.photo_patients.len()];
-                let got = self
-                    .send(
-                        rec,
-                        "GET /api/v1/patients/{id}/images",
-                        w.client
-                            .get(self.url(&format!("/api/v1/patients/{p}/images"))),
-                        due,
-                        200,
-                        &[],
-                    )
-                    .await;
+                let got = send(
+                    rec,
+                    "GET /api/v1/patients/{id}/images",
+                    w.client
+                        .get(self.url(&format!("/api/v1/patients/{p}/images"))),
+                    due,
+                    200,
+                    &[],
+                )
+                .await;
                 if let Some((_, body)) = got {
                     let urls: Vec<String> = body
                         .as_array()
@@ -649,7 +604,7 @@ impl ClinicTarget {
                     rec.substitute(op);
                     return Box::pin(self.run(Op::ImageList, pick, due, rec)).await;
                 };
-                self.send(
+                send(
                     rec,
                     "GET /api/v1/image-files/{token}",
                     w.client.get(self.url(&url)),
@@ -660,7 +615,7 @@ impl ClinicTarget {
                 .await;
             }
             Op::AuditRead => {
-                self.send(
+                send(
                     rec,
                     "GET /api/v1/audit",
                     self.admin.get(self.url("/api/v1/audit?limit=50")),
@@ -715,5 +670,43 @@ impl ClinicTarget {
             }
         }
         all
+    }
+}
+
+/// Sends one request (clinic or ceiling) and records it under `route`, timed from `since`.
+pub(super) async fn send(
+    rec: &Recorder,
+    route: &'static str,
+    req: reqwest::RequestBuilder,
+    since: Instant,
+    want: u16,
+    tolerated: &[u16],
+) -> Option<(u16, Value)> {
+    match req.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let json = r
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/"));
+            let bytes = r.bytes().await.unwrap_or_default();
+            let outcome = Outcome::of(status, want, tolerated);
+            let body: Value = if json {
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            } else {
+                Value::Null
+            };
+            rec.record(
+                route,
+                since.elapsed(),
+                outcome,
+                &format!("{status} {}", body["code"]),
+            );
+            matches!(outcome, Outcome::Ok | Outcome::Expected).then_some((status, body))
+        }
+        Err(e) => {
+            rec.record(route, since.elapsed(), Outcome::Transport, &e.to_string());
+            None
+        }
     }
 }
